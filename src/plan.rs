@@ -1,0 +1,549 @@
+//! The pure planner: `plan(desired, observed) -> Vec<Action>`.
+//!
+//! Synchronous, no I/O, cannot fail, and empty when everything matches. It knows nothing about
+//! Docker or files: the loop turns both into the plain values below. At most one action per
+//! project, so the loop never has two things to do to one project at once; whatever remains
+//! after that action is planned on the next pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::spec::ProjectId;
+
+/// What a project should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// A valid spec (or the last good one, while its file is invalid).
+    Spec(Desired),
+    /// The file is invalid and there is no last good spec (e.g. the manager started while the
+    /// file was broken): touch nothing, neither container nor config, until it is fixed.
+    Frozen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub enabled: bool,
+    pub spec_hash: String,
+    pub config_digest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+/// One of our containers, as the runtime lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub project: ProjectId,
+    pub name: String,
+    pub state: State,
+    pub spec_hash: Option<String>,
+}
+
+/// What is there: our containers, foreign containers in our names' way, the rendered config
+/// directories, and which config each container is known to have loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub containers: Vec<Container>,
+    /// Containers named `postgrest-<id>` without our labels, by project.
+    pub foreign: BTreeMap<ProjectId, String>,
+    pub config_dirs: BTreeSet<ProjectId>,
+    /// Per project: (container id, config digest) last started or signalled with.
+    pub loaded: BTreeMap<ProjectId, (String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Render the config, create and start the container.
+    Create { project: ProjectId },
+    /// Remove the container and create it anew: its spec-hash is stale.
+    Recreate {
+        project: ProjectId,
+        container: String,
+    },
+    /// Render the config and start the existing, stopped container.
+    Start {
+        project: ProjectId,
+        container: String,
+    },
+    /// Rewrite the config and send the reload signal; the container keeps its id.
+    Reload {
+        project: ProjectId,
+        container: String,
+    },
+    /// Remove the container; its config too unless the project is only disabled.
+    Remove {
+        project: ProjectId,
+        container: String,
+        keep_config: bool,
+    },
+    /// Remove a rendered config that no project wants any more.
+    RemoveConfig { project: ProjectId },
+    /// A container we did not create holds the name: report it, never delete it.
+    Conflict {
+        project: ProjectId,
+        container: String,
+    },
+}
+
+impl Action {
+    pub fn project(&self) -> &ProjectId {
+        match self {
+            Action::Create { project }
+            | Action::Recreate { project, .. }
+            | Action::Start { project, .. }
+            | Action::Reload { project, .. }
+            | Action::Remove { project, .. }
+            | Action::RemoveConfig { project }
+            | Action::Conflict { project, .. } => project,
+        }
+    }
+}
+
+pub fn plan(desired: &BTreeMap<ProjectId, Want>, observed: &Observed) -> Vec<Action> {
+    let mut by_project: BTreeMap<&ProjectId, Vec<&Container>> = BTreeMap::new();
+    for container in &observed.containers {
+        by_project
+            .entry(&container.project)
+            .or_default()
+            .push(container);
+    }
+
+    let projects: BTreeSet<&ProjectId> = desired
+        .keys()
+        .chain(by_project.keys().copied())
+        .chain(&observed.config_dirs)
+        .collect();
+
+    projects
+        .into_iter()
+        .filter_map(|project| {
+            let containers = by_project
+                .get(project)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            plan_project(project, desired.get(project), containers, observed)
+        })
+        .collect()
+}
+
+fn plan_project(
+    project: &ProjectId,
+    want: Option<&Want>,
+    containers: &[&Container],
+    observed: &Observed,
+) -> Option<Action> {
+    let desired = match want {
+        Some(Want::Frozen) => return None,
+        Some(Want::Spec(desired)) => Some(desired),
+        None => None,
+    };
+    let keep_config = desired.is_some();
+
+    // A container of ours under another name (renamed by hand) is surplus: the name is how a
+    // project's one container is found.
+    let name = project.container_name();
+    if let Some(extra) = containers.iter().find(|c| c.name != name) {
+        return Some(Action::Remove {
+            project: project.clone(),
+            container: extra.id.clone(),
+            keep_config: true,
+        });
+    }
+    let container = containers.first();
+
+    let Some(desired) = desired.filter(|d| d.enabled) else {
+        return match container {
+            Some(c) => Some(Action::Remove {
+                project: project.clone(),
+                container: c.id.clone(),
+                keep_config,
+            }),
+            None if !keep_config && observed.config_dirs.contains(project) => {
+                Some(Action::RemoveConfig {
+                    project: project.clone(),
+                })
+            }
+            None => None,
+        };
+    };
+
+    let Some(container) = container else {
+        return Some(match observed.foreign.get(project) {
+            Some(foreign) => Action::Conflict {
+                project: project.clone(),
+                container: foreign.clone(),
+            },
+            None => Action::Create {
+                project: project.clone(),
+            },
+        });
+    };
+
+    let id = container.id.clone();
+    let project = project.clone();
+    if container.spec_hash.as_deref() != Some(desired.spec_hash.as_str()) {
+        return Some(Action::Recreate {
+            project,
+            container: id,
+        });
+    }
+    match container.state {
+        State::Created | State::Exited => Some(Action::Start {
+            project,
+            container: id,
+        }),
+        State::Dead => Some(Action::Recreate {
+            project,
+            container: id,
+        }),
+        // Docker is already on it; the next pass sees the outcome.
+        State::Removing | State::Restarting => None,
+        // Someone paused it on purpose, and a paused process cannot take a signal.
+        State::Paused => None,
+        State::Running => {
+            let in_force = observed
+                .loaded
+                .get(&project)
+                .is_some_and(|(loaded_by, digest)| {
+                    *loaded_by == container.id && *digest == desired.config_digest
+                });
+            (!in_force).then_some(Action::Reload {
+                project,
+                container: id,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str) -> ProjectId {
+        ProjectId::parse(id).unwrap()
+    }
+
+    fn want(enabled: bool, hash: &str, digest: &str) -> Want {
+        Want::Spec(Desired {
+            enabled,
+            spec_hash: hash.into(),
+            config_digest: digest.into(),
+        })
+    }
+
+    fn container(project: &str, id: &str, state: State, hash: &str) -> Container {
+        Container {
+            id: id.into(),
+            project: p(project),
+            name: format!("postgrest-{project}"),
+            state,
+            spec_hash: Some(hash.into()),
+        }
+    }
+
+    /// The whole observed world for one project `a`, in a few words.
+    struct World {
+        containers: Vec<Container>,
+        foreign: Option<&'static str>,
+        config_dir: bool,
+        loaded: Option<(&'static str, &'static str)>,
+    }
+
+    const EMPTY: World = World {
+        containers: Vec::new(),
+        foreign: None,
+        config_dir: false,
+        loaded: None,
+    };
+
+    fn check(want: Option<Want>, world: World, expected: Option<Action>) {
+        let desired: BTreeMap<_, _> = want.into_iter().map(|w| (p("a"), w)).collect();
+        let observed = Observed {
+            containers: world.containers,
+            foreign: world
+                .foreign
+                .map(|c| (p("a"), c.to_owned()))
+                .into_iter()
+                .collect(),
+            config_dirs: if world.config_dir {
+                BTreeSet::from([p("a")])
+            } else {
+                BTreeSet::new()
+            },
+            loaded: world
+                .loaded
+                .map(|(c, d)| (p("a"), (c.to_owned(), d.to_owned())))
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(
+            plan(&desired, &observed),
+            expected.into_iter().collect::<Vec<_>>()
+        );
+    }
+
+    fn running(hash: &str) -> Vec<Container> {
+        vec![container("a", "c1", State::Running, hash)]
+    }
+
+    #[test]
+    fn nothing_to_do() {
+        check(None, EMPTY, None);
+        let world = World {
+            containers: running("h"),
+            loaded: Some(("c1", "d")),
+            ..EMPTY
+        };
+        check(Some(want(true, "h", "d")), world, None);
+        check(
+            Some(want(false, "h", "d")),
+            World {
+                config_dir: true,
+                ..EMPTY
+            },
+            None,
+        );
+    }
+
+    #[test]
+    fn create() {
+        check(
+            Some(want(true, "h", "d")),
+            EMPTY,
+            Some(Action::Create { project: p("a") }),
+        );
+    }
+
+    #[test]
+    fn recreate_on_a_new_spec_hash_or_a_dead_container() {
+        let world = World {
+            containers: running("old"),
+            loaded: Some(("c1", "d")),
+            ..EMPTY
+        };
+        check(
+            Some(want(true, "new", "d")),
+            world,
+            Some(Action::Recreate {
+                project: p("a"),
+                container: "c1".into(),
+            }),
+        );
+        let dead = World {
+            containers: vec![container("a", "c1", State::Dead, "h")],
+            ..EMPTY
+        };
+        check(
+            Some(want(true, "h", "d")),
+            dead,
+            Some(Action::Recreate {
+                project: p("a"),
+                container: "c1".into(),
+            }),
+        );
+        let mut unlabelled = container("a", "c1", State::Running, "h");
+        unlabelled.spec_hash = None;
+        let world = World {
+            containers: vec![unlabelled],
+            ..EMPTY
+        };
+        check(
+            Some(want(true, "h", "d")),
+            world,
+            Some(Action::Recreate {
+                project: p("a"),
+                container: "c1".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn reload_when_the_config_in_force_differs_or_is_unknown() {
+        let reload = Some(Action::Reload {
+            project: p("a"),
+            container: "c1".into(),
+        });
+        let changed = World {
+            containers: running("h"),
+            loaded: Some(("c1", "old")),
+            ..EMPTY
+        };
+        check(Some(want(true, "h", "new")), changed, reload.clone());
+        // Adopted after a crash between writing the file and signalling: no record.
+        check(
+            Some(want(true, "h", "d")),
+            World {
+                containers: running("h"),
+                ..EMPTY
+            },
+            reload.clone(),
+        );
+        // The record is for a container that no longer exists.
+        let stale = World {
+            containers: running("h"),
+            loaded: Some(("c0", "d")),
+            ..EMPTY
+        };
+        check(Some(want(true, "h", "d")), stale, reload);
+    }
+
+    #[test]
+    fn start_stopped_containers() {
+        for state in [State::Exited, State::Created] {
+            let world = World {
+                containers: vec![container("a", "c1", state, "h")],
+                ..EMPTY
+            };
+            check(
+                Some(want(true, "h", "d")),
+                world,
+                Some(Action::Start {
+                    project: p("a"),
+                    container: "c1".into(),
+                }),
+            );
+        }
+    }
+
+    #[test]
+    fn leave_transitions_to_docker() {
+        for state in [State::Restarting, State::Removing, State::Paused] {
+            let world = World {
+                containers: vec![container("a", "c1", state, "h")],
+                ..EMPTY
+            };
+            check(Some(want(true, "h", "d")), world, None);
+        }
+    }
+
+    #[test]
+    fn remove_when_gone_or_disabled() {
+        let world = World {
+            containers: running("h"),
+            config_dir: true,
+            ..EMPTY
+        };
+        check(
+            None,
+            world,
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c1".into(),
+                keep_config: false,
+            }),
+        );
+        let world = World {
+            containers: running("h"),
+            config_dir: true,
+            ..EMPTY
+        };
+        check(
+            Some(want(false, "h", "d")),
+            world,
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c1".into(),
+                keep_config: true,
+            }),
+        );
+        check(
+            None,
+            World {
+                config_dir: true,
+                ..EMPTY
+            },
+            Some(Action::RemoveConfig { project: p("a") }),
+        );
+    }
+
+    #[test]
+    fn surplus_containers_go_first() {
+        let mut renamed = container("a", "c2", State::Running, "h");
+        renamed.name = "renamed".into();
+        let world = World {
+            containers: vec![container("a", "c1", State::Running, "h"), renamed],
+            ..EMPTY
+        };
+        check(
+            Some(want(true, "h", "d")),
+            world,
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c2".into(),
+                keep_config: true,
+            }),
+        );
+    }
+
+    #[test]
+    fn conflicts_are_reported_not_removed() {
+        let world = World {
+            foreign: Some("x9"),
+            ..EMPTY
+        };
+        check(
+            Some(want(true, "h", "d")),
+            world,
+            Some(Action::Conflict {
+                project: p("a"),
+                container: "x9".into(),
+            }),
+        );
+        // Not wanted: a foreign container is none of our business.
+        check(
+            None,
+            World {
+                foreign: Some("x9"),
+                ..EMPTY
+            },
+            None,
+        );
+    }
+
+    #[test]
+    fn frozen_projects_are_untouched() {
+        check(
+            Some(Want::Frozen),
+            World {
+                containers: running("h"),
+                config_dir: true,
+                ..EMPTY
+            },
+            None,
+        );
+        check(Some(Want::Frozen), EMPTY, None);
+    }
+
+    #[test]
+    fn one_action_per_project_across_many() {
+        let desired = BTreeMap::from([
+            (p("a"), want(true, "h", "d")),
+            (p("b"), want(true, "h", "d")),
+        ]);
+        let observed = Observed {
+            containers: vec![container("c", "c3", State::Running, "h")],
+            ..Observed::default()
+        };
+        let actions = plan(&desired, &observed);
+        assert_eq!(
+            actions,
+            [
+                Action::Create { project: p("a") },
+                Action::Create { project: p("b") },
+                Action::Remove {
+                    project: p("c"),
+                    container: "c3".into(),
+                    keep_config: false
+                },
+            ]
+        );
+    }
+}

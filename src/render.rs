@@ -1,0 +1,383 @@
+//! Rendering: a [`Spec`] plus the manager's settings become the PostgREST config file and the
+//! container's shape, and the hashes that tell the planner what changed.
+//!
+//! Every PostgREST key is declared once, with whether a reload can change it; the config text
+//! and the spec-hash are both derived from that one list, so a key cannot be rendered without
+//! being classified.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use sha2::{Digest, Sha256};
+
+use crate::spec::{ProjectId, Spec};
+
+/// The port PostgREST serves its API on, inside the container.
+pub const SERVER_PORT: u16 = 3000;
+/// The port of PostgREST's admin server (`/live`, `/ready`), inside the container.
+pub const ADMIN_PORT: u16 = 3001;
+/// Where each project's config directory is mounted, read-only, inside its container.
+pub const CONFIG_MOUNT: &str = "/etc/postgrest";
+/// The config file name inside that directory.
+pub const CONFIG_FILE: &str = "postgrest.conf";
+
+pub const LABEL_MANAGED_BY: &str = "launchdb.managed-by";
+pub const LABEL_INSTANCE: &str = "launchdb.instance";
+pub const LABEL_PROJECT: &str = "launchdb.project-id";
+pub const LABEL_SPEC_HASH: &str = "launchdb.spec-hash";
+pub const MANAGED_BY: &str = "postgrest-manager";
+
+/// The manager settings that shape every project's config and container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub instance: String,
+    pub image: String,
+    pub network: String,
+    /// The config directory as the Docker daemon sees it (bind-mount sources are host paths).
+    pub host_config_dir: PathBuf,
+    pub db_host: String,
+    pub db_port: u16,
+    pub domain: Option<String>,
+    /// The UID (and GID) PostgREST runs as inside the container; it owns the rendered files.
+    pub uid: u32,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    pub healthcheck_interval_secs: u64,
+}
+
+/// Whether a running PostgREST picks a key up on a config reload (postgrest-facts.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    Yes,
+    /// Changing it needs a new container, so it is part of the spec-hash.
+    No,
+}
+
+enum Value {
+    Str(String),
+    Int(u64),
+    Bool(bool),
+}
+
+/// A rendered config file. Its text holds secrets; `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedConfig {
+    pub text: String,
+    /// Digest of `text`: equal digests mean the same config is in force.
+    pub digest: String,
+}
+
+impl std::fmt::Debug for RenderedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedConfig")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the runtime needs to create one project's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub network: String,
+    pub labels: BTreeMap<String, String>,
+    /// Host path of the project's config directory, mounted read-only at [`CONFIG_MOUNT`].
+    pub config_source: PathBuf,
+    pub user: String,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    /// Writable scratch space on an otherwise read-only root filesystem.
+    pub tmpfs: BTreeMap<String, String>,
+    pub healthcheck: Vec<String>,
+    pub healthcheck_interval_secs: u64,
+}
+
+/// One project rendered: its config file, its container and the hash of what only a new
+/// container can change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub config: RenderedConfig,
+    pub container: ContainerSpec,
+    pub spec_hash: String,
+}
+
+/// Userinfo in `db-uri`: everything outside RFC 3986 "unreserved" is percent-encoded.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Escapes a value for a double-quoted PostgREST config string: the escapes the parser knows,
+/// `\uXXXX` for other control characters, and `$$` for `$`, which would otherwise start a
+/// `$(...)` interpolation.
+pub fn escape_config_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' => out.push_str("$$"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn keys(spec: &Spec, template: &Template) -> Vec<(&'static str, Value, Reload)> {
+    let password = utf8_percent_encode(spec.authenticator_password.expose(), USERINFO);
+    let db_name = utf8_percent_encode(&spec.db_name, USERINFO);
+    let host = spec.db_host.as_deref().unwrap_or(&template.db_host);
+    let port = spec.db_port.unwrap_or(template.db_port);
+    let db_uri = format!(
+        "postgres://{}_authenticator:{password}@{host}:{port}/{db_name}",
+        spec.id
+    );
+    let mut keys = vec![
+        ("db-uri", Value::Str(db_uri), Reload::No),
+        (
+            "db-schemas",
+            Value::Str(spec.db_schemas.join(",")),
+            Reload::Yes,
+        ),
+        (
+            "db-anon-role",
+            Value::Str(spec.db_anon_role.clone()),
+            Reload::Yes,
+        ),
+        ("db-pool", Value::Int(spec.db_pool.into()), Reload::No),
+        // PgBouncer in transaction pooling mode cannot keep prepared statements.
+        ("db-prepared-statements", Value::Bool(false), Reload::Yes),
+        (
+            "jwt-secret",
+            Value::Str(spec.jwt_secret.expose().to_owned()),
+            Reload::Yes,
+        ),
+        ("jwt-aud", Value::Str(spec.jwt_aud.clone()), Reload::Yes),
+        ("max-rows", Value::Int(spec.max_rows.into()), Reload::Yes),
+        ("server-port", Value::Int(SERVER_PORT.into()), Reload::No),
+        (
+            "admin-server-port",
+            Value::Int(ADMIN_PORT.into()),
+            Reload::No,
+        ),
+    ];
+    if let Some(domain) = &template.domain {
+        let uri = format!("https://{domain}/{}", spec.id);
+        keys.push(("openapi-server-proxy-uri", Value::Str(uri), Reload::No));
+    }
+    keys
+}
+
+fn render_value(value: &Value) -> String {
+    match value {
+        Value::Str(s) => format!("\"{}\"", escape_config_string(s)),
+        Value::Int(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+pub fn container_name(id: &ProjectId) -> String {
+    id.container_name()
+}
+
+/// Renders one project. Pure: the same spec and template always give the same result.
+pub fn render(spec: &Spec, template: &Template) -> Rendered {
+    let keys = keys(spec, template);
+
+    let mut text = format!(
+        "# Rendered by postgrest-manager from state/{}.toml; edits here are overwritten.\n",
+        spec.id
+    );
+    for (key, value, _) in &keys {
+        let _ = writeln!(text, "{key} = {}", render_value(value));
+    }
+    // `reload_token` exists only to force a reload; writing it into the file makes a bumped
+    // token change the digest, which is what the planner compares.
+    let _ = writeln!(text, "# reload-token {}", spec.reload_token);
+    let digest = sha256_hex(text.as_bytes());
+
+    let container = container_spec(&spec.id, template);
+
+    // The spec-hash covers the container's whole shape and the keys a reload cannot change.
+    // It holds no secret in clear: the label carries a truncated SHA-256. Whoever can read
+    // labels can use the Docker API, and so can read the mounted config anyway.
+    let mut canonical = format!("{container:?}\n");
+    for (key, value, reload) in &keys {
+        if *reload == Reload::No {
+            let _ = writeln!(canonical, "{key}={}", render_value(value));
+        }
+    }
+    let spec_hash = sha256_hex(canonical.as_bytes())[..16].to_owned();
+
+    let mut container = container;
+    container
+        .labels
+        .insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
+    Rendered {
+        config: RenderedConfig { text, digest },
+        container,
+        spec_hash,
+    }
+}
+
+fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_INSTANCE.to_owned(), template.instance.clone()),
+        (LABEL_PROJECT.to_owned(), id.to_string()),
+    ]);
+    // The wrapper writes its PID file to /run; PostgREST itself needs no writable disk.
+    let tmpfs = BTreeMap::from([
+        (
+            "/run".to_owned(),
+            "rw,noexec,nosuid,size=1m,mode=1777".to_owned(),
+        ),
+        (
+            "/tmp".to_owned(),
+            "rw,noexec,nosuid,size=16m,mode=1777".to_owned(),
+        ),
+    ]);
+    ContainerSpec {
+        name: id.container_name(),
+        image: template.image.clone(),
+        network: template.network.clone(),
+        labels,
+        config_source: template.host_config_dir.join(id.as_str()),
+        user: format!("{0}:{0}", template.uid),
+        memory_bytes: template.memory_bytes,
+        pids_limit: template.pids_limit,
+        tmpfs,
+        healthcheck: vec!["CMD".into(), "/usr/local/bin/healthcheck.sh".into()],
+        healthcheck_interval_secs: template.healthcheck_interval_secs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Secret, SpecFile};
+
+    pub(crate) fn template() -> Template {
+        Template {
+            instance: "test".into(),
+            image: "launchdb/postgrest:v1".into(),
+            network: "launchdb-internal".into(),
+            host_config_dir: "/srv/projects".into(),
+            db_host: "pgbouncer".into(),
+            db_port: 6432,
+            domain: None,
+            uid: 1000,
+            memory_bytes: 256 << 20,
+            pids_limit: 256,
+            healthcheck_interval_secs: 30,
+        }
+    }
+
+    fn spec_with(edit: impl FnOnce(&mut SpecFile)) -> Spec {
+        let mut file = SpecFile::new(
+            Secret::new("s".repeat(32) + "-secret"),
+            Secret::new("pass word"),
+        );
+        edit(&mut file);
+        Spec::from_file(ProjectId::parse("proj_abc123").unwrap(), file).unwrap()
+    }
+
+    #[test]
+    fn renders_the_seed_config() {
+        let rendered = render(&spec_with(|_| {}), &template());
+        let expected = "\
+db-uri = \"postgres://proj_abc123_authenticator:pass%20word@pgbouncer:6432/proj_abc123\"
+db-schemas = \"public,storage\"
+db-anon-role = \"anon\"
+db-pool = 10
+db-prepared-statements = false
+jwt-secret = \"ssssssssssssssssssssssssssssssss-secret\"
+jwt-aud = \"authenticated\"
+max-rows = 1000
+server-port = 3000
+admin-server-port = 3001
+# reload-token 0
+";
+        let body = rendered.config.text.split_once('\n').unwrap().1;
+        assert_eq!(body, expected);
+        assert_eq!(
+            rendered.container.config_source,
+            PathBuf::from("/srv/projects/proj_abc123")
+        );
+    }
+
+    #[test]
+    fn escaping_cannot_inject() {
+        assert_eq!(
+            escape_config_string("a\"b\\c$d$(HOME)\ne\u{1}é"),
+            "a\\\"b\\\\c$$d$$(HOME)\\ne\\u0001é"
+        );
+        let spec = spec_with(|f| f.authenticator_password = Secret::new("p@:/?#%$\"\\\nü"));
+        let text = render(&spec, &template()).config.text;
+        assert!(
+            text.contains(":p%40%3A%2F%3F%23%25%24%22%5C%0A%C3%BC@pgbouncer"),
+            "{text}"
+        );
+        // Every line is a comment or a single `key = value`.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#') || line.split(" = ").count() == 2,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn reloadable_changes_keep_the_spec_hash() {
+        let base = render(&spec_with(|_| {}), &template());
+        let reloadable: [&dyn Fn(&mut SpecFile); 5] = [
+            &|f| f.jwt_secret = Secret::new("t".repeat(40)),
+            &|f| f.jwt_aud = Some("other".into()),
+            &|f| f.max_rows = Some(5),
+            &|f| f.db_schemas = Some(vec!["api".into()]),
+            &|f| f.reload_token = Some(7),
+        ];
+        for edit in reloadable {
+            let changed = render(&spec_with(edit), &template());
+            assert_eq!(changed.spec_hash, base.spec_hash);
+            assert_ne!(changed.config.digest, base.config.digest);
+        }
+        let recreating: [&dyn Fn(&mut SpecFile); 4] = [
+            &|f| f.authenticator_password = Secret::new("new"),
+            &|f| f.db_pool = Some(3),
+            &|f| f.db_host = Some("elsewhere".into()),
+            &|f| f.db_name = Some("other".into()),
+        ];
+        for edit in recreating {
+            assert_ne!(
+                render(&spec_with(edit), &template()).spec_hash,
+                base.spec_hash
+            );
+        }
+        let mut other_image = template();
+        other_image.image = "launchdb/postgrest:v2".into();
+        assert_ne!(
+            render(&spec_with(|_| {}), &other_image).spec_hash,
+            base.spec_hash
+        );
+    }
+}

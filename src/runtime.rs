@@ -1,0 +1,92 @@
+//! The container runtime: one narrow trait, its Docker implementation and an in-memory fake.
+//!
+//! Only this module (and its children) imports bollard. Docker's answers are mapped to
+//! [`RuntimeError`] in exactly one place, [`docker::map_error`], so callers branch on
+//! `NotFound / Conflict / Unavailable / Other`, never on status codes.
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use futures_util::Stream;
+
+use crate::render::ContainerSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("Docker is unreachable: {0}")]
+    Unavailable(String),
+    #[error("Docker error: {0}")]
+    Other(String),
+}
+
+/// Container states as Docker reports them.
+pub use crate::plan::State;
+
+/// What the health check last said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+    /// No health check, or the container is not running.
+    None,
+}
+
+/// One listed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: State,
+    pub health: Health,
+    /// The container's address on the manager's network, when it has one.
+    pub ip: Option<IpAddr>,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<(), RuntimeError>> + Send>>;
+
+/// The operations the controller needs from a container engine, and nothing more.
+pub trait Runtime: Send + Sync + 'static {
+    /// Cheap reachability check.
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Creates the network if it does not exist.
+    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// All containers, running or not, carrying every one of `labels`.
+    fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
+    /// Looks one container up by its exact name.
+    fn find_by_name(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+    /// Creates a container; returns its id. A taken name is `Conflict`.
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Sends `signal` (e.g. `SIGUSR2`) to the container's main process.
+    fn signal(
+        &self,
+        id: &str,
+        signal: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a container, running or not.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// A stream that yields whenever one of the labelled containers dies, is destroyed, runs
+    /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away.
+    fn events(&self, labels: &BTreeMap<String, String>) -> EventStream;
+}

@@ -1,0 +1,327 @@
+//! The Docker implementation of [`Runtime`], on bollard.
+//!
+//! bollard speaks a newer API than Debian's Docker 20.10 (1.41), so the client negotiates the
+//! version before anything else; without that every call fails.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
+    HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use super::{ContainerInfo, EventStream, Health, Runtime, RuntimeError, State};
+use crate::render::{ContainerSpec, CONFIG_MOUNT};
+
+const SECOND_NS: i64 = 1_000_000_000;
+
+/// A Docker daemon, reached the way the `docker` CLI would (`DOCKER_HOST` or the local socket).
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// A client for the daemon the `docker` CLI would use (`DOCKER_HOST` or the local socket).
+    /// It does not talk to the daemon yet, so the manager can start while Docker is down; the
+    /// API version is negotiated by [`Runtime::ping`], which the loop calls before anything
+    /// else and again after every outage.
+    pub fn new(host: Option<&str>) -> Result<DockerRuntime, RuntimeError> {
+        let docker = match host {
+            Some(host) => Docker::connect_with_host(host),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(map_error)?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+/// The one place where bollard's errors become ours.
+pub fn map_error(error: BollardError) -> RuntimeError {
+    match error {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => {
+            let _ = message;
+            RuntimeError::NotFound
+        }
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => RuntimeError::Conflict(message),
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Other(format!("{status_code}: {message}")),
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_) => RuntimeError::Unavailable(error.to_string()),
+        other => RuntimeError::Other(other.to_string()),
+    }
+}
+
+fn state(summary: Option<&ContainerSummaryStateEnum>) -> State {
+    match summary {
+        Some(ContainerSummaryStateEnum::CREATED) => State::Created,
+        Some(ContainerSummaryStateEnum::RUNNING) => State::Running,
+        Some(ContainerSummaryStateEnum::PAUSED) => State::Paused,
+        Some(ContainerSummaryStateEnum::RESTARTING) => State::Restarting,
+        Some(ContainerSummaryStateEnum::REMOVING | ContainerSummaryStateEnum::STOPPING) => {
+            State::Removing
+        }
+        Some(ContainerSummaryStateEnum::DEAD) => State::Dead,
+        Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::EMPTY) | None => {
+            State::Exited
+        }
+    }
+}
+
+/// API 1.41 has no health field in the list: the status text says `(healthy)`,
+/// `(unhealthy)` or `(health: starting)`.
+fn health(status: Option<&str>) -> Health {
+    match status {
+        Some(s) if s.ends_with("(healthy)") => Health::Healthy,
+        Some(s) if s.ends_with("(unhealthy)") => Health::Unhealthy,
+        Some(s) if s.ends_with("(health: starting)") => Health::Starting,
+        _ => Health::None,
+    }
+}
+
+fn info(summary: ContainerSummary) -> ContainerInfo {
+    let ip = summary
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|networks| {
+            networks
+                .into_values()
+                .find_map(|n| n.ip_address.filter(|ip| !ip.is_empty()))
+        })
+        .and_then(|ip| ip.parse().ok());
+    ContainerInfo {
+        id: summary.id.unwrap_or_default(),
+        name: summary
+            .names
+            .and_then(|names| names.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_default(),
+        labels: summary.labels.unwrap_or_default().into_iter().collect(),
+        state: state(summary.state.as_ref()),
+        health: health(summary.status.as_deref()),
+        ip,
+    }
+}
+
+fn label_filters(labels: &BTreeMap<String, String>) -> Vec<String> {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let bind = format!("{}:{CONFIG_MOUNT}:ro", spec.config_source.display());
+    let host_config = HostConfig {
+        binds: Some(vec![bind]),
+        network_mode: Some(spec.network.clone()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        }),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+        memory: Some(spec.memory_bytes),
+        pids_limit: Some(spec.pids_limit),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(spec.user.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        healthcheck: Some(HealthConfig {
+            test: Some(spec.healthcheck.clone()),
+            interval: Some(spec.healthcheck_interval_secs as i64 * SECOND_NS),
+            timeout: Some(5 * SECOND_NS),
+            retries: Some(3),
+            start_period: Some(5 * SECOND_NS),
+            start_interval: None,
+        }),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                spec.network.clone(),
+                EndpointSettings::default(),
+            )])),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Runtime for DockerRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        // Negotiation asks the daemon for its version and lowers ours to match (clones share
+        // the version), so this both checks reachability and survives a daemon downgrade.
+        self.docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(map_error)
+            .map(drop)
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .inspect_network(name, None)
+            .await
+            .map_err(map_error)
+        {
+            Ok(_) => return Ok(()),
+            Err(RuntimeError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await.map_err(map_error) {
+            // Created concurrently by someone else: fine.
+            Ok(_) | Err(RuntimeError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let filters = HashMap::from([("label", label_filters(labels))]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(map_error)?;
+        Ok(summaries.into_iter().map(info).collect())
+    }
+
+    async fn find_by_name(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
+        // The name filter is an unanchored regular expression; anchor it and check exactly.
+        let filters = HashMap::from([("name", vec![format!("^/{name}$")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(map_error)?;
+        summaries
+            .into_iter()
+            .map(info)
+            .find(|c| c.name == name)
+            .ok_or(RuntimeError::NotFound)
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), create_body(spec))
+            .await
+            .map_err(map_error)?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(map_error)
+    }
+
+    async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::default()
+            .signal(signal)
+            .build();
+        self.docker
+            .kill_container(id, Some(options))
+            .await
+            .map_err(map_error)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        self.docker
+            .remove_container(id, Some(options))
+            .await
+            .map_err(map_error)
+    }
+
+    fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
+        // `kill` is left out on purpose: every reload signal is one, and it is not a death.
+        let filters = HashMap::from([
+            ("type", vec!["container".to_owned()]),
+            ("label", label_filters(labels)),
+            (
+                "event",
+                ["die", "destroy", "oom", "stop", "health_status"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        Box::pin(
+            self.docker
+                .events(Some(options))
+                .map(|event| event.map(drop).map_err(map_error)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_from_status_text() {
+        assert_eq!(
+            health(Some("Up 3 seconds (health: starting)")),
+            Health::Starting
+        );
+        assert_eq!(health(Some("Up 3 minutes (healthy)")), Health::Healthy);
+        assert_eq!(health(Some("Up 3 minutes (unhealthy)")), Health::Unhealthy);
+        assert_eq!(health(Some("Exited (0) 2 seconds ago")), Health::None);
+    }
+
+    #[test]
+    fn status_codes_map_once() {
+        let server = |status_code| BollardError::DockerResponseServerError {
+            status_code,
+            message: "m".into(),
+        };
+        assert_eq!(map_error(server(404)), RuntimeError::NotFound);
+        assert_eq!(map_error(server(409)), RuntimeError::Conflict("m".into()));
+        assert_eq!(map_error(server(500)), RuntimeError::Other("500: m".into()));
+        assert!(matches!(
+            map_error(BollardError::RequestTimeoutError),
+            RuntimeError::Unavailable(_)
+        ));
+    }
+}
