@@ -1,0 +1,694 @@
+//! The shared real-Docker test harness: a per-test environment (instance id, network, temp
+//! state and config dirs), the manager binary as a child process with its log captured, Docker
+//! inspection through the `docker` CLI, HS256 JWT minting and tiny HTTP probes.
+//!
+//! Every test gets its own instance label and network, and its `Drop` removes exactly the
+//! containers carrying that label (also on panic), so parallel tests and concurrent runs never
+//! see or touch each other's containers.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The image every test container runs: the PostgREST test double behind the real wrapper.
+pub const IMAGE: &str = "launchdb/postgrest:v1-test";
+/// A plain busybox image, for a client on the containers' network.
+pub const CLIENT_IMAGE: &str = "launchdb/busybox-base:local";
+/// How long any wait lasts before the test fails. Generous: the machine has two cores and
+/// other test binaries may run at the same time.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a wait re-checks its condition.
+pub const POLL: Duration = Duration::from_millis(50);
+
+const LABEL_INSTANCE: &str = "launchdb.instance";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh id, unique within this host for this process: `pgmt<pid>x<n>`. It is a valid
+/// project-id prefix (lowercase letter first, then letters and digits).
+pub fn unique_id() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("pgmt{}x{n}", std::process::id())
+}
+
+/// One test's world: an instance name, a network and temp dirs. Dropping it removes
+/// everything it created, and nothing else.
+pub struct TestEnv {
+    /// The instance label of this env's first manager; also the prefix of its project ids.
+    pub instance: String,
+    pub network: String,
+    pub state_dir: PathBuf,
+    pub config_dir: PathBuf,
+    /// Every instance a manager of this env ran as; cleanup removes their containers.
+    instances: Mutex<Vec<String>>,
+    /// Managers started through this env, killed on drop even if the test leaked them.
+    children: Mutex<Vec<Arc<Mutex<Child>>>>,
+    projects: AtomicUsize,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let id = unique_id();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()
+            .expect("a temp dir");
+        let state_dir = dir.path().join("state");
+        let config_dir = dir.path().join("configs");
+        fs::create_dir_all(&state_dir).unwrap();
+        fs::create_dir_all(&config_dir).unwrap();
+        TestEnv {
+            network: format!("{id}net"),
+            instances: Mutex::new(vec![id.clone()]),
+            instance: id,
+            state_dir,
+            config_dir,
+            children: Mutex::new(Vec::new()),
+            projects: AtomicUsize::new(0),
+            dir: Some(dir),
+        }
+    }
+
+    /// The temp dir everything of this env lives in.
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().expect("not dropped").path()
+    }
+
+    /// A new project id, unique to this env (and so to this host).
+    pub fn project_id(&self) -> String {
+        let n = self.projects.fetch_add(1, Ordering::SeqCst);
+        format!("{}p{n}", self.instance)
+    }
+
+    /// A further instance name whose containers this env also cleans up (a second manager).
+    pub fn extra_instance(&self) -> String {
+        let name = format!(
+            "{}i{}",
+            self.instance,
+            self.projects.fetch_add(1, Ordering::SeqCst)
+        );
+        self.instances.lock().unwrap().push(name.clone());
+        name
+    }
+
+    pub fn state_file(&self, id: &str) -> PathBuf {
+        self.state_dir.join(format!("{id}.toml"))
+    }
+
+    pub fn config_file(&self, id: &str) -> PathBuf {
+        self.config_dir.join(id).join("postgrest.conf")
+    }
+
+    /// Writes `state/<id>.toml` as the manager and the CLI do: temp file, then rename.
+    pub fn write_state(&self, id: &str, toml: &str) {
+        write_atomic(&self.state_file(id), toml);
+    }
+
+    /// Writes `state/<id>.toml` in place (truncate, then write), as an editor or `echo >` would.
+    pub fn write_state_in_place(&self, id: &str, toml: &str) {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.state_file(id))
+            .unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        file.sync_all().unwrap();
+    }
+
+    pub fn remove_state(&self, id: &str) {
+        fs::remove_file(self.state_file(id)).unwrap();
+    }
+
+    /// The container name of a project.
+    pub fn container(&self, id: &str) -> String {
+        format!("postgrest-{id}")
+    }
+
+    /// Waits until project `id`'s container runs, carries this env's instance label and
+    /// PostgREST answers `GET /` with 200; returns its inspection.
+    pub fn wait_serving(&self, id: &str) -> Container {
+        let name = self.container(id);
+        wait_until(&format!("{name} running and answering GET /"), || {
+            let c = inspect(&name)?;
+            if !c.running || c.labels.get(LABEL_INSTANCE) != Some(&self.instance) {
+                return None;
+            }
+            (http_get(c.ip?, "/", None).ok()? == 200).then_some(c)
+        })
+    }
+
+    /// Waits until no container named `postgrest-<id>` exists.
+    pub fn wait_gone(&self, id: &str) {
+        let name = self.container(id);
+        wait_until(&format!("{name} removed"), || {
+            inspect(&name).is_none().then_some(())
+        });
+    }
+
+    /// Runs `wget -qO- <url>` in a throwaway busybox container on this env's network; returns
+    /// what it printed, or `Err` with its stderr when wget failed.
+    pub fn from_network(&self, url: &str) -> Result<String, String> {
+        let out = docker(&[
+            "run",
+            "--rm",
+            "--label",
+            &format!("{LABEL_INSTANCE}={}", self.instance),
+            "--network",
+            &self.network,
+            CLIENT_IMAGE,
+            // Not `wget -T`: Debian's static busybox 1.35 wget segfaults with it.
+            "timeout",
+            "20",
+            "wget",
+            "-qO-",
+            url,
+        ]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Containers of this env's instances, by name.
+    pub fn containers(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for instance in self.instances.lock().unwrap().iter() {
+            let out = docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label={LABEL_INSTANCE}={instance}"),
+                "--format",
+                "{{.Names}}",
+            ]);
+            names.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        names
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        TestEnv::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for child in self.children.lock().unwrap().drain(..) {
+            let mut child = child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for instance in self.instances.lock().unwrap().iter() {
+            let out = docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={LABEL_INSTANCE}={instance}"),
+            ]);
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = docker(&args);
+            }
+        }
+        let _ = docker(&["network", "rm", &self.network]);
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+/// A running `postgrest-manager serve`, its stdout and stderr captured into one log file.
+pub struct Manager {
+    child: Arc<Mutex<Child>>,
+    pub pid: u32,
+    log_path: PathBuf,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How to start a manager; [`ManagerOpts::default`] is the env's instance, dirs and network.
+#[derive(Default, Clone)]
+pub struct ManagerOpts {
+    /// Instead of the env's instance.
+    pub instance: Option<String>,
+    /// Instead of the env's state dir.
+    pub state_dir: Option<PathBuf>,
+    /// Instead of the env's config dir.
+    pub config_dir: Option<PathBuf>,
+    /// Instead of 30.
+    pub resync_secs: Option<u64>,
+    /// Appended after the standard arguments.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Manager {
+    /// Starts a manager with the env's settings.
+    pub fn start(env: &TestEnv) -> Manager {
+        Manager::start_with(env, ManagerOpts::default())
+    }
+
+    pub fn start_with(env: &TestEnv, opts: ManagerOpts) -> Manager {
+        let log_name = format!("manager-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst));
+        let log_path = env.root().join(log_name);
+        let instance = opts.instance.unwrap_or_else(|| env.instance.clone());
+        let state_dir = opts.state_dir.unwrap_or_else(|| env.state_dir.clone());
+        let config_dir = opts.config_dir.unwrap_or_else(|| env.config_dir.clone());
+        let resync = opts.resync_secs.unwrap_or(30).to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        cmd.arg("serve")
+            .arg("--no-api")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--config-dir")
+            .arg(&config_dir)
+            .args(["--instance", &instance])
+            .args(["--network", &env.network])
+            .args(["--image", IMAGE])
+            .args(["--resync-secs", &resync])
+            .args(&opts.args)
+            .env("RUST_LOG", "info")
+            .env_remove("INTERNAL_API_KEY")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("postgrest-manager starts");
+        let log = Arc::new(Mutex::new(fs::File::create(&log_path).expect("a log file")));
+        let mut readers = Vec::new();
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for mut pipe in [stdout, stderr] {
+            let log = Arc::clone(&log);
+            readers.push(thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = log.lock().unwrap().write_all(&buf[..n]);
+                }
+            }));
+        }
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        env.children.lock().unwrap().push(Arc::clone(&child));
+        Manager {
+            child,
+            pid,
+            log_path,
+            readers,
+        }
+    }
+
+    /// Everything the manager printed so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("manager log containing {needle:?}"), || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    /// SIGKILL, then reap; returns once its output is fully captured.
+    pub fn kill(&mut self) {
+        {
+            let mut child = self.child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.join_readers();
+    }
+
+    /// SIGTERM, then wait (up to [`TIMEOUT`]) for it to exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid, "TERM");
+        let status = wait_until("manager to exit after SIGTERM", || {
+            self.child.lock().unwrap().try_wait().ok().flatten()
+        });
+        self.join_readers();
+        status
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&self) -> bool {
+        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Sends `signal` (a name like `TERM`) to a host process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -s {signal} {pid} failed");
+}
+
+/// Polls `check` every [`POLL`] until it returns `Some`, for at most [`TIMEOUT`]; panics with
+/// `what` otherwise.
+pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_until_for(what, TIMEOUT, check)
+}
+
+pub fn wait_until_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Writes a file as the manager does: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = fs::File::create(&tmp).unwrap();
+        file.write_all(contents.as_bytes()).unwrap();
+        file.sync_all().unwrap();
+    }
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the docker CLI; never panics on a failed command (the caller looks at the status).
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the docker CLI runs")
+}
+
+/// Runs the docker CLI and panics unless it succeeds; returns its stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What `docker inspect` says about a container, the parts the tests look at.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    /// `running`, `exited`, `created`, ...
+    pub status: String,
+    pub running: bool,
+    pub restart_count: u64,
+    pub started_at: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its address on the first network it is attached to.
+    pub ip: Option<IpAddr>,
+    pub networks: Vec<String>,
+    pub mounts: Vec<Mount>,
+    pub restart_policy: String,
+    pub readonly_rootfs: bool,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub memory: i64,
+    pub pids_limit: i64,
+    pub user: String,
+    pub has_healthcheck: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: String,
+    pub destination: String,
+    pub rw: bool,
+}
+
+/// `docker inspect <name or id>`; `None` when there is no such container.
+pub fn inspect(name: &str) -> Option<Container> {
+    let out = docker(&["container", "inspect", name]);
+    if !out.status.success() {
+        return None;
+    }
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let v = all.get(0)?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default()
+    };
+    let networks = v["NetworkSettings"]["Networks"].as_object();
+    let ip = networks.and_then(|n| {
+        n.values()
+            .find_map(|n| n["IPAddress"].as_str().and_then(|ip| ip.parse().ok()))
+    });
+    Some(Container {
+        id: s(&v["Id"]),
+        name: s(&v["Name"]).trim_start_matches('/').to_owned(),
+        status: s(&v["State"]["Status"]),
+        running: v["State"]["Running"].as_bool().unwrap_or(false),
+        restart_count: v["RestartCount"].as_u64().unwrap_or(0),
+        started_at: s(&v["State"]["StartedAt"]),
+        labels: v["Config"]["Labels"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), s(v))).collect())
+            .unwrap_or_default(),
+        ip,
+        networks: networks
+            .map(|n| n.keys().cloned().collect())
+            .unwrap_or_default(),
+        mounts: v["Mounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| Mount {
+                        source: s(&m["Source"]),
+                        destination: s(&m["Destination"]),
+                        rw: m["RW"].as_bool().unwrap_or(true),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        restart_policy: s(&v["HostConfig"]["RestartPolicy"]["Name"]),
+        readonly_rootfs: v["HostConfig"]["ReadonlyRootfs"].as_bool().unwrap_or(false),
+        cap_drop: strings(&v["HostConfig"]["CapDrop"]),
+        security_opt: strings(&v["HostConfig"]["SecurityOpt"]),
+        memory: v["HostConfig"]["Memory"].as_i64().unwrap_or(0),
+        pids_limit: v["HostConfig"]["PidsLimit"].as_i64().unwrap_or(0),
+        user: s(&v["Config"]["User"]),
+        has_healthcheck: !v["Config"]["Healthcheck"].is_null(),
+    })
+}
+
+/// `docker exec <container> <args>`: (exit success, stdout, stderr).
+pub fn exec(container: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["exec", container];
+    all.extend_from_slice(args);
+    let out = docker(&all);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The config the double parses from the container's mounted file:
+/// `postgrest --dump-config /etc/postgrest/postgrest.conf`, as JSON
+/// (`{"config": {...}, "db_uri": {"user", "password", "host", "port", "dbname"}}`).
+pub fn dump_config(container: &str) -> serde_json::Value {
+    let (ok, out, err) = exec(
+        container,
+        &[
+            "postgrest",
+            "--dump-config",
+            "/etc/postgrest/postgrest.conf",
+        ],
+    );
+    assert!(ok, "--dump-config in {container} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--dump-config printed no JSON ({e})"))
+}
+
+/// An HS256 JWT for `aud` with role `anon`, valid for an hour, signed with the raw bytes of
+/// `secret` (as PostgREST uses a non-base64 `jwt-secret`).
+pub fn jwt(secret: &str, aud: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({"role": "anon", "aud": aud, "iat": now, "exp": now + 3600});
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// `GET http://<ip>:3000<path>` with an optional bearer token; the status code.
+pub fn http_get(ip: IpAddr, path: &str, bearer: Option<&str>) -> std::io::Result<u16> {
+    http_get_port(ip, 3000, path, bearer)
+}
+
+pub fn http_get_port(
+    ip: IpAddr,
+    port: u16,
+    path: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<u16> {
+    let addr = SocketAddr::new(ip, port);
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:.80}")))
+}
+
+/// Waits until a request to `c` with a JWT signed by `secret` gets `expected`.
+pub fn wait_jwt_status(c: &Container, secret: &str, aud: &str, expected: u16) {
+    let ip = c.ip.expect("the container has an IP");
+    let token = jwt(secret, aud);
+    wait_until(&format!("{} to answer {expected} to a JWT", c.name), || {
+        (http_get(ip, "/", Some(&token)).ok()? == expected).then_some(())
+    });
+}
+
+/// Panics if any secret (at least 8 characters, to avoid trivial matches) appears in `log`,
+/// raw or in the forms the config file and the db-uri use.
+pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            secret.len() >= 8,
+            "too short to check meaningfully: {secret:?}"
+        );
+        let escaped = secret
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .replace('$', "$$");
+        let encoded: String = secret
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        for form in [secret.to_string(), escaped, encoded] {
+            assert!(
+                !log.contains(&form),
+                "a secret appears in the manager's log:\n{log}"
+            );
+        }
+    }
+}
+
+/// A minimal valid state file.
+pub fn state_toml(jwt_secret: &str, password: &str) -> String {
+    format!(
+        "jwt_secret = {}\nauthenticator_password = {}\n",
+        toml_string(jwt_secret),
+        toml_string(password)
+    )
+}
+
+/// A TOML basic string holding exactly `s`.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A random-looking secret of 40 characters, distinct per call.
+pub fn secret(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let raw = format!("{tag}-{}-{n}-{nanos}", std::process::id());
+    let digest = <Sha256 as sha2::Digest>::digest(raw.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{tag}{}", &hex[..40 - tag.len().min(20)])
+}
+
+/// Mode bits (permissions only) and owner uid of a path.
+pub fn mode_and_uid(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (meta.permissions().mode() & 0o7777, meta.uid())
+}
