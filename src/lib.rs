@@ -4,9 +4,11 @@
 //! HTTP API, the CLI, settings and telemetry. ARCHITECTURE.md has the map and the invariants.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod configs;
 pub mod plan;
+pub mod probe;
 pub mod reconcile;
 pub mod render;
 pub mod runtime;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use postgrest_manager::api::{self, ApiConfig};
 use postgrest_manager::reconcile::Controller;
 use postgrest_manager::runtime::docker::DockerRuntime;
 use postgrest_manager::settings::{Cli, Command, Settings};
@@ -42,13 +43,48 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     cfg.configs
         .ensure()
         .with_context(|| format!("config directory {}", cfg.configs.path().display()))?;
+    // Bound before anything starts, so a taken or invalid address exits at once, non-zero.
+    let listener = match &settings.api {
+        Some(api) => Some(
+            tokio::net::TcpListener::bind(api.listen)
+                .await
+                .with_context(|| format!("binding the API on {}", api.listen))?,
+        ),
+        None => None,
+    };
     let docker = DockerRuntime::new(settings.docker_host.as_deref()).context("Docker client")?;
     let state_dir = cfg.state.path().to_owned();
+    let api_config = settings.api.as_ref().map(|api| ApiConfig::new(&cfg, api));
     let (controller, handle) = Controller::new(Arc::new(docker), cfg);
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;
+
+    // One signal stops both the loop and the API; waiting API calls answer 503 at once.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = match (listener, api_config) {
+        (Some(listener), Some(api_config)) => {
+            let app = api::router(api_config, handle.clone(), stop_rx.clone());
+            tracing::info!(listen = %listener.local_addr()?, "API listening");
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+            Some(tokio::spawn(async move { serve.await }))
+        }
+        _ => None,
+    };
     tracing::info!(state_dir = %state_dir.display(), "postgrest-manager started");
-    controller.run(shutdown_signal()).await;
+    controller.run(stopped(stop_rx)).await;
+    if let Some(server) = server {
+        server
+            .await
+            .context("the API task")?
+            .context("serving the API")?;
+    }
     Ok(())
 }
 
