@@ -290,7 +290,8 @@ impl<R: Runtime> Controller<R> {
         }
 
         let mut actions: JoinSet<Done> = JoinSet::new();
-        let mut resync = tokio::time::interval(self.cfg.resync);
+        let mut resync =
+            tokio::time::interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Start-up is the first trigger.
         let mut pass_at: Option<Instant> = Some(Instant::now());
@@ -421,6 +422,10 @@ impl<R: Runtime> Controller<R> {
                     container: container.clone(),
                 };
                 self.record_error(&project, &error);
+                continue;
+            }
+            // Planned from a listing taken while its action runs: stale by definition.
+            if self.in_flight.contains(&project) {
                 continue;
             }
             let rendered = renders.get(&project).cloned();
@@ -574,6 +579,9 @@ impl<R: Runtime> Controller<R> {
 
     fn finish(&mut self, (project, result): Done) {
         self.in_flight.remove(&project);
+        // Whatever was queued for this project was planned before this action changed it.
+        self.pending
+            .retain(|(action, _)| action.project() != &project);
         match result {
             Ok(outcome) => {
                 self.retries.remove(&project);

@@ -1,1 +1,424 @@
+//! Reconcile-loop tests against the in-memory runtime: real files in a temp dir, real timers
+//! (the loop's debounce is 20 ms, so each test takes a fraction of a second).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::runtime::fake::{Call, FakeRuntime};
+use crate::spec::{Secret, SpecFile};
+
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const SECRET_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    cfg: LoopConfig,
+    fake: FakeRuntime,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
+        let template = Template {
+            instance: "unit".into(),
+            image: "launchdb/postgrest:v1-test".into(),
+            network: "net".into(),
+            host_config_dir: tmp.path().join("configs"),
+            db_host: "pgbouncer".into(),
+            db_port: 6432,
+            domain: None,
+            uid,
+            memory_bytes: 256 << 20,
+            pids_limit: 512,
+            healthcheck_interval_secs: 30,
+        };
+        let cfg = LoopConfig {
+            state: StateDir::new(tmp.path().join("state")),
+            configs: ConfigDir::new(tmp.path().join("configs"), uid),
+            template,
+            resync: Duration::from_secs(3600),
+            concurrency: 2,
+            reload_signal: "SIGUSR2".into(),
+        };
+        cfg.state.ensure().unwrap();
+        cfg.configs.ensure().unwrap();
+        Env {
+            _tmp: tmp,
+            cfg,
+            fake: FakeRuntime::new(),
+        }
+    }
+
+    /// Starts a loop; it stops when the returned sender is dropped or sent to.
+    fn start(
+        &self,
+    ) -> (
+        Handle,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (controller, handle) = Controller::new(Arc::new(self.fake.clone()), self.cfg.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(async move {
+            let _ = stopped.await;
+        }));
+        (handle, stop, task)
+    }
+
+    fn write(&self, id: &str, edit: impl FnOnce(&mut SpecFile)) {
+        let mut file = SpecFile::new(Secret::new(SECRET_A), Secret::new("pw"));
+        edit(&mut file);
+        self.cfg.state.write(&pid(id), &file).unwrap();
+    }
+
+    fn write_raw(&self, id: &str, text: &str) {
+        std::fs::write(self.cfg.state.file(&pid(id)), text).unwrap();
+    }
+}
+
+fn pid(id: &str) -> ProjectId {
+    ProjectId::parse(id).unwrap()
+}
+
+/// Waits until the project runs with exactly what its file on disk says.
+async fn converged(env: &Env, handle: &Handle, id: &str) -> Arc<Snapshot> {
+    handle.wake();
+    let id = pid(id);
+    let spec = env.cfg.state.read(&id).unwrap().unwrap();
+    let digest = render::render(&spec, &env.cfg.template).config.digest;
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects.get(&id).is_some_and(|p| {
+                p.converged()
+                    && p.desired
+                        .as_ref()
+                        .is_some_and(|d| d.config_digest == digest)
+            })
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{id} did not converge: {:?}", s.projects.get(&id)))
+}
+
+async fn gone(handle: &Handle, id: &str) {
+    handle.wake();
+    let id = pid(id);
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects
+                .get(&id)
+                .is_none_or(|p| p.container.is_none() && p.desired.is_none())
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{id} is not gone: {:?}", s.projects.get(&id)));
+}
+
+fn container_id(snapshot: &Snapshot, id: &str) -> String {
+    snapshot.projects[&pid(id)]
+        .container
+        .as_ref()
+        .unwrap()
+        .id
+        .clone()
+}
+
+/// Calls that change something, without the listing and pinging around them.
+fn changes(fake: &FakeRuntime) -> Vec<Call> {
+    fake.take_calls()
+        .into_iter()
+        .filter(|c| !matches!(c, Call::List | Call::Ping | Call::EnsureNetwork(_)))
+        .collect()
+}
+
+#[tokio::test]
+async fn creates_reloads_recreates_and_removes() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+
+    let snapshot = converged(&env, &handle, "p1").await;
+    let first = container_id(&snapshot, "p1");
+    assert_eq!(
+        changes(&env.fake),
+        [
+            Call::Create("postgrest-p1".into()),
+            Call::Start(first.clone())
+        ]
+    );
+    let config = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    assert!(config.contains(SECRET_A));
+
+    // A reloadable change: rewrite and signal, same container.
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    let snapshot = converged(&env, &handle, "p1").await;
+    assert_eq!(container_id(&snapshot, "p1"), first);
+    let config = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    assert!(config.contains(SECRET_B));
+    assert_eq!(
+        changes(&env.fake),
+        [Call::Signal(first.clone(), "SIGUSR2".into())]
+    );
+    assert!(snapshot.projects[&pid("p1")].last_reload.is_some());
+
+    // A password change needs a new container.
+    env.write("p1", |f| {
+        f.jwt_secret = Secret::new(SECRET_B);
+        f.authenticator_password = Secret::new("new");
+    });
+    handle.wake();
+    let snapshot = handle
+        .wait_for(WAIT, |s| {
+            let p = &s.projects[&pid("p1")];
+            p.converged() && p.container.as_ref().is_some_and(|c| c.id != first)
+        })
+        .await
+        .expect("recreated");
+    let second = container_id(&snapshot, "p1");
+    assert_eq!(
+        changes(&env.fake),
+        [
+            Call::Remove(first),
+            Call::Create("postgrest-p1".into()),
+            Call::Start(second.clone())
+        ]
+    );
+
+    // Deleting the file removes the container and the rendered config.
+    env.cfg.state.remove(&pid("p1")).unwrap();
+    gone(&handle, "p1").await;
+    assert!(!env.cfg.configs.project_dir(&pid("p1")).exists());
+    assert!(env.fake.containers().is_empty());
+}
+
+#[tokio::test]
+async fn disabled_keeps_the_config() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+
+    env.write("p1", |f| f.enabled = Some(false));
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| s.projects[&pid("p1")].container.is_none())
+        .await
+        .expect("container removed");
+    assert!(env.cfg.configs.config_file(&pid("p1")).exists());
+
+    env.write("p1", |f| f.enabled = Some(true));
+    converged(&env, &handle, "p1").await;
+}
+
+#[tokio::test]
+async fn an_invalid_file_never_takes_a_container_down() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    env.write("p2", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let snapshot = converged(&env, &handle, "p2").await;
+    let before = container_id(&snapshot, "p1");
+    env.fake.take_calls();
+
+    env.write_raw("p1", "jwt_secret = \"unterminated");
+    handle.wake();
+    let snapshot = handle
+        .wait_for(WAIT, |s| s.projects[&pid("p1")].file_error.is_some())
+        .await
+        .expect("error reported");
+    assert_eq!(container_id(&snapshot, "p1"), before);
+    // The other project is untouched too.
+    assert!(snapshot.projects[&pid("p2")].converged());
+
+    // A container removed by hand comes back from the last good spec.
+    env.fake.remove_by_hand("postgrest-p1");
+    handle.wake();
+    let snapshot = handle
+        .wait_for(WAIT, |s| {
+            let p = &s.projects[&pid("p1")];
+            p.converged() && p.container.as_ref().is_some_and(|c| c.id != before)
+        })
+        .await
+        .expect("recreated from the last good spec");
+    assert!(snapshot.projects[&pid("p1")].file_error.is_some());
+}
+
+#[tokio::test]
+async fn a_manager_started_on_a_broken_file_leaves_its_container_alone() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, stop, task) = env.start();
+    converged(&env, &handle, "p1").await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    env.write_raw("p1", "this is not toml");
+    env.fake.take_calls();
+    let (handle, _stop, _task) = env.start();
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| s.reconciled_once)
+        .await
+        .expect("first pass");
+    assert_eq!(changes(&env.fake), []);
+    assert_eq!(env.fake.containers().len(), 1);
+    assert!(env.cfg.configs.config_file(&pid("p1")).exists());
+}
+
+#[tokio::test]
+async fn adoption_keeps_containers_and_signals_only_unconfirmed_configs() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    env.write("p2", |_| {});
+    let (handle, stop, task) = env.start();
+    converged(&env, &handle, "p1").await;
+    converged(&env, &handle, "p2").await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    // As if the manager died after rewriting p2's config but before signalling it.
+    env.cfg.configs.forget(&pid("p2")).unwrap();
+    env.fake.take_calls();
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let snapshot = converged(&env, &handle, "p2").await;
+    assert_eq!(
+        changes(&env.fake),
+        [Call::Signal(
+            container_id(&snapshot, "p2"),
+            "SIGUSR2".into()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn rides_out_a_docker_outage() {
+    let env = Env::new();
+    env.fake.set_unavailable(true);
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| !s.docker_reachable && !s.ready())
+        .await
+        .expect("outage seen");
+
+    env.fake.set_unavailable(false);
+    let snapshot = converged(&env, &handle, "p1").await;
+    assert!(snapshot.docker_reachable);
+    handle
+        .wait_for(WAIT, Snapshot::ready)
+        .await
+        .expect("ready once Docker is back");
+}
+
+#[tokio::test]
+async fn conflicts_are_reported_and_never_removed() {
+    let env = Env::new();
+    env.fake.insert(ContainerInfo {
+        id: "foreign1".into(),
+        name: "postgrest-p1".into(),
+        labels: BTreeMap::new(),
+        state: State::Running,
+        health: Health::None,
+        ip: None,
+    });
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    handle.wake();
+    let snapshot = handle
+        .wait_for(WAIT, |s| {
+            s.projects
+                .get(&pid("p1"))
+                .is_some_and(|p| p.last_error.is_some())
+        })
+        .await
+        .expect("conflict reported");
+    let error = snapshot.projects[&pid("p1")].last_error.clone().unwrap();
+    assert!(
+        error.contains("postgrest-p1") && error.contains("foreign1"),
+        "{error}"
+    );
+
+    // Several more passes: still there, and no hot loop of create attempts.
+    for _ in 0..5 {
+        handle.wake();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let creates = env
+        .fake
+        .take_calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count();
+    assert_eq!(creates, 1);
+    assert!(!env
+        .fake
+        .take_calls()
+        .iter()
+        .any(|c| matches!(c, Call::Remove(_))));
+    assert_eq!(env.fake.containers().len(), 1);
+}
+
+#[tokio::test]
+async fn containers_of_other_instances_are_invisible() {
+    let env = Env::new();
+    let mut labels = env.cfg.owner_labels();
+    labels.insert(LABEL_INSTANCE.into(), "other".into());
+    labels.insert(LABEL_PROJECT.into(), "q1".into());
+    env.fake.insert(ContainerInfo {
+        id: "other1".into(),
+        name: "postgrest-q1".into(),
+        labels,
+        state: State::Running,
+        health: Health::None,
+        ip: None,
+    });
+    let (handle, _stop, _task) = env.start();
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| s.reconciled_once)
+        .await
+        .expect("first pass");
+    assert_eq!(changes(&env.fake), []);
+    assert_eq!(env.fake.containers().len(), 1);
+}
+
+#[tokio::test]
+async fn many_projects_converge_under_the_concurrency_cap() {
+    let env = Env::new();
+    for i in 0..20 {
+        env.write(&format!("p{i}"), |_| {});
+    }
+    let (handle, _stop, _task) = env.start();
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects.len() == 20 && s.projects.values().all(ProjectStatus::converged)
+        })
+        .await
+        .expect("all converge");
+    let calls = env.fake.take_calls();
+    let creates = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count();
+    assert_eq!(creates, 20, "{calls:?}");
+}
+
+#[tokio::test]
+async fn shutdown_leaves_containers_running() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, stop, task) = env.start();
+    converged(&env, &handle, "p1").await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("loop stops")
+        .unwrap();
+    assert_eq!(env.fake.containers().len(), 1);
+    assert_eq!(env.fake.containers()[0].state, State::Running);
+}
