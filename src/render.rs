@@ -246,10 +246,16 @@ fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
         (LABEL_PROJECT.to_owned(), id.to_string()),
     ]);
     // The wrapper writes its PID file to /run; PostgREST itself needs no writable disk.
+    // Docker copies the image's /run (root, 0755) onto the tmpfs and that overrides `mode`,
+    // so the tmpfs is handed to PostgREST's UID instead; otherwise the wrapper, running as that
+    // UID, cannot write the PID file and the seed's `kill -HUP $(cat ...)` finds none.
     let tmpfs = BTreeMap::from([
         (
             "/run".to_owned(),
-            "rw,noexec,nosuid,size=1m,mode=1777".to_owned(),
+            format!(
+                "rw,noexec,nosuid,size=1m,uid={0},gid={0},mode=0755",
+                template.uid
+            ),
         ),
         (
             "/tmp".to_owned(),
