@@ -1,8 +1,16 @@
 //! The controller against the real Docker daemon: desired-state files in, PostgREST
 //! containers out, observed the way a user would (docker inspect, HTTP requests with JWTs,
-//! the config the containerised PostgREST double parses).
+//! the config the containerised PostgREST double parses back, the manager's log).
+//!
+//! Every test runs its own manager with its own instance label, network and directories, and
+//! ends by checking that no secret it used appears in the manager's log.
 
 mod support;
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -43,11 +51,8 @@ fn new_state_file_runs_a_hardened_container() {
             "{a} sees more than its own config: {m:?}"
         );
     }
-    let (ok, _, _) = exec(
-        &c.name,
-        &["cat", &format!("/etc/postgrest/../{b}/postgrest.conf")],
-    );
-    assert!(!ok);
+    let (ok, _, _) = exec(&c.name, &["sh", "-c", "echo x > /etc/postgrest/x"]);
+    assert!(!ok, "the config mount is writable from inside");
 
     // Hardening.
     assert!(c.readonly_rootfs);
@@ -59,6 +64,7 @@ fn new_state_file_runs_a_hardened_container() {
     assert!(c.memory > 0 && c.pids_limit > 0);
     assert_eq!(c.restart_policy, "unless-stopped");
     assert!(c.has_healthcheck);
+    assert_eq!(c.user, "1000:1000");
 
     // Reachable from another container on the network, by name.
     let body = env
@@ -76,4 +82,479 @@ fn new_state_file_runs_a_hardened_container() {
     );
 }
 
-use std::path::Path;
+/// A new `jwt_secret` is a reload: the same container, never restarted, and requests are
+/// checked against the new secret (the old one is rejected).
+#[test]
+fn jwt_secret_change_reloads_in_place() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+    env.write_state(&id, &state_toml(&old, &password));
+    let before = env.wait_serving(&id);
+    wait_jwt_status(&before, &old, "authenticated", 200);
+    // The audience is checked too: a token for another audience is refused.
+    let ip = before.ip.unwrap();
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&old, "someone-else"))).unwrap(),
+        401
+    );
+
+    env.write_state(&id, &state_toml(&new, &password));
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+        401,
+        "the old secret is still accepted"
+    );
+
+    let after = inspect(&before.name).expect("still there");
+    assert_eq!(after.id, before.id, "the container was replaced");
+    assert!(after.running);
+    assert_eq!(after.restart_count, before.restart_count);
+    assert_eq!(
+        after.started_at, before.started_at,
+        "the container restarted"
+    );
+    assert_eq!(after.labels, before.labels);
+
+    manager.wait_log("action=Reload");
+    assert_no_secrets(&manager.log(), &[&old, &new, &password]);
+}
+
+/// A new `authenticator_password` lives in `db-uri`, which no reload can change: a new
+/// container, whose PostgREST parses the new password from its config.
+#[test]
+fn password_change_recreates_with_the_new_db_uri() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let (jwt_secret, old, new) = (secret("jwt"), secret("pwold"), secret("pwnew"));
+    env.write_state(&id, &state_toml(&jwt_secret, &old));
+    let before = env.wait_serving(&id);
+    assert_eq!(dump_config(&before.name)["db_uri"]["password"], old);
+
+    env.write_state(&id, &state_toml(&jwt_secret, &new));
+    let after = wait_until("a new container", || {
+        let c = env.wait_serving(&id);
+        (c.id != before.id).then_some(c)
+    });
+    assert_ne!(
+        after.labels["launchdb.spec-hash"],
+        before.labels["launchdb.spec-hash"]
+    );
+    assert!(
+        inspect(&before.id).is_none(),
+        "the old container is left over"
+    );
+    let uri = &dump_config(&after.name)["db_uri"];
+    assert_eq!(uri["password"], new);
+    assert_eq!(uri["user"], format!("{id}_authenticator"));
+    assert_eq!(uri["dbname"], id.as_str());
+    assert_eq!(uri["host"], "pgbouncer");
+    assert_eq!(uri["port"], 6432);
+    wait_jwt_status(&after, &jwt_secret, "authenticated", 200);
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &old, &new]);
+}
+
+/// The seed's reload path: edit the config file, then `kill -HUP $(cat /var/run/postgrest.pid)`
+/// inside the container. The wrapper turns the HUP into a reload: the new secret is in force
+/// and PostgREST never restarted.
+#[test]
+fn sighup_through_the_pid_file_reloads_without_a_restart() {
+    let env = TestEnv::new();
+    // No resync during the test: the manager must not re-render the hand-edited file.
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            resync_secs: Some(3600),
+            ..Default::default()
+        },
+    );
+    let id = env.project_id();
+    let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+    env.write_state(&id, &state_toml(&old, &password));
+    let before = env.wait_serving(&id);
+    wait_jwt_status(&before, &old, "authenticated", 200);
+
+    // Rewrite the host file in place (same inode), as a person with an editor would.
+    let path = env.config_file(&id);
+    let text = fs::read_to_string(&path).unwrap();
+    let old_line = format!("jwt-secret = \"{old}\"");
+    assert!(text.contains(&old_line), "unexpected rendering:\n{text}");
+    fs::write(
+        &path,
+        text.replace(&old_line, &format!("jwt-secret = \"{new}\"")),
+    )
+    .unwrap();
+    assert_eq!(dump_config(&before.name)["config"]["jwt-secret"], new);
+
+    let (ok, _, err) = exec(
+        &before.name,
+        &["sh", "-c", "kill -HUP $(cat /var/run/postgrest.pid)"],
+    );
+    assert!(ok, "kill -HUP failed: {err}");
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    assert_eq!(
+        http_get(before.ip.unwrap(), "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+        401
+    );
+
+    let after = inspect(&before.name).unwrap();
+    assert_eq!(after.id, before.id);
+    assert!(after.running);
+    assert_eq!(after.restart_count, 0);
+    assert_eq!(after.started_at, before.started_at);
+    let logs = docker(&["logs", &before.name]);
+    let logs =
+        String::from_utf8_lossy(&logs.stdout).into_owned() + &String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("SIGHUP received"), "container log:\n{logs}");
+
+    assert_no_secrets(&manager.log(), &[&old, &new, &password]);
+}
+
+/// Deleting the state file removes the container and its rendered config.
+#[test]
+fn deleting_the_state_file_removes_container_and_config() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let (id, other) = (env.project_id(), env.project_id());
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    env.write_state(&other, &state_toml(&jwt_secret, &password));
+    env.wait_serving(&id);
+    let kept = env.wait_serving(&other);
+    assert!(env.config_file(&id).exists());
+
+    env.remove_state(&id);
+    env.wait_gone(&id);
+    let dir = env.config_dir.join(&id);
+    wait_until("the rendered config dir removed", || {
+        (!dir.exists()).then_some(())
+    });
+    // The other project is left alone.
+    assert_eq!(inspect(&kept.name).unwrap().id, kept.id);
+    assert!(env.config_file(&other).exists());
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
+
+/// `enabled = false` keeps the config but runs no container; `true` again runs one.
+#[test]
+fn disabling_and_enabling_a_project() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    let spec = state_toml(&jwt_secret, &password);
+    env.write_state(&id, &spec);
+    let first = env.wait_serving(&id);
+
+    env.write_state(&id, &format!("{spec}enabled = false\n"));
+    env.wait_gone(&id);
+    assert!(
+        env.config_file(&id).exists(),
+        "the config went with the container"
+    );
+    // Still nothing after a while: the loop does not bring it back.
+    thread::sleep(Duration::from_secs(2));
+    assert!(inspect(&env.container(&id)).is_none());
+
+    env.write_state(&id, &format!("{spec}enabled = true\n"));
+    let second = env.wait_serving(&id);
+    assert_ne!(second.id, first.id);
+    wait_jwt_status(&second, &jwt_secret, "authenticated", 200);
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
+
+/// A broken state file never takes a running container down: the error is logged (without
+/// the secrets in the broken line), the last good spec stays in force, and fixing the file
+/// converges.
+#[test]
+fn broken_toml_keeps_the_container_until_fixed() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let (old, typo, new, password) = (
+        secret("jwtold"),
+        secret("jwttypo"),
+        secret("jwtnew"),
+        secret("pw"),
+    );
+    env.write_state(&id, &state_toml(&old, &password));
+    let before = env.wait_serving(&id);
+
+    // A hand edit that loses the closing quote, in the line holding a secret.
+    let broken = format!(
+        "jwt_secret = \"{typo}\nauthenticator_password = {}\n",
+        toml_string(&password)
+    );
+    env.write_state_in_place(&id, &broken);
+    manager.wait_log("invalid state file");
+    let log = manager.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("invalid state file"))
+        .unwrap();
+    assert!(
+        line.contains(&id),
+        "the error does not name the project: {line}"
+    );
+    // Give the loop time to act on the broken file, if it wrongly would.
+    thread::sleep(Duration::from_secs(2));
+    let during = inspect(&before.name).expect("the container is gone");
+    assert_eq!(during.id, before.id);
+    assert!(during.running);
+    assert_eq!(during.started_at, before.started_at);
+    wait_jwt_status(&during, &old, "authenticated", 200);
+    // The last good config is still rendered.
+    assert_eq!(dump_config(&before.name)["config"]["jwt-secret"], old);
+
+    env.write_state_in_place(&id, &state_toml(&new, &password));
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    manager.wait_log("state file valid again");
+    assert_eq!(inspect(&before.name).unwrap().id, before.id);
+
+    assert_no_secrets(&manager.log(), &[&old, &typo, &new, &password]);
+}
+
+/// A container removed behind the manager's back comes back within seconds: with an hour
+/// between resyncs, only the Docker event can explain it.
+#[test]
+fn removed_container_comes_back_from_the_docker_event() {
+    let env = TestEnv::new();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            resync_secs: Some(3600),
+            ..Default::default()
+        },
+    );
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    let before = env.wait_serving(&id);
+    // The events stream must be subscribed; the first full reconcile is past that point.
+    manager.wait_log("first full reconcile done");
+
+    let removed_at = Instant::now();
+    docker_ok(&["rm", "-f", &before.name]);
+    let after = wait_until_for(
+        "the container to come back",
+        Duration::from_secs(30),
+        || {
+            let c = inspect(&before.name)?;
+            (c.id != before.id && c.running).then_some(c)
+        },
+    );
+    let back = removed_at.elapsed();
+    env.wait_serving(&id);
+    wait_jwt_status(&after, &jwt_secret, "authenticated", 200);
+    eprintln!("container back after {back:?}");
+    assert!(back < Duration::from_secs(30));
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
+
+/// A manager killed with SIGKILL and started again adopts the running containers as they
+/// are: same ids, never restarted, no create in its log. A change made while it was down is
+/// applied by reload, in place.
+#[test]
+fn restarted_manager_adopts_running_containers() {
+    let env = TestEnv::new();
+    let mut first = Manager::start(&env);
+    let (a, b) = (env.project_id(), env.project_id());
+    let (secret_a, secret_b, changed_b, password) = (
+        secret("jwta"),
+        secret("jwtb"),
+        secret("jwtbnew"),
+        secret("pw"),
+    );
+    env.write_state(&a, &state_toml(&secret_a, &password));
+    env.write_state(&b, &state_toml(&secret_b, &password));
+    let before_a = env.wait_serving(&a);
+    let before_b = env.wait_serving(&b);
+    first.wait_log("first full reconcile done");
+    first.kill();
+    let first_log = first.log();
+    // The log names creations (so their absence below means something).
+    assert!(first_log.contains("action=Create"), "{first_log}");
+
+    // While no manager runs: b gets a new JWT secret.
+    env.write_state(&b, &state_toml(&changed_b, &password));
+    assert_eq!(
+        http_get(
+            before_b.ip.unwrap(),
+            "/",
+            Some(&jwt(&secret_b, "authenticated"))
+        )
+        .unwrap(),
+        200,
+        "nothing should have happened without a manager"
+    );
+
+    let second = Manager::start(&env);
+    second.wait_log("first full reconcile done");
+    wait_jwt_status(&before_b, &changed_b, "authenticated", 200);
+    for before in [&before_a, &before_b] {
+        let after = inspect(&before.name).unwrap();
+        assert_eq!(after.id, before.id, "{} was recreated", before.name);
+        assert_eq!(after.started_at, before.started_at);
+        assert_eq!(after.restart_count, 0);
+        assert!(after.running);
+    }
+    wait_jwt_status(&before_a, &secret_a, "authenticated", 200);
+    let log = second.log();
+    assert!(
+        !log.contains("action=Create") && !log.contains("action=Recreate"),
+        "the restarted manager created containers:\n{log}"
+    );
+
+    let secrets = [&secret_a[..], &secret_b, &changed_b, &password];
+    assert_no_secrets(&first_log, &secrets);
+    assert_no_secrets(&log, &secrets);
+}
+
+/// SIGTERM stops the manager (exit 0) and leaves the containers running.
+#[test]
+fn sigterm_exits_and_leaves_containers_running() {
+    let env = TestEnv::new();
+    let mut manager = Manager::start(&env);
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    let before = env.wait_serving(&id);
+    manager.wait_log("first full reconcile done");
+
+    let status = manager.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let after = inspect(&before.name).expect("SIGTERM removed the container");
+    assert_eq!(after.id, before.id);
+    assert!(after.running);
+    assert_eq!(http_get(after.ip.unwrap(), "/", None).unwrap(), 200);
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
+
+/// Secrets full of config-file and URI syntax reach PostgREST exactly: the double parses the
+/// rendered file back to the same values, and a JWT signed with that secret is accepted.
+#[test]
+fn hostile_secrets_render_to_exactly_those_values() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let jwt_secret = "quote\" back\\slash $dollar $(HOME) new\nline @:/?#% é€😀 ünïcødé".to_owned();
+    let password = "p\"w\\d $x $(HOME)$$ nl\n@:/?#% é€😀 #comment = 1".to_owned();
+    assert!(jwt_secret.chars().count() >= 32);
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    let c = env.wait_serving(&id);
+
+    let dump = dump_config(&c.name);
+    assert_eq!(dump["config"]["jwt-secret"], jwt_secret.as_str());
+    assert_eq!(dump["db_uri"]["password"], password.as_str());
+    assert_eq!(dump["db_uri"]["user"], format!("{id}_authenticator"));
+    assert_eq!(dump["db_uri"]["host"], "pgbouncer");
+    // No value injected a key of its own.
+    let keys: Vec<&String> = dump["config"].as_object().unwrap().keys().collect();
+    for key in &keys {
+        assert!(
+            [
+                "db-uri",
+                "db-schemas",
+                "db-anon-role",
+                "db-pool",
+                "db-prepared-statements",
+                "jwt-secret",
+                "jwt-aud",
+                "max-rows",
+                "server-port",
+                "admin-server-port",
+                "openapi-server-proxy-uri",
+            ]
+            .contains(&key.as_str()),
+            "unexpected key {key} in {keys:?}"
+        );
+    }
+    assert_eq!(dump["config"]["jwt-aud"], "authenticated");
+
+    wait_jwt_status(&c, &jwt_secret, "authenticated", 200);
+    assert_eq!(
+        http_get(c.ip.unwrap(), "/", Some(&jwt("quote", "authenticated"))).unwrap(),
+        401
+    );
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
+
+/// Two managers on one host, with different instances and state dirs: each runs its own
+/// projects, a name clash is reported as a conflict and never resolved by removing the other
+/// manager's container, and neither touches the other's containers.
+#[test]
+fn two_managers_never_touch_each_others_containers() {
+    let env = TestEnv::new();
+    let other_instance = env.extra_instance();
+    let other_state = env.root().join("state-b");
+    let other_configs = env.root().join("configs-b");
+    fs::create_dir_all(&other_state).unwrap();
+    let (only_a, only_b, shared) = (env.project_id(), env.project_id(), env.project_id());
+    let (secret_a, secret_b, password) = (secret("jwta"), secret("jwtb"), secret("pw"));
+
+    let manager_a = Manager::start(&env);
+    env.write_state(&only_a, &state_toml(&secret_a, &password));
+    env.write_state(&shared, &state_toml(&secret_a, &password));
+    let a = env.wait_serving(&only_a);
+    let shared_before = env.wait_serving(&shared);
+
+    let manager_b = Manager::start_with(
+        &env,
+        ManagerOpts {
+            instance: Some(other_instance.clone()),
+            state_dir: Some(other_state.clone()),
+            config_dir: Some(other_configs.clone()),
+            ..Default::default()
+        },
+    );
+    for id in [&only_b, &shared] {
+        write_atomic(
+            &other_state.join(format!("{id}.toml")),
+            &state_toml(&secret_b, &password),
+        );
+    }
+    let b = wait_until("b's container", || {
+        let c = inspect(&env.container(&only_b))?;
+        (c.running && c.labels.get("launchdb.instance") == Some(&other_instance)).then_some(c)
+    });
+    wait_jwt_status(&b, &secret_b, "authenticated", 200);
+    manager_b.wait_log("conflict");
+    let conflict = manager_b
+        .log()
+        .lines()
+        .find(|l| l.contains("conflict"))
+        .unwrap()
+        .to_owned();
+    assert!(conflict.contains(&shared), "{conflict}");
+
+    // Let both loops run a while (both see each other's containers on the network).
+    thread::sleep(Duration::from_secs(3));
+    let shared_after = inspect(&shared_before.name).expect("the shared container was removed");
+    assert_eq!(shared_after.id, shared_before.id);
+    assert_eq!(shared_after.labels, shared_before.labels);
+    assert_eq!(shared_after.started_at, shared_before.started_at);
+    wait_jwt_status(&shared_after, &secret_a, "authenticated", 200);
+    assert_eq!(inspect(&a.name).unwrap().id, a.id);
+    assert_eq!(inspect(&b.name).unwrap().id, b.id);
+
+    // B giving up the shared project and its own does not touch A's container.
+    fs::remove_file(other_state.join(format!("{shared}.toml"))).unwrap();
+    fs::remove_file(other_state.join(format!("{only_b}.toml"))).unwrap();
+    env.wait_gone(&only_b);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(inspect(&shared_before.name).unwrap().id, shared_before.id);
+    assert_eq!(inspect(&a.name).unwrap().id, a.id);
+
+    for log in [manager_a.log(), manager_b.log()] {
+        assert_no_secrets(&log, &[&secret_a, &secret_b, &password]);
+    }
+}

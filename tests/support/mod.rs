@@ -329,9 +329,10 @@ impl Manager {
         }
     }
 
-    /// Everything the manager printed so far.
+    /// Everything the manager printed so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+        let raw = fs::read(&self.log_path).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
     }
 
     /// Waits until the log contains `needle`.
@@ -379,6 +380,26 @@ impl Drop for Manager {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), so tests match `key=value` text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Sends `signal` (a name like `TERM`) to a host process.
