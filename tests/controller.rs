@@ -135,9 +135,10 @@ fn password_change_recreates_with_the_new_db_uri() {
     assert_eq!(dump_config(&before.name)["db_uri"]["password"], old);
 
     env.write_state(&id, &state_toml(&jwt_secret, &new));
-    let after = wait_until("a new container", || {
-        let c = env.wait_serving(&id);
-        (c.id != before.id).then_some(c)
+    let after = wait_until("a new container answering GET /", || {
+        let c = inspect(&before.name)?;
+        let serving = c.running && http_get(c.ip?, "/", None).ok()? == 200;
+        (c.id != before.id && serving).then_some(c)
     });
     assert_ne!(
         after.labels["launchdb.spec-hash"],
@@ -556,5 +557,75 @@ fn two_managers_never_touch_each_others_containers() {
 
     for log in [manager_a.log(), manager_b.log()] {
         assert_no_secrets(&log, &[&secret_a, &secret_b, &password]);
+    }
+}
+
+/// Not a timed assertion: measures, over several runs, the wall time from writing a state file
+/// to the new container answering `GET /` with 200, and from writing a new `jwt_secret` to a
+/// request signed with it being accepted. Run with
+/// `cargo test --test controller latency -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn latency() {
+    const RUNS: usize = 7;
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    manager.wait_log("first full reconcile done");
+    let mut create = Vec::new();
+    let mut reload = Vec::new();
+    for _ in 0..RUNS {
+        let id = env.project_id();
+        let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+        let name = env.container(&id);
+
+        let start = Instant::now();
+        env.write_state(&id, &state_toml(&old, &password));
+        // `docker inspect` until the container has an address, then HTTP alone (~1 ms a try).
+        let ip = wait_until("an address", || inspect(&name)?.ip);
+        wait_until_fast("GET / = 200", || {
+            (http_get(ip, "/", None).ok()? == 200).then_some(())
+        });
+        create.push(start.elapsed());
+
+        let token = jwt(&new, "authenticated");
+        let start = Instant::now();
+        env.write_state(&id, &state_toml(&new, &password));
+        wait_until_fast("the new secret accepted", || {
+            (http_get(ip, "/", Some(&token)).ok()? == 200).then_some(())
+        });
+        reload.push(start.elapsed());
+
+        env.remove_state(&id);
+        env.wait_gone(&id);
+    }
+    for (what, mut times) in [
+        ("file written -> GET / answers 200", create),
+        ("jwt_secret changed -> new secret accepted", reload),
+    ] {
+        let list: Vec<String> = times.iter().map(|d| format!("{:.0}", ms(*d))).collect();
+        times.sort();
+        println!(
+            "{what}: runs (ms) [{}]; min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            list.join(", "),
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1]),
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Like [`wait_until`], polling every 2 ms, for measurements.
+fn wait_until_fast<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
     }
 }

@@ -164,6 +164,8 @@ impl TestEnv {
 
     /// Runs `wget -qO- <url>` in a throwaway busybox container on this env's network; returns
     /// what it printed, or `Err` with its stderr when wget failed.
+    // The name says where the request comes from, not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_network(&self, url: &str) -> Result<String, String> {
         let out = docker(&[
             "run",
