@@ -629,3 +629,53 @@ fn wait_until_fast<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A Docker outage (simulated by cutting a socket proxy in front of the daemon; the daemon
+/// itself is never stopped): containers keep running, the manager logs the outage once and
+/// the recovery once, and afterwards it applies what changed meanwhile.
+#[test]
+fn docker_outage_is_survived_and_resynced() {
+    let env = TestEnv::new();
+    let mut proxy = DockerProxy::new(env.root().join("docker.sock"));
+    proxy.start();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            env: vec![("DOCKER_HOST".into(), proxy.url())],
+            ..Default::default()
+        },
+    );
+    let (a, b) = (env.project_id(), env.project_id());
+    let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+    env.write_state(&a, &state_toml(&old, &password));
+    let before = env.wait_serving(&a);
+    manager.wait_log("first full reconcile done");
+
+    proxy.stop();
+    // Changes while Docker is unreachable: a new project and a new secret.
+    env.write_state(&b, &state_toml(&old, &password));
+    env.write_state(&a, &state_toml(&new, &password));
+    manager.wait_log("Docker is unreachable");
+    thread::sleep(Duration::from_secs(3));
+    assert!(manager.running(), "the manager gave up:\n{}", manager.log());
+    assert!(inspect(&env.container(&b)).is_none());
+    assert_eq!(
+        http_get(before.ip.unwrap(), "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+        200,
+        "the running container was disturbed"
+    );
+
+    proxy.start();
+    manager.wait_log("Docker is reachable again");
+    env.wait_serving(&b);
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    let after = inspect(&before.name).unwrap();
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.started_at, before.started_at);
+
+    let log = manager.log();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("Docker is unreachable"), 1, "{log}");
+    assert_eq!(lines("Docker is reachable again"), 1, "{log}");
+    assert_no_secrets(&log, &[&old, &new, &password]);
+}

@@ -715,3 +715,103 @@ pub fn mode_and_uid(path: &Path) -> (u32, u32) {
     let meta = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (meta.permissions().mode() & 0o7777, meta.uid())
 }
+
+/// A Unix-socket proxy in front of the Docker daemon's socket, for simulating an outage
+/// without touching the daemon: point the manager's `DOCKER_HOST` at [`DockerProxy::url`],
+/// then [`DockerProxy::stop`] (the socket disappears, open connections are cut) and
+/// [`DockerProxy::start`] again.
+pub struct DockerProxy {
+    path: PathBuf,
+    upstream: PathBuf,
+    running: Option<ProxyRun>,
+}
+
+struct ProxyRun {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl DockerProxy {
+    /// A proxy listening at `path`, forwarding to `/var/run/docker.sock`; not started yet.
+    pub fn new(path: PathBuf) -> DockerProxy {
+        DockerProxy {
+            path,
+            upstream: PathBuf::from("/var/run/docker.sock"),
+            running: None,
+        }
+    }
+
+    /// The `DOCKER_HOST` value that reaches the daemon through this proxy.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    pub fn start(&mut self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        use std::sync::atomic::AtomicBool;
+        assert!(self.running.is_none(), "the proxy is already running");
+        let _ = fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("the proxy socket binds");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let upstream = self.upstream.clone();
+        let acceptor = {
+            let (stop, connections) = (Arc::clone(&stop), Arc::clone(&connections));
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let client = match listener.accept() {
+                        Ok((client, _)) => client,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let Ok(server) = UnixStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let mut all = connections.lock().unwrap();
+                    all.push(client.try_clone().unwrap());
+                    all.push(server.try_clone().unwrap());
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server, client),
+                    ] {
+                        thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                }
+                // The listener is dropped here: new connections are refused.
+            })
+        };
+        self.running = Some(ProxyRun {
+            stop,
+            connections,
+            acceptor,
+        });
+    }
+
+    /// Stops accepting, removes the socket and cuts every open connection.
+    pub fn stop(&mut self) {
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        run.stop.store(true, Ordering::SeqCst);
+        let _ = run.acceptor.join();
+        let _ = fs::remove_file(&self.path);
+        for connection in run.connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
