@@ -486,6 +486,8 @@ pub struct Container {
     pub pids_limit: i64,
     pub user: String,
     pub has_healthcheck: bool,
+    /// `State.Health.Status`: `starting`, `healthy`, `unhealthy`, or empty without a check.
+    pub health: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,6 +551,7 @@ pub fn inspect(name: &str) -> Option<Container> {
         pids_limit: v["HostConfig"]["PidsLimit"].as_i64().unwrap_or(0),
         user: s(&v["Config"]["User"]),
         has_healthcheck: !v["Config"]["Healthcheck"].is_null(),
+        health: s(&v["State"]["Health"]["Status"]),
     })
 }
 
