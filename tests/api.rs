@@ -1,0 +1,1032 @@
+//! The management API against the real Docker daemon: the manager binary serving HTTP, real
+//! PostgREST (test double) containers, real signals. What is asserted is what a client sees:
+//! status codes and bodies, container ids, which JWT secret a container accepts, the config
+//! PostgREST parsed, the state directory, and the absence of secrets from the manager's log.
+//!
+//! Every test has its own instance label, network and directories ([`TestEnv`]), so tests run
+//! in parallel and clean up after themselves, also when they fail.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+/// The key every test manager is started with: 40 characters.
+const KEY: &str = "test-internal-api-key-0123456789abcdefgh";
+
+// ---------------------------------------------------------------------------------------------
+// A manager serving the API, and a tiny HTTP/1.1 client
+
+/// `postgrest-manager serve` with the API on a free local port, its output in a log file.
+/// The harness's `Manager` always runs `--no-api`, so this starts its own; containers are
+/// removed by the [`TestEnv`] (by instance label) and the process is killed on drop.
+struct ApiManager {
+    child: Child,
+    addr: SocketAddr,
+    log_path: PathBuf,
+}
+
+#[derive(Default)]
+struct ApiOpts {
+    timeout_secs: Option<u64>,
+    image: Option<String>,
+    docker_host: Option<String>,
+    wait_ready: bool,
+}
+
+impl ApiManager {
+    fn start(env: &TestEnv) -> ApiManager {
+        ApiManager::start_with(
+            env,
+            ApiOpts {
+                wait_ready: true,
+                ..ApiOpts::default()
+            },
+        )
+    }
+
+    fn start_with(env: &TestEnv, opts: ApiOpts) -> ApiManager {
+        // A free port: bound and released; the manager binds it a moment later.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log_path = env.root().join(format!("api-manager-{}.log", addr.port()));
+        let log = fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&env.state_dir)
+            .arg("--config-dir")
+            .arg(&env.config_dir)
+            .args(["--instance", &env.instance])
+            .args(["--network", &env.network])
+            .args(["--image", opts.image.as_deref().unwrap_or(IMAGE)])
+            .args(["--listen", &addr.to_string()])
+            .args([
+                "--api-timeout-secs",
+                &opts.timeout_secs.unwrap_or(120).to_string(),
+            ])
+            .env("INTERNAL_API_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        match &opts.docker_host {
+            Some(host) => cmd.env("DOCKER_HOST", host),
+            None => cmd.env_remove("DOCKER_HOST"),
+        };
+        let child = cmd.spawn().expect("postgrest-manager starts");
+        let manager = ApiManager {
+            child,
+            addr,
+            log_path,
+        };
+        let wanted = if opts.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        wait_until(&format!("the API to answer 200 on {wanted}"), || {
+            let response = manager.try_request("GET", wanted, None, None, &[]).ok()?;
+            (response.status == 200).then_some(())
+        });
+        manager
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let body = body.map(|b| b.to_string());
+        self.request(
+            method,
+            path,
+            Some(KEY),
+            body.as_deref().map(str::as_bytes),
+            &[],
+        )
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        self.try_request(method, path, key, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One request on a fresh connection (`Connection: close`), read to the end.
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(key) = key {
+            head.push_str(&format!("X-Internal-Key: {key}\r\n"));
+        }
+        if let Some(body) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            if !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            {
+                head.push_str("Content-Type: application/json\r\n");
+            }
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body.unwrap_or_default());
+        // The server may answer (413, 431) and close before reading everything we send; the
+        // answer is what counts, so a failed write is not an error by itself.
+        let _ = stream.write_all(&request);
+        let mut raw = Vec::new();
+        let read = stream.read_to_end(&mut raw);
+        if raw.is_empty() {
+            read?;
+        }
+        Response::parse(&raw)
+    }
+}
+
+impl Drop for ApiManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Response {
+    fn parse(raw: &[u8]) -> std::io::Result<Response> {
+        let text = String::from_utf8_lossy(raw);
+        let bad = || std::io::Error::other(format!("not an HTTP response: {text:.200}"));
+        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        let headers: BTreeMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let body = if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (status {})", self.body, self.status))
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Every file in the state directory, with its content: to prove a request changed nothing.
+fn state_snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let content = fs::read(e.path()).unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), content)
+        })
+        .collect()
+}
+
+fn spawn_body(id: &str, jwt_secret: &str, password: &str) -> Value {
+    json!({"projectId": id, "jwtSecret": jwt_secret, "authenticatorPassword": password})
+}
+
+/// How many times the PostgREST double in `container` logged a config reload.
+fn reloads(container: &str) -> usize {
+    let out = docker(&["logs", container]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.matches("Config reloaded").count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's sequence and the semantics of each endpoint
+
+/// The seed's test sequence over HTTP (spawn, list, restart, destroy, list) with its exact
+/// status codes and bodies; extra fields are allowed, missing or renamed ones are not.
+#[test]
+fn seed_sequence_with_exact_codes_and_bodies() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    let name = env.container(&id);
+
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &jwt_secret, &password)),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    assert_eq!(spawn.headers["content-type"], "application/json");
+    let body = spawn.json();
+    let container = inspect(&name).expect("the container exists once spawn answers");
+    assert_eq!(
+        body,
+        json!({
+            "projectId": id,
+            "containerId": name,
+            "containerName": name,
+            "port": 3000,
+            "status": "running",
+            "dockerId": container.id,
+        })
+    );
+    // 201 means PostgREST is up, not just the container: it serves at once.
+    assert!(container.running);
+    wait_jwt_status(&container, &jwt_secret, "authenticated", 200);
+
+    // Spawn again (the seed's body, no secrets): idempotent, same container.
+    let again = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(json!({"projectId": id})),
+    );
+    assert_eq!((again.status, again.json()), (201, body.clone()));
+
+    let list = api.call("GET", "/internal/postgrest", None);
+    assert_eq!(list.status, 200);
+    let list = list.json();
+    let entries = list["containers"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    for (field, value) in [
+        ("projectId", json!(id)),
+        ("containerName", json!(name)),
+        ("port", json!(3000)),
+        ("status", json!("running")),
+    ] {
+        assert_eq!(entries[0][field], value, "{field} in {list}");
+    }
+
+    let restart = api.call("POST", &format!("/internal/postgrest/{id}/restart"), None);
+    assert_eq!(restart.status, 200, "{}", restart.body);
+    let restart = restart.json();
+    assert_eq!(restart["projectId"], json!(id));
+    assert_eq!(restart["status"], "reloaded");
+    assert_eq!(
+        restart["message"],
+        "PostgREST configuration reloaded via SIGUSR2"
+    );
+    assert_eq!(inspect(&name).unwrap().id, container.id);
+
+    let delete = api.call("DELETE", &format!("/internal/postgrest/{id}"), None);
+    assert_eq!(
+        (delete.status, delete.json()),
+        (200, json!({"projectId": id, "status": "stopped"}))
+    );
+    assert!(
+        inspect(&name).is_none(),
+        "DELETE answered before the container went"
+    );
+    assert!(!env.state_file(&id).exists());
+
+    let list = api.call("GET", "/internal/postgrest", None);
+    assert_eq!((list.status, list.json()), (200, json!({"containers": []})));
+
+    // Unknown project without secrets: 404, nothing written.
+    let other = env.project_id();
+    let unknown = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(json!({"projectId": other})),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.json()["error"], "not_found");
+    assert!(!env.state_file(&other).exists());
+    assert_no_secrets(&api.log(), &[&jwt_secret, &password]);
+}
+
+/// Restart is a reload: the same container (id and start time) takes up a new JWT secret,
+/// the old one stops working, and PostgREST logged one more reload for the restart.
+#[test]
+fn restart_reloads_the_same_container_with_the_new_secret() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let id = env.project_id();
+    let (old_secret, new_secret, password) = (secret("old"), secret("new"), secret("pw"));
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &old_secret, &password)),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let before = inspect(&env.container(&id)).unwrap();
+    wait_jwt_status(&before, &old_secret, "authenticated", 200);
+
+    // The seed's step 7: the operator edits the project's configuration (the state file).
+    env.write_state(&id, &state_toml(&new_secret, &password));
+    // Whatever the loop did on its own by now, restart answers once the new config is loaded.
+    thread::sleep(Duration::from_millis(300));
+    let reloads_before = reloads(&before.name);
+    let restart = api.call("POST", &format!("/internal/postgrest/{id}/restart"), None);
+    assert_eq!(restart.status, 200, "{}", restart.body);
+    assert_eq!(restart.json()["dockerId"], json!(before.id));
+
+    let after = inspect(&env.container(&id)).unwrap();
+    assert_eq!(after.id, before.id, "restart recreated the container");
+    assert_eq!(
+        after.started_at, before.started_at,
+        "restart restarted the container"
+    );
+    let ip = after.ip.unwrap();
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&new_secret, "authenticated"))).unwrap(),
+        200
+    );
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&old_secret, "authenticated"))).unwrap(),
+        401
+    );
+    wait_until("PostgREST to log the restart's reload", || {
+        (reloads(&after.name) > reloads_before).then_some(())
+    });
+
+    let missing = api.call(
+        "POST",
+        &format!("/internal/postgrest/{}/restart", env.project_id()),
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_no_secrets(&api.log(), &[&old_secret, &new_secret, &password]);
+}
+
+/// PUT upserts the whole spec: a new JWT secret is reloaded into the same container, a new
+/// authenticator password (part of db-uri, which PostgREST cannot reload) gets a new one.
+#[test]
+fn put_reloads_secrets_and_recreates_for_a_new_password() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let id = env.project_id();
+    let uri = format!("/internal/postgrest/{id}");
+    let (secret_1, secret_2, password_1, password_2) =
+        (secret("s1"), secret("s2"), secret("p1"), secret("p2"));
+
+    let put = |jwt_secret: &str, password: &str| {
+        api.call(
+            "PUT",
+            &uri,
+            Some(json!({"jwtSecret": jwt_secret, "authenticatorPassword": password, "maxRows": 7})),
+        )
+    };
+    let created = put(&secret_1, &password_1);
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.json()["status"], "running");
+    let first = inspect(&env.container(&id)).unwrap();
+    assert_eq!(
+        dump_config(&first.name)["db_uri"]["password"],
+        json!(password_1)
+    );
+
+    let rotated = put(&secret_2, &password_1);
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let same = inspect(&env.container(&id)).unwrap();
+    assert_eq!(same.id, first.id, "a new JWT secret must not recreate");
+    assert_eq!(
+        http_get(
+            same.ip.unwrap(),
+            "/",
+            Some(&jwt(&secret_2, "authenticated"))
+        )
+        .unwrap(),
+        200
+    );
+
+    let repassworded = put(&secret_2, &password_2);
+    assert_eq!(repassworded.status, 200, "{}", repassworded.body);
+    let second = inspect(&env.container(&id)).unwrap();
+    assert_ne!(second.id, first.id, "a new password must recreate");
+    assert_eq!(repassworded.json()["dockerId"], json!(second.id));
+    assert_eq!(
+        dump_config(&second.name)["db_uri"]["password"],
+        json!(password_2)
+    );
+
+    let view = api.call("GET", &uri, None);
+    assert_eq!(view.status, 200);
+    let view = view.json();
+    assert_eq!(
+        (view["desired"].as_str(), view["converged"].as_bool()),
+        (Some("enabled"), Some(true))
+    );
+    assert!(
+        !view.to_string().contains(&secret_2),
+        "a secret in GET: {view}"
+    );
+    assert_no_secrets(
+        &api.log(),
+        &[&secret_1, &secret_2, &password_1, &password_2],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+
+/// Fifty spawns of distinct projects at once, with the loop's default concurrency: all 201,
+/// all running with PostgREST up.
+#[test]
+fn fifty_concurrent_spawns_all_succeed() {
+    let env = TestEnv::new();
+    let api = Arc::new(ApiManager::start(&env));
+    let ids: Vec<String> = (0..50).map(|_| env.project_id()).collect();
+    let jwt_secret = secret("fifty");
+    let started = Instant::now();
+    let threads: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (api, id, jwt_secret) = (api.clone(), id.clone(), jwt_secret.clone());
+            thread::spawn(move || {
+                let response = api.call(
+                    "POST",
+                    "/internal/postgrest/spawn",
+                    Some(spawn_body(&id, &jwt_secret, "pw-fifty")),
+                );
+                (id, response)
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (id, response) = thread.join().unwrap();
+        assert_eq!(response.status, 201, "{id}: {}", response.body);
+        assert_eq!(response.json()["projectId"], json!(id));
+    }
+    eprintln!("50 concurrent spawns took {:?}", started.elapsed());
+    let list = api.call("GET", "/internal/postgrest", None).json();
+    let running = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "running" && c["converged"] == true)
+        .count();
+    assert_eq!(running, 50, "{list}");
+    assert_eq!(env.containers().len(), 50);
+}
+
+/// Twenty PUTs to one project at once: all succeed, and the file on disk is exactly one of
+/// them, never a mix of two.
+#[test]
+fn twenty_concurrent_puts_leave_one_whole_request() {
+    let env = TestEnv::new();
+    let api = Arc::new(ApiManager::start(&env));
+    let id = env.project_id();
+    let requests: Vec<(String, String, u32)> = (0..20)
+        .map(|n| (secret(&format!("s{n}x")), secret(&format!("p{n}x")), n + 1))
+        .collect();
+    let threads: Vec<_> = requests
+        .iter()
+        .cloned()
+        .map(|(jwt_secret, password, max_rows)| {
+            let (api, uri) = (api.clone(), format!("/internal/postgrest/{id}"));
+            thread::spawn(move || {
+                api.call(
+                    "PUT",
+                    &uri,
+                    Some(json!({"jwtSecret": jwt_secret, "authenticatorPassword": password, "maxRows": max_rows})),
+                )
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for thread in threads {
+        let response = thread.join().unwrap();
+        assert!(matches!(response.status, 200 | 201), "{}", response.body);
+        created += usize::from(response.status == 201);
+    }
+    assert_eq!(created, 1, "exactly one PUT created the project");
+
+    let text = fs::read_to_string(env.state_file(&id)).unwrap();
+    let file: toml::Table = toml::from_str(&text).unwrap();
+    let written = (
+        file["jwt_secret"].as_str().unwrap().to_owned(),
+        file["authenticator_password"].as_str().unwrap().to_owned(),
+        file["max_rows"].as_integer().unwrap() as u32,
+    );
+    assert!(requests.contains(&written), "the file is a mix of requests");
+    // And the container serves what the file says.
+    let c = inspect(&env.container(&id)).unwrap();
+    assert_eq!(
+        http_get(c.ip.unwrap(), "/", Some(&jwt(&written.0, "authenticated"))).unwrap(),
+        200
+    );
+    assert_eq!(dump_config(&c.name)["db_uri"]["password"], json!(written.1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input and error paths
+
+/// At least twenty hostile requests, each answered with the right code in the JSON error
+/// shape, and the state directory byte-for-byte unchanged.
+#[test]
+fn hostile_requests_are_refused_and_change_nothing() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("hostile"), secret("pw"));
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &jwt_secret, &password)),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let before = state_snapshot(&env.state_dir);
+
+    let wrong_key = "x".repeat(KEY.len());
+    let ten_mb = format!(
+        r#"{{"projectId": "{id}", "jwtSecret": "{}"}}"#,
+        "a".repeat(10 << 20)
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let huge_header = "h".repeat(1024 * 1024);
+    let spawn_path = "/internal/postgrest/spawn";
+    let project = format!("/internal/postgrest/{id}");
+    let valid_put =
+        json!({"jwtSecret": secret("other"), "authenticatorPassword": "pw"}).to_string();
+    struct Case<'a> {
+        what: &'a str,
+        method: &'a str,
+        path: String,
+        key: Option<&'a str>,
+        body: Option<String>,
+        headers: Vec<(&'a str, &'a str)>,
+        expected: u16,
+    }
+    let case = |what, method, path: &str, body: Option<String>, expected| Case {
+        what,
+        method,
+        path: path.to_owned(),
+        key: Some(KEY),
+        body,
+        headers: vec![],
+        expected,
+    };
+    let cases = vec![
+        Case { key: None, ..case("no key", "GET", "/internal/postgrest", None, 401) },
+        Case { key: Some(&wrong_key), ..case("wrong key of equal length", "GET", "/internal/postgrest", None, 401) },
+        Case { key: Some(&wrong_key), ..case("wrong key on a write", "DELETE", &project, None, 401) },
+        Case { key: Some(""), ..case("empty key", "POST", spawn_path, Some(format!(r#"{{"projectId":"{id}"}}"#)), 401) },
+        Case { key: None, ..case("no key for the OpenAPI document", "GET", "/internal/openapi.json", None, 401) },
+        case("path traversal in restart", "POST", "/internal/postgrest/..%2F..%2Fetc%2Fpasswd/restart", None, 400),
+        case("path traversal in delete", "DELETE", "/internal/postgrest/..%2Fstate%2Fx", None, 400),
+        case("path traversal in put", "PUT", "/internal/postgrest/..%2F..%2Ftmp%2Fevil", Some(valid_put.clone()), 400),
+        case("dot-dot id", "GET", "/internal/postgrest/..", None, 400),
+        case("traversal in the body", "POST", spawn_path, Some(r#"{"projectId": "../../etc/passwd", "jwtSecret": "x", "authenticatorPassword": "y"}"#.into()), 400),
+        case("shell metacharacters in the path", "DELETE", "/internal/postgrest/a%3Brm%20-rf%20%2F", None, 400),
+        case("command substitution in the body", "POST", spawn_path, Some(r#"{"projectId": "$(reboot)"}"#.into()), 400),
+        case("backticks in the body", "POST", spawn_path, Some(r#"{"projectId": "`id`"}"#.into()), 400),
+        case("newline in the id", "POST", spawn_path, Some(r#"{"projectId": "a\nb"}"#.into()), 400),
+        case("uppercase id", "GET", "/internal/postgrest/PROJ", None, 400),
+        case("id too long", "GET", &format!("/internal/postgrest/{}", "a".repeat(50)), None, 400),
+        case("ten megabyte body", "POST", spawn_path, Some(ten_mb), 413),
+        case("malformed JSON", "POST", spawn_path, Some("{\"projectId\": ".into()), 400),
+        case("deeply nested JSON", "POST", spawn_path, Some(deep), 400),
+        case("wrong type for projectId", "POST", spawn_path, Some(r#"{"projectId": 42}"#.into()), 400),
+        case("wrong type for a secret", "PUT", &project, Some(r#"{"jwtSecret": true, "authenticatorPassword": "pw"}"#.into()), 400),
+        case("wrong type for maxRows", "PUT", &project, Some(format!(r#"{{"jwtSecret": "{}", "authenticatorPassword": "pw", "maxRows": "lots"}}"#, secret("t"))), 400),
+        case("negative port", "PUT", &project, Some(format!(r#"{{"jwtSecret": "{}", "authenticatorPassword": "pw", "dbPort": -1}}"#, secret("t"))), 400),
+        case("missing projectId", "POST", spawn_path, Some("{}".into()), 400),
+        case("missing authenticatorPassword", "PUT", &project, Some(format!(r#"{{"jwtSecret": "{}"}}"#, secret("t"))), 400),
+        case("unknown field", "POST", spawn_path, Some(format!(r#"{{"projectId": "{id}", "image": "evil/image"}}"#)), 400),
+        case("short JWT secret", "PUT", &project, Some(r#"{"jwtSecret": "short", "authenticatorPassword": "pw"}"#.into()), 400),
+        case("schema injection", "PUT", &project, Some(format!(r#"{{"jwtSecret": "{}", "authenticatorPassword": "pw", "dbSchemas": ["public\"\ndb-uri = \"x"]}}"#, secret("t"))), 400),
+        case("JSON null body", "POST", spawn_path, Some("null".into()), 400),
+        Case { headers: vec![("X-Huge", &huge_header)], ..case("huge header", "GET", "/internal/postgrest", None, 431) },
+        Case { headers: vec![("Content-Type", "text/plain")], ..case("not JSON", "POST", spawn_path, Some(format!(r#"{{"projectId":"{id}"}}"#)), 415) },
+        case("unknown method", "PATCH", &project, None, 405),
+        case("unknown endpoint", "GET", "/internal/postgrest/a/b/c", None, 404),
+    ];
+    assert!(cases.len() >= 20);
+    for case in &cases {
+        let body = case.body.as_deref().map(str::as_bytes);
+        let response = api.request(case.method, &case.path, case.key, body, &case.headers);
+        assert_eq!(
+            response.status, case.expected,
+            "{}: {:.300}",
+            case.what, response.body
+        );
+        if response.status != 431 {
+            let error = response.json();
+            assert!(
+                error["error"].is_string() && error["message"].is_string(),
+                "{}: {error}",
+                case.what
+            );
+            let message = error["message"].as_str().unwrap();
+            assert!(
+                !message.contains("/tmp") && !message.contains("src/"),
+                "{}: {message}",
+                case.what
+            );
+        }
+    }
+    assert_eq!(
+        state_snapshot(&env.state_dir),
+        before,
+        "a hostile request changed the state directory"
+    );
+    assert_eq!(inspect(&env.container(&id)).map(|c| c.running), Some(true));
+    assert!(!Path::new("/tmp/evil.toml").exists());
+    assert_no_secrets(&api.log(), &[&jwt_secret, &password]);
+}
+
+/// 409 when a container that is not ours holds the name; 504 with the desired state saved when
+/// the container cannot come up in time; 503 when Docker is unreachable.
+#[test]
+fn conflict_timeout_and_docker_down() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+
+    // 409: someone else's container named postgrest-<id> (labelled with our instance only so
+    // the env removes it; without managed-by it is not ours).
+    let taken = env.project_id();
+    docker_ok(&[
+        "create",
+        "--name",
+        &env.container(&taken),
+        "--label",
+        &format!("launchdb.instance={}", env.instance),
+        CLIENT_IMAGE,
+        "true",
+    ]);
+    let conflict = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&taken, &secret("c"), "pw")),
+    );
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    assert!(conflict.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains(&env.container(&taken)));
+    let list = api.call("GET", "/internal/postgrest", None).json();
+    let entry = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["projectId"] == json!(taken))
+        .cloned()
+        .unwrap();
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("a container named"),
+        "{entry}"
+    );
+    drop(api);
+
+    // 504: an image that does not exist never runs; the desired state stays saved.
+    let slow = ApiManager::start_with(
+        &env,
+        ApiOpts {
+            timeout_secs: Some(2),
+            image: Some("launchdb/does-not-exist:never".into()),
+            wait_ready: true,
+            ..ApiOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let timeout = slow.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("t"), "pw")),
+    );
+    assert_eq!(timeout.status, 504, "{}", timeout.body);
+    let error = timeout.json();
+    assert_eq!(error["error"], "timeout");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("desired state is saved"),
+        "{error}"
+    );
+    assert!(env.state_file(&id).exists());
+    drop(slow);
+
+    // 503: Docker unreachable; nothing written.
+    let down = ApiManager::start_with(
+        &env,
+        ApiOpts {
+            // A closed port: bollard refuses a missing socket file at start-up, not a dead address.
+            docker_host: Some("tcp://127.0.0.1:1".into()),
+            ..ApiOpts::default()
+        },
+    );
+    let other = env.project_id();
+    let unavailable = down.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&other, &secret("d"), "pw")),
+    );
+    assert_eq!(unavailable.status, 503, "{}", unavailable.body);
+    assert_eq!(unavailable.json()["error"], "docker_unavailable");
+    assert!(!env.state_file(&other).exists());
+    let ready = down.request("GET", "/readyz", None, None, &[]);
+    assert_eq!(ready.status, 503);
+}
+
+/// `serve` refuses to start its API without a key, with a short key, or on a taken address.
+#[test]
+fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
+    let env = TestEnv::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let run = |key: Option<&str>, listen: String| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&env.state_dir)
+            .arg("--config-dir")
+            .arg(&env.config_dir)
+            .args(["--instance", &env.instance, "--network", &env.network])
+            .args(["--listen", &listen])
+            .env_remove("INTERNAL_API_KEY")
+            .stdin(Stdio::null());
+        if let Some(key) = key {
+            cmd.env("INTERNAL_API_KEY", key);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(None, "127.0.0.1:0".into());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("INTERNAL_API_KEY"), "{stderr}");
+    let (code, stderr) = run(Some("too-short"), "127.0.0.1:0".into());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        !stderr.contains("too-short"),
+        "the key was printed: {stderr}"
+    );
+    let (code, stderr) = run(Some(KEY), taken.local_addr().unwrap().to_string());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("binding the API"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's End-to-End Test section, from the scripts
+
+/// The seed's "End-to-End Test (Spawn → Reload → Destroy)", step by step, through
+/// deploy/scripts and curl, with only the paths changed (state/<id>.toml instead of
+/// postgrest/projects/<id>.conf, the container's IP instead of its name from the host), a
+/// unique project id instead of proj_test (so runs cannot collide), and a 32-character JWT
+/// secret (the seed's is 28, which PostgREST refuses).
+#[test]
+fn seed_end_to_end_from_the_scripts() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/scripts");
+    let script = |name: &str, args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(scripts.join(name))
+            .args(args)
+            .env("PGM_BIN", env!("CARGO_BIN_EXE_postgrest-manager"))
+            .env("PGM_STATE_DIR", &env.state_dir)
+            .env("PGM_INSTANCE", &env.instance)
+            .env_remove("PGM_WAIT_SECS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let curl = |args: &[&str]| {
+        let url_base = format!("http://{}", api.addr);
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("http://localhost:9000", &url_base))
+            .collect();
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_owned())
+    };
+    let key_header = format!("X-Internal-Key: {KEY}");
+    let id = env.project_id();
+    let name = env.container(&id);
+    let (jwt_secret, password) = ("test_jwt_secret_32_chars_minimum", "test_db_password");
+
+    // Usage lines and exit codes of the seed's scripts.
+    for (script_name, usage) in [
+        (
+            "postgrest-add-project.sh",
+            "<project_id> <jwt_secret> <authenticator_password>",
+        ),
+        ("postgrest-spawn.sh", "<project_id>"),
+        ("postgrest-stop.sh", "<project_id>"),
+        ("postgrest-reload.sh", "<project_id>"),
+    ] {
+        let (code, _, stderr) = script(script_name, &[]);
+        assert_eq!(code, Some(1), "{script_name}");
+        assert!(
+            stderr.starts_with("Usage: ") && stderr.contains(usage),
+            "{script_name}: {stderr}"
+        );
+    }
+
+    // 2. Generate config for the test project (and, as in the seed, spawn it).
+    let (code, _, stderr) = script("postgrest-add-project.sh", &[&id, jwt_secret, password]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let state = fs::read_to_string(env.state_file(&id)).unwrap();
+    assert!(state.contains(jwt_secret));
+    assert_eq!(mode_and_uid(&env.state_file(&id)).0, 0o600);
+
+    // 3. Spawn via the HTTP API, then via the script (both idempotent).
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "http://localhost:9000/internal/postgrest/spawn",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &key_header,
+        "-d",
+        &format!(r#"{{"projectId": "{id}"}}"#),
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let spawned: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spawned["containerName"], json!(name));
+    let (code, _, stderr) = script("postgrest-spawn.sh", &[&id]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // 4. The container is running.
+    let ps = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("name={name}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(ps.lines().any(|l| l == name), "{ps}");
+
+    // 5. The PID file exists.
+    let (ok, pid, _) = exec(&name, &["cat", "/var/run/postgrest.pid"]);
+    assert!(ok && pid.trim().parse::<u32>().is_ok(), "{pid}");
+
+    // 6. PostgREST answers on port 3000 (with a JWT signed by the project's secret).
+    let c = inspect(&name).unwrap();
+    wait_jwt_status(&c, jwt_secret, "authenticated", 200);
+
+    // 7. Modify the configuration (secret rotation).
+    let rotated = "rotated_jwt_secret_32_chars_minimum";
+    env.write_state(&id, &state_toml(rotated, password));
+
+    // 8. Reload via the API, then via the script.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://localhost:9000/internal/postgrest/{id}/restart"),
+        "-H",
+        &key_header,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "reloaded"
+    );
+    let reloads_before = reloads(&name);
+    let (code, _, stderr) = script("postgrest-reload.sh", &[&id]);
+    assert_eq!(code, Some(0), "{stderr}");
+    wait_jwt_status(&c, rotated, "authenticated", 200);
+    wait_jwt_status(&c, jwt_secret, "authenticated", 401);
+
+    // 9. The logs confirm the reload; same container.
+    wait_until("the script's reload in the container's log", || {
+        (reloads(&name) > reloads_before).then_some(())
+    });
+    assert_eq!(inspect(&name).unwrap().id, c.id);
+
+    // 10. Destroy via the script (the seed's stop removes the container), then via the API.
+    let (code, _, stderr) = script("postgrest-stop.sh", &[&id]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // 11. The container is gone.
+    let ps = docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name={name}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(!ps.lines().any(|l| l == name), "{ps}");
+
+    let (code, body) = curl(&[
+        "-X",
+        "DELETE",
+        &format!("http://localhost:9000/internal/postgrest/{id}"),
+        "-H",
+        &key_header,
+    ]);
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&body).unwrap()),
+        (200, json!({"projectId": id, "status": "stopped"}))
+    );
+    let ps = docker_ok(&["ps", "-a", "--filter", &format!("name={name}"), "-q"]);
+    assert!(ps.trim().is_empty(), "{ps}");
+
+    // List all PostgREST containers: none left.
+    let (code, body) = curl(&[
+        "http://localhost:9000/internal/postgrest",
+        "-H",
+        &key_header,
+    ]);
+    assert_eq!((code, body.as_str()), (200, r#"{"containers":[]}"#));
+    assert_no_secrets(&api.log(), &[jwt_secret, rotated, password]);
+}
+
+/// Spawn latency, request to 201, over several fresh projects; printed for the record (run
+/// with `--nocapture`) and bounded loosely so a regression to healthcheck-paced answers fails.
+#[test]
+fn spawn_latency() {
+    let env = TestEnv::new();
+    let api = ApiManager::start(&env);
+    let jwt_secret = secret("lat");
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let id = env.project_id();
+        let started = Instant::now();
+        let response = api.call(
+            "POST",
+            "/internal/postgrest/spawn",
+            Some(spawn_body(&id, &jwt_secret, "pw")),
+        );
+        times.push(started.elapsed());
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+    eprintln!("spawn latency (request to 201): {times:?}");
+    times.sort();
+    assert!(times[2] < Duration::from_secs(10), "median {:?}", times[2]);
+}
