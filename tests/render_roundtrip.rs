@@ -36,7 +36,7 @@ impl Rng {
 
     fn nasty(&mut self, min_chars: usize) -> String {
         let mut s = String::new();
-        while s.chars().count() < min_chars || self.next() % 4 != 0 {
+        while s.chars().count() < min_chars || self.next() & 3 != 0 {
             s.push_str(NASTY[(self.next() % NASTY.len() as u64) as usize]);
         }
         s
