@@ -708,3 +708,48 @@ fn docker_reports_the_container_healthy() {
 
     assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
 }
+
+/// Editor and temp files are ignored, a misnamed file is reported, and a project whose very
+/// first file is invalid gets no container, while the valid project next to them runs.
+#[test]
+fn junk_and_invalid_files_never_stop_the_others() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let (good, invalid) = (env.project_id(), env.project_id());
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    let spec = state_toml(&jwt_secret, &password);
+    for junk in [
+        format!(".{good}x.toml"),
+        format!("{good}x.toml~"),
+        format!(".{good}x.toml.swp"),
+        format!("{good}x.toml.tmp"),
+        "4913".to_owned(),
+        format!("{good}x.json"),
+    ] {
+        fs::write(env.state_dir.join(junk), &spec).unwrap();
+    }
+    fs::create_dir(env.state_dir.join(format!("{good}y.toml"))).unwrap();
+    fs::write(env.state_dir.join("Not-An-Id.toml"), &spec).unwrap();
+    // Too short a JWT secret: invalid from the start.
+    env.write_state(&invalid, &state_toml("short", &password));
+    env.write_state(&good, &spec);
+
+    env.wait_serving(&good);
+    manager.wait_log("invalid state file");
+    manager.wait_log("not a valid project id");
+    // Give the loop time to act on the rest, if it wrongly would.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.containers(), vec![env.container(&good)]);
+    assert!(!env.config_dir.join(&invalid).exists());
+    let log = manager.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("invalid state file"))
+        .unwrap();
+    assert!(
+        line.contains(&invalid) && line.contains("jwt_secret"),
+        "{line}"
+    );
+
+    assert_no_secrets(&log, &[&jwt_secret, &password]);
+}
