@@ -92,6 +92,7 @@ fn jwt_secret_change_reloads_in_place() {
     let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
     env.write_state(&id, &state_toml(&old, &password));
     let before = env.wait_serving(&id);
+    let pid = postgrest_pid(&before.name);
     wait_jwt_status(&before, &old, "authenticated", 200);
     // The audience is checked too: a token for another audience is refused.
     let ip = before.ip.unwrap();
@@ -117,6 +118,7 @@ fn jwt_secret_change_reloads_in_place() {
         "the container restarted"
     );
     assert_eq!(after.labels, before.labels);
+    assert_eq!(postgrest_pid(&after.name), pid, "PostgREST restarted");
 
     manager.wait_log("action=Reload");
     assert_no_secrets(&manager.log(), &[&old, &new, &password]);
@@ -177,6 +179,7 @@ fn sighup_through_the_pid_file_reloads_without_a_restart() {
     let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
     env.write_state(&id, &state_toml(&old, &password));
     let before = env.wait_serving(&id);
+    let pid = postgrest_pid(&before.name);
     wait_jwt_status(&before, &old, "authenticated", 200);
 
     // Rewrite the host file in place (same inode), as a person with an editor would.
@@ -207,6 +210,7 @@ fn sighup_through_the_pid_file_reloads_without_a_restart() {
     assert!(after.running);
     assert_eq!(after.restart_count, 0);
     assert_eq!(after.started_at, before.started_at);
+    assert_eq!(postgrest_pid(&after.name), pid, "PostgREST restarted");
     let logs = docker(&["logs", &before.name]);
     let logs =
         String::from_utf8_lossy(&logs.stdout).into_owned() + &String::from_utf8_lossy(&logs.stderr);

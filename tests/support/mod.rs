@@ -567,6 +567,23 @@ pub fn exec(container: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The PID of the `postgrest` process inside the container (not the wrapper, PID 1): equal
+/// PIDs before and after mean PostgREST itself never restarted.
+pub fn postgrest_pid(container: &str) -> u32 {
+    let (ok, out, err) = exec(container, &["pidof", "postgrest"]);
+    assert!(ok, "pidof postgrest in {container} failed: {err}");
+    let pids: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one postgrest process in {container}: {out}"
+    );
+    pids[0]
+}
+
 /// The config the double parses from the container's mounted file:
 /// `postgrest --dump-config /etc/postgrest/postgrest.conf`, as JSON
 /// (`{"config": {...}, "db_uri": {"user", "password", "host", "port", "dbname"}}`).
