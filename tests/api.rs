@@ -829,6 +829,28 @@ fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
     assert!(stderr.contains("binding the API"), "{stderr}");
 }
 
+/// SIGTERM stops the API and the loop together: the process exits 0, the port closes, and
+/// the containers keep running (a restarted manager adopts them).
+#[test]
+fn sigterm_stops_the_api_and_keeps_containers() {
+    let env = TestEnv::new();
+    let mut api = ApiManager::start(&env);
+    let id = env.project_id();
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("term"), "pw")),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    signal(api.child.id(), "TERM");
+    let status = wait_until("the manager to exit after SIGTERM", || {
+        api.child.try_wait().ok().flatten()
+    });
+    assert!(status.success(), "{status:?}\n{}", api.log());
+    assert!(api.try_request("GET", "/healthz", None, None, &[]).is_err());
+    assert!(inspect(&env.container(&id)).is_some_and(|c| c.running));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The seed's End-to-End Test section, from the scripts
 

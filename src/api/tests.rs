@@ -24,7 +24,7 @@ struct Harness {
     app: Router,
     fake: FakeRuntime,
     dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
 }
 
 /// Answers `HTTP/1.1 200` to every connection, like a live PostgREST admin server.
@@ -95,7 +95,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         app: router(cfg, handle, stop_rx),
         fake,
         dir,
-        _stop: stop,
+        stop,
     }
 }
 
@@ -653,4 +653,30 @@ fn rfc3339_dates() {
     assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
     assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
     assert_eq!(rfc3339(at(1_798_425_984)), "2026-12-28T02:46:24Z");
+}
+
+#[tokio::test]
+async fn shutdown_answers_waiting_requests_at_once() {
+    let h = Arc::new(harness_with(dead_port().await, Duration::from_secs(60)).await);
+    let waiting = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let body =
+                json!({"projectId": "p", "jwtSecret": SECRET, "authenticatorPassword": "pw"});
+            h.call(Method::POST, "/internal/postgrest/spawn", Some(body))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    let started = std::time::Instant::now();
+    h.stop.send(true).unwrap();
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("shutting_down"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The desired state was saved before the wait; the next manager converges it.
+    assert!(h.state_text("p").is_some());
 }
