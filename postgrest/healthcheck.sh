@@ -1,0 +1,10 @@
+#!/bin/sh
+# healthcheck.sh: exit 0 when PostgREST's admin server says it is alive, 1 otherwise.
+# Uses curl when the image has it (production, Alpine), else busybox wget (test image).
+url="http://127.0.0.1:${ADMIN_PORT:-3001}/live"
+if command -v curl >/dev/null 2>&1; then
+    curl -fsS -o /dev/null --max-time 3 "$url" || exit 1
+else
+    wget -q -O /dev/null -T 3 "$url" || exit 1
+fi
+exit 0
