@@ -316,6 +316,32 @@ fn broken_toml_keeps_the_container_until_fixed() {
     wait_jwt_status(&during, &old, "authenticated", 200);
     // The last good config is still rendered.
     assert_eq!(dump_config(&before.name)["config"]["jwt-secret"], old);
+    // `status` reports the error next to the running container, without the secret.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postgrest-manager"))
+        .args([
+            "status",
+            "--json",
+            "--instance",
+            &env.instance,
+            "--state-dir",
+        ])
+        .arg(&env.state_dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: serde_json::Value = serde_json::from_str(&status).expect("status --json");
+    assert_eq!(json[0]["projectId"], id.as_str(), "{status}");
+    assert_eq!(json[0]["desired"], "invalid", "{status}");
+    assert_eq!(json[0]["actual"], "running", "{status}");
+    assert!(
+        json[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("TOML"),
+        "{status}"
+    );
+    assert_no_secrets(&status, &[&old, &typo, &password]);
 
     env.write_state_in_place(&id, &state_toml(&new, &password));
     wait_jwt_status(&before, &new, "authenticated", 200);
