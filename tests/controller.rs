@@ -783,3 +783,52 @@ fn junk_and_invalid_files_never_stop_the_others() {
 
     assert_no_secrets(&log, &[&jwt_secret, &password]);
 }
+
+/// A manager that died between rewriting a config and signalling the container: the file on
+/// disk already holds the new secret, the running PostgREST still the old one. The next
+/// manager must notice (its record of loaded configs disagrees) and signal, in place.
+#[test]
+fn restarted_manager_signals_a_config_rewritten_but_never_signalled() {
+    let env = TestEnv::new();
+    let mut first = Manager::start(&env);
+    let id = env.project_id();
+    let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+    env.write_state(&id, &state_toml(&old, &password));
+    let before = env.wait_serving(&id);
+    wait_jwt_status(&before, &old, "authenticated", 200);
+    first.wait_log("first full reconcile done");
+    first.kill();
+
+    // What the dead manager would have left: new desired state, new rendered file, no signal.
+    env.write_state(&id, &state_toml(&new, &password));
+    let path = env.config_file(&id);
+    let text = fs::read_to_string(&path).unwrap();
+    let old_line = format!("jwt-secret = \"{old}\"");
+    assert!(text.contains(&old_line), "unexpected rendering:\n{text}");
+    fs::write(
+        &path,
+        text.replace(&old_line, &format!("jwt-secret = \"{new}\"")),
+    )
+    .unwrap();
+    let ip = before.ip.unwrap();
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+        200,
+        "the old secret should still be in force: nothing signalled PostgREST"
+    );
+
+    let second = Manager::start(&env);
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+        401
+    );
+    let after = inspect(&before.name).unwrap();
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.started_at, before.started_at);
+    second.wait_log("action=Reload");
+
+    for log in [first.log(), second.log()] {
+        assert_no_secrets(&log, &[&old, &new, &password]);
+    }
+}
