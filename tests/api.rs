@@ -944,6 +944,9 @@ fn seed_end_to_end_from_the_scripts() {
     let (code, _, stderr) = script("postgrest-spawn.sh", &[&id]);
     assert_eq!(code, Some(0), "{stderr}");
 
+    // The CLI's view agrees (it reads the state dir and asks Docker, not the daemon).
+    assert_eq!(cli_status(&env, &id), ("enabled".into(), "running".into()));
+
     // 4. The container is running.
     let ps = docker_ok(&[
         "ps",
@@ -994,7 +997,8 @@ fn seed_end_to_end_from_the_scripts() {
     // 10. Destroy via the script (the seed's stop removes the container), then via the API.
     let (code, _, stderr) = script("postgrest-stop.sh", &[&id]);
     assert_eq!(code, Some(0), "{stderr}");
-    // 11. The container is gone.
+    // 11. The container is gone; the project is kept, disabled.
+    assert_eq!(cli_status(&env, &id), ("disabled".into(), "absent".into()));
     let ps = docker_ok(&[
         "ps",
         "-a",
@@ -1027,6 +1031,27 @@ fn seed_end_to_end_from_the_scripts() {
     ]);
     assert_eq!((code, body.as_str()), (200, r#"{"containers":[]}"#));
     assert_no_secrets(&api.log(), &[jwt_secret, rotated, password]);
+}
+
+/// `postgrest-manager status <id> --json`: (desired, actual).
+fn cli_status(env: &TestEnv, id: &str) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"))
+        .args(["status", id, "--json"])
+        .env("PGM_STATE_DIR", &env.state_dir)
+        .env("PGM_INSTANCE", &env.instance)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows[0];
+    (
+        row["desired"].as_str().unwrap().to_owned(),
+        row["actual"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Spawn latency, request to 201, over several fresh projects; printed for the record (run
