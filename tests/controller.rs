@@ -832,3 +832,40 @@ fn restarted_manager_signals_a_config_rewritten_but_never_signalled() {
         assert_no_secrets(&log, &[&old, &new, &password]);
     }
 }
+
+/// A container stopped behind the manager's back (`docker stop`, which the restart policy
+/// respects) is started again, the same container, from the Docker event alone.
+#[test]
+fn stopped_container_is_started_again() {
+    let env = TestEnv::new();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            resync_secs: Some(3600),
+            ..Default::default()
+        },
+    );
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    let before = env.wait_serving(&id);
+    manager.wait_log("first full reconcile done");
+
+    docker_ok(&["stop", "-t", "1", &before.name]);
+    let after = wait_until_for(
+        "the container running again",
+        Duration::from_secs(30),
+        || {
+            let c = inspect(&before.name)?;
+            (c.running && c.started_at != before.started_at).then_some(c)
+        },
+    );
+    assert_eq!(
+        after.id, before.id,
+        "stopped should mean started, not recreated"
+    );
+    let after = env.wait_serving(&id);
+    wait_jwt_status(&after, &jwt_secret, "authenticated", 200);
+
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
+}
