@@ -12,7 +12,7 @@ mod error;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -96,7 +96,8 @@ struct Ctx {
     handle: Handle,
     locks: Locks,
     shutdown: watch::Receiver<bool>,
-    openapi: OnceLock<Bytes>,
+    /// The OpenAPI document, serialised once.
+    openapi: Bytes,
 }
 
 type Shared = Arc<Ctx>;
@@ -104,17 +105,15 @@ type Shared = Arc<Ctx>;
 /// Builds the API. `shutdown` turning true makes waiting requests answer 503 at once instead
 /// of holding the server's graceful shutdown until their timeout.
 pub fn router(cfg: ApiConfig, handle: Handle, shutdown: watch::Receiver<bool>) -> Router {
+    let (internal, public, doc) = routes();
     let ctx = Arc::new(Ctx {
         key_digest: Sha256::digest(cfg.key.expose().as_bytes()).into(),
         cfg,
         handle,
         locks: Locks::default(),
         shutdown,
-        openapi: OnceLock::new(),
+        openapi: Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
     });
-    let (internal, public, doc) = routes();
-    let doc = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    let _ = ctx.openapi.set(Bytes::from(doc));
 
     let internal = internal.route_layer(middleware::from_fn_with_state(ctx.clone(), require_key));
     Router::new()
@@ -652,7 +651,6 @@ async fn get_project(
             } else {
                 DesiredState::Enabled
             };
-            view.converged = false;
             view.reason = Some("the manager has not loaded the state file yet".into());
             Ok(Json(view))
         }
@@ -736,7 +734,7 @@ async fn put_project(
     tag = "meta"
 )]
 async fn openapi_json(State(ctx): State<Shared>) -> Response {
-    let body = ctx.openapi.get().cloned().unwrap_or_default();
+    let body = ctx.openapi.clone();
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
