@@ -314,7 +314,7 @@ fn our_containers(docker: &DockerArgs) -> Option<Vec<ContainerInfo>> {
         .build()
         .ok()?;
     runtime.block_on(async {
-        let docker_runtime = DockerRuntime::new(docker.docker_host.as_deref()).ok()?;
+        let docker_runtime = DockerRuntime::new(docker.docker_host.as_deref());
         let labels = BTreeMap::from([
             (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
             (LABEL_INSTANCE.to_owned(), docker.instance.clone()),

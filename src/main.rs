@@ -52,7 +52,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let docker = DockerRuntime::new(settings.docker_host.as_deref()).context("Docker client")?;
+    let docker = DockerRuntime::new(settings.docker_host.as_deref());
     let state_dir = cfg.state.path().to_owned();
     let api_config = settings.api.as_ref().map(|api| ApiConfig::new(&cfg, api));
     let (controller, handle) = Controller::new(Arc::new(docker), cfg);

@@ -27,7 +27,7 @@ use crate::render::{
     MANAGED_BY,
 };
 use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError};
-use crate::spec::{Loaded, ProjectId, Spec, StateDir};
+use crate::spec::{LoadCache, Loaded, ProjectId, Spec, StateDir};
 
 /// File and API triggers are coalesced over this window: one atomic write is several events.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -216,6 +216,8 @@ pub struct Controller<R: Runtime> {
 
     /// The last valid spec of every project, kept while its file is invalid.
     last_good: BTreeMap<ProjectId, Spec>,
+    load_cache: LoadCache,
+    rendered: BTreeMap<ProjectId, (Spec, Rendered)>,
     /// Per project: (container id, config digest) the container has loaded.
     loaded: BTreeMap<ProjectId, (String, String)>,
     /// Containers in our names' way, found when a create hit a taken name.
@@ -253,6 +255,8 @@ impl<R: Runtime> Controller<R> {
             wake_tx,
             status,
             last_good: BTreeMap::new(),
+            load_cache: LoadCache::default(),
+            rendered: BTreeMap::new(),
             loaded: BTreeMap::new(),
             foreign: BTreeMap::new(),
             retries: BTreeMap::new(),
@@ -362,10 +366,13 @@ impl<R: Runtime> Controller<R> {
     /// One full pass: read desired state, observe Docker, plan, dispatch.
     async fn pass(&mut self, actions: &mut JoinSet<Done>) {
         let state = self.cfg.state.clone();
-        let loaded = match tokio::task::spawn_blocking(move || state.load())
-            .await
-            .expect("loading never panics")
-        {
+        let mut cache = std::mem::take(&mut self.load_cache);
+        let (loaded, cache) =
+            tokio::task::spawn_blocking(move || (state.load_cached(&mut cache), cache))
+                .await
+                .expect("loading never panics");
+        self.load_cache = cache;
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 error!(dir = %self.cfg.state.path().display(), error = %e, "cannot read the state directory");
@@ -400,7 +407,7 @@ impl<R: Runtime> Controller<R> {
         self.listing = listing;
 
         let observed = Observed {
-            containers: self.listing.iter().filter_map(|c| ours(c)).collect(),
+            containers: self.listing.iter().filter_map(ours).collect(),
             foreign: self.foreign.clone(),
             config_dirs,
             loaded: self.loaded.clone(),
@@ -480,8 +487,15 @@ impl<R: Runtime> Controller<R> {
 
         let mut renders = BTreeMap::new();
         self.desired.clear();
+        // Rendering hashes every config; reuse the result while the spec is unchanged.
+        let mut rendered_before = std::mem::take(&mut self.rendered);
         for (id, spec) in &self.last_good {
-            let rendered = render::render(spec, &self.cfg.template);
+            let rendered = match rendered_before.remove(id) {
+                Some((before, rendered)) if before == *spec => rendered,
+                _ => render::render(spec, &self.cfg.template),
+            };
+            self.rendered
+                .insert(id.clone(), (spec.clone(), rendered.clone()));
             let view = DesiredView {
                 enabled: spec.enabled,
                 spec_hash: rendered.spec_hash.clone(),

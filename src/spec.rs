@@ -369,7 +369,16 @@ impl StateDir {
     /// Reads every project file. One bad file never stops the others; only a directory that
     /// cannot be listed is an error.
     pub fn load(&self) -> std::io::Result<Loaded> {
+        self.load_cached(&mut LoadCache::default())
+    }
+
+    /// Like [`StateDir::load`], but files whose metadata has not changed since the last call
+    /// (and had settled by then) are not read again. An idle manager with a thousand projects
+    /// then costs a directory listing and a `stat` per file per resync.
+    pub fn load_cached(&self, cache: &mut LoadCache) -> std::io::Result<Loaded> {
         let mut loaded = Loaded::default();
+        let now = std::time::SystemTime::now();
+        let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -383,20 +392,29 @@ impl StateDir {
                 Entry::Ignored => continue,
             };
             // A directory named `x.toml` is not a project file.
-            if !entry.file_type()?.is_file() {
+            let Ok(metadata) = std::fs::metadata(entry.path()) else {
+                continue;
+            };
+            if !metadata.is_file() {
                 continue;
             }
-            match self.read(&id) {
-                Ok(Some(spec)) => {
-                    loaded.specs.insert(id, spec);
-                }
-                // Deleted between listing and reading: it is simply gone.
-                Ok(None) => {}
-                Err(error) => {
-                    loaded.invalid.insert(id, error);
-                }
-            }
+            let stamp = FileStamp::of(&metadata);
+            let result = match cache.entries.remove(&id) {
+                Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
+                _ => match self.read(&id) {
+                    Ok(Some(spec)) => Ok(spec),
+                    // Deleted between listing and reading: it is simply gone.
+                    Ok(None) => continue,
+                    Err(error) => Err(error),
+                },
+            };
+            match &result {
+                Ok(spec) => loaded.specs.insert(id.clone(), spec.clone()).map(drop),
+                Err(error) => loaded.invalid.insert(id.clone(), error.clone()).map(drop),
+            };
+            seen.insert(id, (stamp, result));
         }
+        cache.entries = seen;
         Ok(loaded)
     }
 
@@ -436,6 +454,44 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// What [`StateDir::load_cached`] remembers between calls.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    entries: BTreeMap<ProjectId, (FileStamp, Result<Spec, SpecError>)>,
+}
+
+/// Enough metadata to tell that a file changed: an atomic rename gives a new inode, an edit in
+/// place a new size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            inode: metadata.ino(),
+            size: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// File times tick coarsely (a few ms), so two same-size edits in place in one tick look
+    /// alike. As git does with its index, trust a stamp only once the file has been left
+    /// alone for a while; until then, read it every time.
+    fn settled(&self, now: std::time::SystemTime) -> bool {
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(self.ctime.0.max(0) as u64, self.ctime.1 as u32);
+        now.duration_since(changed)
+            .is_ok_and(|age| age > std::time::Duration::from_secs(2))
     }
 }
 
@@ -557,7 +613,7 @@ mod tests {
             (&format!("{text}db_pool = 0\n"), "db_pool"),
             (&format!("{text}max_rows = \"x\"\n"), "line 3, `max_rows`"),
             (
-                &format!("jwt_secret = 12345678901234567890123456789012345\n"),
+                "jwt_secret = 12345678901234567890123456789012345\n",
                 "`jwt_secret`: expected a string",
             ),
             (&format!("{text}db_host = \"a b\"\n"), "db_host"),
@@ -617,6 +673,34 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn cached_loads_see_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let mut cache = LoadCache::default();
+        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
+        state.write(&id("a"), &file).unwrap();
+        assert_eq!(
+            state.load_cached(&mut cache).unwrap().specs[&id("a")].db_pool,
+            10
+        );
+
+        // Same size, in place, right away: a fresh file is always read again.
+        let text = std::fs::read_to_string(state.file(&id("a"))).unwrap();
+        std::fs::write(state.file(&id("a")), text.replace("pw", "qw")).unwrap();
+        let loaded = state.load_cached(&mut cache).unwrap();
+        assert_eq!(loaded.specs[&id("a")].authenticator_password.expose(), "qw");
+
+        std::fs::write(state.file(&id("a")), "broken").unwrap();
+        assert!(state
+            .load_cached(&mut cache)
+            .unwrap()
+            .invalid
+            .contains_key(&id("a")));
+        std::fs::remove_file(state.file(&id("a"))).unwrap();
+        assert!(state.load_cached(&mut cache).unwrap().invalid.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! version before anything else; without that every call fails.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -24,23 +25,38 @@ use crate::render::{ContainerSpec, CONFIG_MOUNT};
 const SECOND_NS: i64 = 1_000_000_000;
 
 /// A Docker daemon, reached the way the `docker` CLI would (`DOCKER_HOST` or the local socket).
-#[derive(Clone)]
+///
+/// The client is made on first use and made again after a failure to make it: bollard refuses
+/// to build a client for a socket file that does not exist yet, and the manager must start
+/// (and wait) while Docker is down.
 pub struct DockerRuntime {
-    docker: Docker,
+    host: Option<String>,
+    client: Mutex<Option<Docker>>,
 }
 
 impl DockerRuntime {
-    /// A client for the daemon the `docker` CLI would use (`DOCKER_HOST` or the local socket).
-    /// It does not talk to the daemon yet, so the manager can start while Docker is down; the
-    /// API version is negotiated by [`Runtime::ping`], which the loop calls before anything
-    /// else and again after every outage.
-    pub fn new(host: Option<&str>) -> Result<DockerRuntime, RuntimeError> {
-        let docker = match host {
+    /// A client for `host` (a `DOCKER_HOST` value), or for `DOCKER_HOST` / the local socket.
+    /// It does not talk to the daemon yet; the API version is negotiated by
+    /// [`Runtime::ping`], which the loop calls before anything else and after every outage.
+    pub fn new(host: Option<&str>) -> DockerRuntime {
+        DockerRuntime {
+            host: host.map(str::to_owned),
+            client: Mutex::new(None),
+        }
+    }
+
+    fn docker(&self) -> Result<Docker, RuntimeError> {
+        let mut client = self.client.lock().expect("never poisoned");
+        if let Some(docker) = client.as_ref() {
+            return Ok(docker.clone());
+        }
+        let docker = match &self.host {
             Some(host) => Docker::connect_with_host(host),
             None => Docker::connect_with_defaults(),
         }
         .map_err(map_error)?;
-        Ok(DockerRuntime { docker })
+        *client = Some(docker.clone());
+        Ok(docker)
     }
 }
 
@@ -170,7 +186,7 @@ impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         // Negotiation asks the daemon for its version and lowers ours to match (clones share
         // the version), so this both checks reachability and survives a daemon downgrade.
-        self.docker
+        self.docker()?
             .clone()
             .negotiate_version()
             .await
@@ -180,7 +196,7 @@ impl Runtime for DockerRuntime {
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
         match self
-            .docker
+            .docker()?
             .inspect_network(name, None)
             .await
             .map_err(map_error)
@@ -194,7 +210,12 @@ impl Runtime for DockerRuntime {
             driver: Some("bridge".into()),
             ..Default::default()
         };
-        match self.docker.create_network(request).await.map_err(map_error) {
+        match self
+            .docker()?
+            .create_network(request)
+            .await
+            .map_err(map_error)
+        {
             // Created concurrently by someone else: fine.
             Ok(_) | Err(RuntimeError::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
@@ -211,7 +232,7 @@ impl Runtime for DockerRuntime {
             .filters(&filters)
             .build();
         let summaries = self
-            .docker
+            .docker()?
             .list_containers(Some(options))
             .await
             .map_err(map_error)?;
@@ -226,7 +247,7 @@ impl Runtime for DockerRuntime {
             .filters(&filters)
             .build();
         let summaries = self
-            .docker
+            .docker()?
             .list_containers(Some(options))
             .await
             .map_err(map_error)?;
@@ -242,7 +263,7 @@ impl Runtime for DockerRuntime {
             .name(&spec.name)
             .build();
         let created = self
-            .docker
+            .docker()?
             .create_container(Some(options), create_body(spec))
             .await
             .map_err(map_error)?;
@@ -250,7 +271,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.docker
+        self.docker()?
             .start_container(id, None)
             .await
             .map_err(map_error)
@@ -260,7 +281,7 @@ impl Runtime for DockerRuntime {
         let options = KillContainerOptionsBuilder::default()
             .signal(signal)
             .build();
-        self.docker
+        self.docker()?
             .kill_container(id, Some(options))
             .await
             .map_err(map_error)
@@ -268,7 +289,7 @@ impl Runtime for DockerRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        self.docker
+        self.docker()?
             .remove_container(id, Some(options))
             .await
             .map_err(map_error)
@@ -287,11 +308,14 @@ impl Runtime for DockerRuntime {
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
-        Box::pin(
-            self.docker
-                .events(Some(options))
-                .map(|event| event.map(drop).map_err(map_error)),
-        )
+        match self.docker() {
+            Ok(docker) => Box::pin(
+                docker
+                    .events(Some(options))
+                    .map(|event| event.map(drop).map_err(map_error)),
+            ),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 }
 
