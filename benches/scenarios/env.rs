@@ -1,0 +1,312 @@
+//! The bench's own corner of the machine: a directory, a network, instance names, a Docker
+//! client, and the cleanup that removes all of it, also on panic and on Ctrl-C.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{stream, StreamExt};
+
+use postgrest_manager::render::{LABEL_INSTANCE, LABEL_PROJECT};
+
+/// Everything the bench created, so it can all be removed: instances (their containers, by
+/// label), the network, the directory, and the processes it started (by pid).
+#[derive(Clone)]
+pub struct Cleanup {
+    inner: Arc<CleanupInner>,
+}
+
+struct CleanupInner {
+    done: AtomicBool,
+    instances: Vec<String>,
+    network: String,
+    root: PathBuf,
+    pids: Mutex<Vec<u32>>,
+}
+
+impl Cleanup {
+    pub fn register_pid(&self, pid: u32) {
+        self.inner.pids.lock().unwrap().push(pid);
+    }
+
+    pub fn forget_pid(&self, pid: u32) {
+        self.inner.pids.lock().unwrap().retain(|p| *p != pid);
+    }
+
+    /// Removes everything. Synchronous (the docker CLI), so it also works from `Drop` while
+    /// unwinding and from a signal handler's task; runs once.
+    pub fn run(&self) {
+        let inner = &self.inner;
+        if inner.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        eprintln!("bench: cleaning up");
+        for pid in inner.pids.lock().unwrap().drain(..) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        for instance in &inner.instances {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label={LABEL_INSTANCE}={instance}"))
+                .output();
+            let ids: Vec<String> = match out {
+                Ok(out) => String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                Err(_) => continue,
+            };
+            for chunk in ids.chunks(50) {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(chunk)
+                    .stdout(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &inner.network])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&inner.root);
+    }
+}
+
+/// Runs the cleanup when dropped: at the end of `main`, or while a panic unwinds.
+pub struct CleanupOnDrop(pub Cleanup);
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        self.0.run();
+    }
+}
+
+/// Which method created a container; each has its own `launchdb.instance` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Who {
+    /// The manager (one instance for all scenarios; one manager runs at a time).
+    Manager,
+    /// `docker create` + `docker start` through the API.
+    Floor,
+    /// `docker run -d` through the CLI.
+    Cli,
+    /// The seed's way: a script per project, in sequence or under `xargs -P`.
+    Script,
+    Compose,
+}
+
+impl Who {
+    const ALL: [Who; 5] = [
+        Who::Manager,
+        Who::Floor,
+        Who::Cli,
+        Who::Script,
+        Who::Compose,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Who::Manager => "m",
+            Who::Floor => "f",
+            Who::Cli => "c",
+            Who::Script => "s",
+            Who::Compose => "d",
+        }
+    }
+}
+
+/// The bench's environment.
+pub struct Bench {
+    /// `pgm-bench-<pid>`: the network name and the prefix of every instance label.
+    pub id: String,
+    /// Short, for project ids: `pb<pid>`.
+    pub tag: String,
+    pub root: PathBuf,
+    pub network: String,
+    pub docker: Docker,
+    pub image: String,
+    pub binary: PathBuf,
+    pub cleanup: Cleanup,
+}
+
+impl Bench {
+    pub fn new(image: &str, binary: &Path) -> Bench {
+        let pid = std::process::id();
+        let id = format!("pgm-bench-{pid}");
+        let root = std::env::temp_dir().join(&id);
+        let cleanup = Cleanup {
+            inner: Arc::new(CleanupInner {
+                done: AtomicBool::new(false),
+                instances: Who::ALL
+                    .iter()
+                    .map(|w| format!("{id}-{}", w.suffix()))
+                    .collect(),
+                network: id.clone(),
+                root: root.clone(),
+                pids: Mutex::new(Vec::new()),
+            }),
+        };
+        Bench {
+            tag: format!("pb{pid}"),
+            network: id.clone(),
+            id,
+            root,
+            docker: Docker::connect_with_socket_defaults().expect("a Docker client"),
+            image: image.to_owned(),
+            binary: binary.to_owned(),
+            cleanup,
+        }
+    }
+
+    /// Negotiates the API version, checks the prerequisites, creates the directory and network.
+    pub async fn prepare(&mut self) -> Result<(), String> {
+        self.docker = self
+            .docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| format!("Docker is unreachable: {e}"))?;
+        if !self.binary.is_file() {
+            return Err(format!(
+                "{} is missing: run `cargo build --release` first",
+                self.binary.display()
+            ));
+        }
+        if self.docker.inspect_image(&self.image).await.is_err() {
+            return Err(format!(
+                "image {} is missing: run `bash postgrest/build-test-image.sh` first",
+                self.image
+            ));
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| e.to_string())?;
+        let request = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".into()),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|e| format!("creating network {}: {e}", self.network))?;
+        Ok(())
+    }
+
+    pub fn instance(&self, who: Who) -> String {
+        format!("{}-{}", self.id, who.suffix())
+    }
+
+    /// A fresh, empty directory under the bench root.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a bench directory");
+        dir
+    }
+
+    /// Project id -> container id of an instance's containers.
+    pub async fn containers(&self, who: Who) -> BTreeMap<String, String> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_INSTANCE}={}", self.instance(who))],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .unwrap_or_default();
+        list.into_iter()
+            .filter_map(|c| {
+                let project = c.labels?.get(LABEL_PROJECT)?.clone();
+                Some((project, c.id?))
+            })
+            .collect()
+    }
+
+    /// Removes every container of an instance, eight at a time, and waits until they are gone.
+    pub async fn remove_all(&self, who: Who) {
+        for _ in 0..5 {
+            let ids: Vec<String> = self.containers(who).await.into_values().collect();
+            if ids.is_empty() {
+                return;
+            }
+            stream::iter(ids)
+                .for_each_concurrent(8, |id| async move {
+                    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                    let _ = self.docker.remove_container(&id, Some(options)).await;
+                })
+                .await;
+        }
+    }
+
+    /// The container's address on the bench network.
+    pub async fn ip(&self, container: &str) -> Option<IpAddr> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        inspect
+            .network_settings?
+            .networks?
+            .get(&self.network)?
+            .ip_address
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
+    /// (StartedAt, RestartCount) of a container: what changes when it is restarted.
+    pub async fn started(&self, container: &str) -> Option<(String, i64)> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        Some((inspect.state?.started_at?, inspect.restart_count?))
+    }
+}
+
+/// Waits until `check` is true, polling every `every`, for at most `timeout`.
+pub async fn poll_until<F, Fut>(timeout: Duration, every: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A shell command's trimmed standard output, or `?`.
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
+}

@@ -1,0 +1,618 @@
+//! Scenarios 3 to 6 on a fleet: `--fleet` (200) running projects under one manager that talks
+//! to Docker through the counting proxy and serves its API on loopback.
+//!
+//! 3 `reload`: one file's `jwt_secret` changed -> a token signed with the new secret accepted.
+//! 4 `adoption`: the manager restarted -> its first full reconcile done, nothing recreated.
+//! 6 `api`: spawn latency (request -> 201) and `GET /internal/postgrest` throughput.
+//! 5 `idle`: with `--idle-files` (1,000) files, most disabled: memory, CPU, Docker calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt};
+
+use crate::baseline::{self, Floor};
+use crate::env::{Bench, Who};
+use crate::http::{self, Conn};
+use crate::live::{self, LiveWatch};
+use crate::manager::{
+    cpu_time, secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE,
+};
+use crate::proxy::{Calls, Proxy};
+use crate::stats::{num, quantile, Summary};
+use crate::Ctx;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Fleet {
+    manager: Option<Manager>,
+    pub proxy: Proxy,
+    cfg: ManagerConfig,
+    pub projects: Vec<String>,
+    pub ips: BTreeMap<String, IpAddr>,
+    pub api: SocketAddr,
+    pub key: String,
+    /// How long the fleet took to come up (all answering), for the record.
+    pub setup: Duration,
+}
+
+impl Fleet {
+    async fn up(bench: &Bench, size: usize, concurrency: usize) -> Result<Fleet, String> {
+        eprintln!("bench: starting a fleet of {size} projects (PGM_CONCURRENCY={concurrency})");
+        let state = bench.dir("fleet/state");
+        let proxy =
+            Proxy::start(&bench.root.join("docker.sock")).map_err(|e| format!("proxy: {e}"))?;
+        let api = free_port()?;
+        let key = format!(
+            "bench-key-{}-0123456789abcdef0123456789",
+            std::process::id()
+        );
+        let cfg = ManagerConfig {
+            state_dir: state.clone(),
+            config_dir: bench.dir("fleet/config"),
+            concurrency,
+            resync_secs: 30,
+            docker_host: Some(proxy.docker_host()),
+            api: Some((api, key.clone())),
+            log_file: bench.root.join("fleet/manager.log"),
+        };
+        let projects: Vec<String> = (0..size)
+            .map(|i| format!("{}_f{i:04}", bench.tag))
+            .collect();
+        let mut manager = Manager::start(bench, &cfg).await?;
+        manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;
+        let mut watch = LiveWatch::start(bench, Who::Manager);
+        let t0 = Instant::now();
+        for project in &projects {
+            write_state(
+                &state,
+                project,
+                &state_text(project, &secret(project, 1), true),
+            );
+        }
+        let wanted: BTreeSet<String> = projects.iter().cloned().collect();
+        let timeout = Duration::from_secs(120 + 3 * size as u64);
+        let (last, found) = watch.wait_all(&wanted, timeout).await?;
+        let ips = found.into_iter().map(|(p, l)| (p, l.ip)).collect();
+        Ok(Fleet {
+            manager: Some(manager),
+            proxy,
+            cfg,
+            projects,
+            ips,
+            api,
+            key,
+            setup: last - t0,
+        })
+    }
+
+    fn manager(&mut self) -> &mut Manager {
+        self.manager.as_mut().expect("the fleet's manager runs")
+    }
+
+    /// Stops the manager (containers keep running).
+    async fn stop(&mut self) {
+        if let Some(manager) = self.manager.take() {
+            manager.stop().await;
+        }
+    }
+
+    /// Starts the manager again; returns when it was started and when it logged its first
+    /// full reconcile.
+    async fn start(&mut self, bench: &Bench) -> Result<(Instant, Instant), String> {
+        self.stop().await;
+        let mut manager = Manager::start(bench, &self.cfg).await?;
+        let started = manager.started;
+        let reconciled = manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;
+        self.manager = Some(manager);
+        Ok((started, reconciled))
+    }
+
+    pub async fn down(mut self, bench: &Bench) {
+        self.stop().await;
+        bench.remove_all(Who::Manager).await;
+    }
+
+    fn headers(&self) -> [(&str, &str); 2] {
+        [
+            ("X-Internal-Key", self.key.as_str()),
+            ("Content-Type", "application/json"),
+        ]
+    }
+}
+
+fn free_port() -> Result<SocketAddr, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener.local_addr().map_err(|e| e.to_string())
+}
+
+/// The fleet, started on first use.
+async fn fleet(ctx: &mut Ctx) -> Result<&mut Fleet, String> {
+    if ctx.fleet.is_none() {
+        let concurrency = ctx.best_concurrency.unwrap_or(4);
+        ctx.fleet = Some(Fleet::up(&ctx.bench, ctx.opts.fleet, concurrency).await?);
+    }
+    Ok(ctx.fleet.as_mut().expect("just set"))
+}
+
+/// Per container of the manager's instance: (container id, StartedAt, RestartCount).
+async fn inventory(bench: &Bench) -> BTreeMap<String, (String, String, i64)> {
+    let containers = bench.containers(Who::Manager).await;
+    stream::iter(containers)
+        .map(|(project, id)| async move {
+            let (started, restarts) = bench.started(&id).await.unwrap_or_default();
+            (project, (id, started, restarts))
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+/// Containers whose id, start time or restart count differ between two inventories.
+fn changed(
+    before: &BTreeMap<String, (String, String, i64)>,
+    after: &BTreeMap<String, (String, String, i64)>,
+) -> (usize, usize) {
+    let mut recreated = 0;
+    let mut restarted = 0;
+    for (project, (id, started, restarts)) in before {
+        match after.get(project) {
+            Some((id2, _, _)) if id2 != id => recreated += 1,
+            None => recreated += 1,
+            Some((_, started2, restarts2)) if started2 != started || restarts2 != restarts => {
+                restarted += 1
+            }
+            Some(_) => {}
+        }
+    }
+    (recreated, restarted)
+}
+
+/// Container ids the proxy saw written to (POST/DELETE on /containers/<id>/...).
+fn written_containers(calls: &Calls) -> BTreeSet<String> {
+    calls
+        .writes
+        .iter()
+        .filter_map(|w| {
+            let path = w.split_whitespace().nth(1)?;
+            let mut segments = path.trim_start_matches('/').split('/');
+            (segments.next()? == "containers")
+                .then(|| segments.next().map(str::to_owned))
+                .flatten()
+                .filter(|id| id != "create")
+        })
+        .collect()
+}
+
+pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
+    let runs = ctx.opts.runs;
+    let provenance = ctx.provenance();
+    fleet(ctx).await?;
+    let Ctx { bench, fleet, .. } = ctx;
+    let fleet = fleet.as_mut().expect("started");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = inventory(bench).await;
+
+    // The floor: the same reload without the manager, on a container of its own: rewrite the
+    // rendered config atomically and send SIGUSR2 through the Docker API.
+    let floor = Floor::new().await;
+    let floor_dir = bench.dir("reload/floor");
+    let template = baseline::template(bench, Who::Floor, &floor_dir);
+    let floor_project = format!("{}_rf", bench.tag);
+    let mut floor_watch = LiveWatch::start(bench, Who::Floor);
+    let rendered = baseline::prepare(&template, &floor_dir, &floor_project, 1);
+    let floor_container = floor.create_start(&rendered.container).await?;
+    let floor_ip = floor_watch.wait_one(&floor_project, TIMEOUT).await?.ip;
+
+    let mut manager_ms = Vec::new();
+    let mut floor_ms = Vec::new();
+    let mut calls_per_reload = Vec::new();
+    let mut reloaded_ids = BTreeSet::new();
+    let mut touched = BTreeSet::new();
+    let mut example = Calls::default();
+    fleet.proxy.take();
+    for run in 0..=runs {
+        let version = run as u32 + 2;
+        // The manager: edit one file of the fleet.
+        let project = fleet.projects[(run * 37 + 11) % fleet.projects.len()].clone();
+        let new_secret = secret(&project, version);
+        let token = http::token(&new_secret);
+        let ip = fleet.ips[&project];
+        let text = state_text(&project, &new_secret, true);
+        fleet.proxy.take();
+        let t0 = Instant::now();
+        write_state(&fleet.cfg.state_dir, &project, &text);
+        if !live::wait_accepted(ip, &token, TIMEOUT).await {
+            return Err(format!("{project} never accepted its new secret"));
+        }
+        let elapsed = t0.elapsed();
+        // Let the loop finish its confirming pass, then read the calls of this reload.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let calls = fleet.proxy.take();
+
+        // The floor.
+        let floor_secret = secret(&floor_project, version);
+        let floor_token = http::token(&floor_secret);
+        let t1 = Instant::now();
+        baseline::prepare(&template, &floor_dir, &floor_project, version);
+        floor.signal(&floor_container, "SIGUSR2").await?;
+        if !live::wait_accepted(floor_ip, &floor_token, TIMEOUT).await {
+            return Err("the floor container never accepted its new secret".into());
+        }
+        let floor_elapsed = t1.elapsed();
+
+        eprintln!(
+            "bench: reload run {run}: manager {:.1} ms ({} Docker calls: {}), floor {:.1} ms",
+            elapsed.as_secs_f64() * 1000.0,
+            calls.total(),
+            calls.describe(),
+            floor_elapsed.as_secs_f64() * 1000.0
+        );
+        if run == 0 {
+            continue;
+        }
+        manager_ms.push(elapsed.as_secs_f64() * 1000.0);
+        floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
+        calls_per_reload.push(calls.total() as f64);
+        if let Some((id, _, _)) = before.get(&project) {
+            reloaded_ids.insert(id.clone());
+        }
+        touched.extend(written_containers(&calls));
+        example = calls;
+    }
+    bench.remove_all(Who::Floor).await;
+    let after = inventory(bench).await;
+    let (recreated, restarted) = changed(&before, &after);
+    let others: Vec<&String> = touched.difference(&reloaded_ids).collect();
+    let mgr = Summary::of(&manager_ms).expect("runs > 0");
+    let flo = Summary::of(&floor_ms).expect("runs > 0");
+    let calls = Summary::of(&calls_per_reload).expect("runs > 0");
+    let body = format!(
+        "{provenance}\n\
+         One of {n} running projects gets a new `jwt_secret` in its state file; the clock stops \
+         when PostgREST accepts a token signed with the new secret (`GET /` polled every 5 ms). \
+         The floor does the same reload by hand on a container of its own: rewrite the rendered \
+         config atomically, `POST /containers/{{id}}/kill?signal=SIGUSR2`. Milliseconds, median \
+         (min–max, n); one warm-up run not counted.\n\n\
+         | method | ms to new secret in force | Docker API calls per reload |\n\
+         |---|---|---|\n\
+         | manager (state file edited) | {mgr} | {calls} |\n\
+         | floor (config rewritten + kill -s USR2 via the API) | {flo} | 1 |\n\n\
+         Overhead over the floor: {} ms. Calls of the last reload, through the counting proxy \
+         (1 s window after the new secret was in force): {}.\n\n\
+         Other containers touched: **{}** of {} — writes went only to the reloaded \
+         containers; across all {runs} reloads {} containers recreated and {} restarted \
+         (id, `State.StartedAt` and `RestartCount` of all {n} compared before and after).\n",
+        num(mgr.median - flo.median),
+        example.describe(),
+        others.len(),
+        fleet.projects.len() - 1,
+        recreated,
+        restarted,
+        n = fleet.projects.len(),
+    );
+    Ok((
+        "3. Reload: one secret changed among 200 projects".into(),
+        body,
+    ))
+}
+
+pub async fn adoption(ctx: &mut Ctx) -> Result<(String, String), String> {
+    let runs = ctx.opts.runs;
+    let provenance = ctx.provenance();
+    fleet(ctx).await?;
+    let Ctx { bench, fleet, .. } = ctx;
+    let fleet = fleet.as_mut().expect("started");
+    let mut times = Vec::new();
+    let mut calls_total = Vec::new();
+    let mut writes = 0usize;
+    let mut recreated_total = 0usize;
+    let mut restarted_total = 0usize;
+    let mut example = Calls::default();
+    for run in 0..=runs {
+        let before = inventory(bench).await;
+        fleet.stop().await;
+        fleet.proxy.take();
+        let (started, reconciled) = fleet.start(bench).await?;
+        let elapsed = reconciled - started;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let calls = fleet.proxy.take();
+        let after = inventory(bench).await;
+        let (recreated, restarted) = changed(&before, &after);
+        eprintln!(
+            "bench: adoption run {run}: {:.0} ms, {recreated} recreated, {restarted} restarted, {} calls ({})",
+            elapsed.as_secs_f64() * 1000.0,
+            calls.total(),
+            calls.describe()
+        );
+        if run == 0 {
+            continue;
+        }
+        times.push(elapsed.as_secs_f64() * 1000.0);
+        calls_total.push(calls.total() as f64);
+        writes += calls.writes.len();
+        recreated_total += recreated;
+        restarted_total += restarted;
+        example = calls;
+    }
+    let time = Summary::of(&times).expect("runs > 0");
+    let calls = Summary::of(&calls_total).expect("runs > 0");
+    let body = format!(
+        "{provenance}\n\
+         {n} projects running; the manager is stopped (SIGTERM) and started again. The clock \
+         runs from the process start to its log line `{FIRST_RECONCILE}` (read from its \
+         stderr). Milliseconds, median (min–max, n); one warm-up restart not counted.\n\n\
+         | ms to first full reconcile | Docker API calls (start-up + 2 s) | containers recreated | restarted | write calls |\n\
+         |---|---|---|---|---|\n\
+         | {time} | {calls} | {recreated_total} | {restarted_total} | {writes} |\n\n\
+         Calls of the last restart: {}.\n",
+        example.describe(),
+        n = fleet.projects.len(),
+    );
+    Ok((
+        "4. Adoption: manager restarted with 200 running".into(),
+        body,
+    ))
+}
+
+pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
+    let runs = ctx.opts.runs;
+    let (requests, conns) = (ctx.opts.api_requests, ctx.opts.api_conns);
+    let provenance = ctx.provenance();
+    fleet(ctx).await?;
+    let Ctx { bench, fleet, .. } = ctx;
+    let fleet = fleet.as_mut().expect("started");
+    let ready = crate::env::poll_until(TIMEOUT, Duration::from_millis(50), || async {
+        live::get_status(fleet.api, "/readyz", None).await == Some(200)
+    })
+    .await;
+    if !ready {
+        return Err(format!("the API on {} never became ready", fleet.api));
+    }
+    let headers = fleet.headers();
+
+    // Spawn latency, interleaved with the Docker floor for the same container.
+    let floor = Floor::new().await;
+    let floor_dir = bench.dir("api/floor");
+    let template = baseline::template(bench, Who::Floor, &floor_dir);
+    let mut floor_watch = LiveWatch::start(bench, Who::Floor);
+    let (mut spawn_ms, mut floor_ms) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let project = format!("{}_a{run}", bench.tag);
+        let body = serde_json::json!({
+            "projectId": project,
+            "jwtSecret": secret(&project, 1),
+            "authenticatorPassword": format!("pw-{project}"),
+        })
+        .to_string();
+        let mut conn = Conn::connect(fleet.api).await.map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let (status, response) = conn
+            .request(
+                "POST",
+                "/internal/postgrest/spawn",
+                &headers,
+                Some(body.as_bytes()),
+            )
+            .await
+            .map_err(|e| format!("spawn: {e}"))?;
+        let elapsed = t0.elapsed();
+        if status != 201 {
+            return Err(format!(
+                "spawn answered {status}: {}",
+                String::from_utf8_lossy(&response)
+            ));
+        }
+        let (status, _) = conn
+            .request(
+                "DELETE",
+                &format!("/internal/postgrest/{project}"),
+                &headers,
+                None,
+            )
+            .await
+            .map_err(|e| format!("delete: {e}"))?;
+        if status != 200 {
+            return Err(format!("delete answered {status}"));
+        }
+
+        let floor_project = format!("{}_af{run}", bench.tag);
+        let rendered = baseline::prepare(&template, &floor_dir, &floor_project, 1);
+        let t1 = Instant::now();
+        floor.create_start(&rendered.container).await?;
+        let live = floor_watch.wait_one(&floor_project, TIMEOUT).await?;
+        let floor_elapsed = live.at - t1;
+        bench.remove_all(Who::Floor).await;
+        eprintln!(
+            "bench: api spawn run {run}: {:.0} ms (floor {:.0} ms)",
+            elapsed.as_secs_f64() * 1000.0,
+            floor_elapsed.as_secs_f64() * 1000.0
+        );
+        if run > 0 {
+            spawn_ms.push(elapsed.as_secs_f64() * 1000.0);
+            floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Throughput of the list.
+    let mut conn = Conn::connect(fleet.api).await.map_err(|e| e.to_string())?;
+    let (status, body) = conn
+        .request("GET", "/internal/postgrest", &headers, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listed = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["containers"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    if status != 200 || listed < fleet.projects.len() {
+        return Err(format!(
+            "GET /internal/postgrest answered {status} with {listed} projects"
+        ));
+    }
+    let list_headers = [headers[0]];
+    http::load(
+        fleet.api,
+        "/internal/postgrest",
+        &list_headers,
+        requests / 10,
+        conns,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    let load_runs = runs.clamp(1, 3);
+    for run in 0..load_runs {
+        let result = http::load(
+            fleet.api,
+            "/internal/postgrest",
+            &list_headers,
+            requests,
+            conns,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if result.errors > 0 {
+            return Err(format!("{} of the list requests failed", result.errors));
+        }
+        eprintln!(
+            "bench: api list run {run}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            result.per_second(),
+            quantile(&result.latencies_ms, 0.5),
+            quantile(&result.latencies_ms, 0.99)
+        );
+        rates.push(result.per_second());
+        p50s.push(quantile(&result.latencies_ms, 0.5));
+        p99s.push(quantile(&result.latencies_ms, 0.99));
+    }
+    let spawn = Summary::of(&spawn_ms).expect("runs > 0");
+    let flo = Summary::of(&floor_ms).expect("runs > 0");
+    let rate = Summary::of(&rates).expect("runs > 0");
+    let p50 = Summary::of(&p50s).expect("runs > 0");
+    let p99 = Summary::of(&p99s).expect("runs > 0");
+    let body = format!(
+        "{provenance}\n\
+         With {n} projects running under the manager. Spawn: `POST /internal/postgrest/spawn` \
+         with a new project's secrets, until its 201 (the manager answers once the container \
+         runs and PostgREST answers `/live`), then `DELETE` (not timed); interleaved with the \
+         Docker floor for the same container (create + start via the API, then `/live`). \
+         List: `GET /internal/postgrest` ({} bytes, {listed} projects) over {conns} keep-alive \
+         connections from a load generator in the bench process on loopback (it shares the 2 \
+         CPUs with the manager), {requests} requests per run after {} warm-up requests.\n\n\
+         | measure | median (min–max, n) |\n\
+         |---|---|\n\
+         | spawn, ms to 201 | {spawn} |\n\
+         | Docker floor, ms to answering | {flo} |\n\
+         | spawn overhead over the floor | {} ms (×{:.2}) |\n\
+         | list, requests/s | {rate} |\n\
+         | list latency p50, ms | {p50} |\n\
+         | list latency p99, ms | {p99} |\n",
+        body.len(),
+        requests / 10,
+        num(spawn.median - flo.median),
+        spawn.median / flo.median,
+        n = fleet.projects.len(),
+    );
+    Ok(("6. API: spawn latency and list throughput".into(), body))
+}
+
+pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
+    let (files, window, resync) = (
+        ctx.opts.idle_files,
+        ctx.opts.idle,
+        ctx.opts.idle_resync_secs,
+    );
+    let provenance = ctx.provenance();
+    fleet(ctx).await?;
+    let Ctx { bench, fleet, .. } = ctx;
+    let fleet = fleet.as_mut().expect("started");
+    let running = fleet.projects.len();
+    for i in running..files {
+        let project = format!("{}_i{i:04}", bench.tag);
+        write_state(
+            &fleet.cfg.state_dir,
+            &project,
+            &state_text(&project, &secret(&project, 1), false),
+        );
+    }
+    fleet.cfg.resync_secs = resync;
+    fleet.start(bench).await?;
+    // Settle: the start-up pass and its confirming pass.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let dockerd = crate::env::command_output("pidof", &["dockerd"])
+        .parse::<u32>()
+        .ok();
+    let manager = fleet.manager();
+    let pid = manager.pid();
+    let actions_before = manager.count_lines(" done");
+    fleet.proxy.take();
+    let (rss0, _) = fleet.manager().memory_kib();
+    let cpu0 = cpu_time(pid);
+    let dockerd0 = dockerd.map(cpu_time);
+    let t0 = Instant::now();
+    let mut rss_samples = vec![rss0 as f64];
+    while t0.elapsed() < window {
+        let left = window.saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(30))).await;
+        rss_samples.push(fleet.manager().memory_kib().0 as f64);
+        eprintln!(
+            "bench: idle {:.0}/{} s, manager CPU {:.0} ms so far",
+            t0.elapsed().as_secs_f64(),
+            window.as_secs(),
+            (cpu_time(pid) - cpu0).as_secs_f64() * 1000.0
+        );
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time(pid) - cpu0;
+    let dockerd_cpu = dockerd.zip(dockerd0).map(|(p, c0)| cpu_time(p) - c0);
+    let (rss, hwm) = fleet.manager().memory_kib();
+    let calls = fleet.proxy.take();
+    let actions = fleet.manager().count_lines(" done") - actions_before;
+    let resyncs = elapsed.as_secs_f64() / resync as f64;
+    let percent = cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
+    let rss_mb = rss as f64 / 1024.0;
+    let rss_max = rss_samples.iter().copied().fold(0.0, f64::max) / 1024.0;
+    let cpu_verdict = if percent > 0.1 {
+        "**above** the 0.1% budget"
+    } else {
+        "within the 0.1% budget"
+    };
+    let mem_verdict = if rss_max > 30.0 {
+        "**above** the 30 MB budget"
+    } else {
+        "within the 30 MB budget"
+    };
+    let body = format!(
+        "{provenance}\n\
+         {files} project files ({running} enabled and running, {} with `enabled = false`), \
+         manager started with `--resync-secs {resync}`, measured over {:.0} s of idleness \
+         after a 10 s settle. CPU from `/proc/<pid>/stat` (utime + stime, all threads), memory \
+         from `/proc/<pid>/status`; Docker calls through the counting proxy.\n\n\
+         | measure | value |\n\
+         |---|---|\n\
+         | manager CPU time over the window | {:.0} ms = **{:.3}% of one core** ({cpu_verdict}) |\n\
+         | manager RSS (VmRSS) at the end / max sampled / peak (VmHWM) | **{:.1} MB** / {:.1} MB / {:.1} MB ({mem_verdict}) |\n\
+         | Docker API calls over the window | {} ({:.1} per resync, {:.1} resyncs expected) |\n\
+         | calls by kind | {} |\n\
+         | actions taken while idle | {actions} |\n\
+         | dockerd CPU over the window (healthchecks of {running} containers, for scale) | {} |\n",
+        files - running,
+        elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0,
+        percent,
+        rss_mb,
+        rss_max,
+        hwm as f64 / 1024.0,
+        calls.total(),
+        calls.total() as f64 / resyncs,
+        resyncs,
+        calls.describe(),
+        dockerd_cpu.map_or("?".into(), |c| format!(
+            "{:.1} s = {:.1}% of one core",
+            c.as_secs_f64(),
+            c.as_secs_f64() / elapsed.as_secs_f64() * 100.0
+        )),
+    );
+    Ok(("5. Idle cost with 1,000 project files".into(), body))
+}

@@ -1,0 +1,212 @@
+//! "Answering": the moment a project's PostgREST answers `GET /live` on its admin port.
+//!
+//! Every method is observed the same way, so their times compare: a Docker event stream
+//! (filtered by the method's instance label) reports each container start; the container's
+//! address is inspected once; then `/live` is polled every few milliseconds until it answers
+//! 200. The stream is opened with `since` a little in the past, so a start that happens
+//! before the subscription is established is replayed, not missed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::query_parameters::EventsOptionsBuilder;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use postgrest_manager::render::{ADMIN_PORT, LABEL_INSTANCE, LABEL_PROJECT, SERVER_PORT};
+
+use crate::env::{Bench, Who};
+
+/// How often a not-yet-answering container is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+
+/// A project answered: when, and at which address.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub at: Instant,
+    pub ip: IpAddr,
+}
+
+/// Watches one instance's containers and reports each one that answers `/live`.
+pub struct LiveWatch {
+    rx: mpsc::UnboundedReceiver<(String, Live)>,
+    seen: BTreeMap<String, Live>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for LiveWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LiveWatch {
+    pub fn start(bench: &Bench, who: Who) -> LiveWatch {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .saturating_sub(2)
+            .to_string();
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["start".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{LABEL_INSTANCE}={}", bench.instance(who))],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since)
+            .filters(&filters)
+            .build();
+        let docker = bench.docker.clone();
+        let network = bench.network.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut events = docker.events(Some(options));
+            let mut probes = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    event = events.next() => {
+                        let Some(Ok(event)) = event else { break };
+                        let Some(actor) = event.actor else { continue };
+                        let (Some(container), Some(project)) = (
+                            actor.id,
+                            actor.attributes.and_then(|mut a| a.remove(LABEL_PROJECT)),
+                        ) else {
+                            continue;
+                        };
+                        let (docker, network, tx) = (docker.clone(), network.clone(), tx.clone());
+                        probes.spawn(async move {
+                            let Some(ip) = address(&docker, &container, &network).await else {
+                                return;
+                            };
+                            if wait_live(ip, Duration::from_secs(120)).await {
+                                let live = Live { at: Instant::now(), ip };
+                                let _ = tx.send((project, live));
+                            }
+                        });
+                    }
+                    Some(_) = probes.join_next(), if !probes.is_empty() => {}
+                }
+            }
+        });
+        LiveWatch {
+            rx,
+            seen: BTreeMap::new(),
+            task,
+        }
+    }
+
+    /// Waits until every one of `projects` answered; returns when the last one did, and each.
+    pub async fn wait_all(
+        &mut self,
+        projects: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> Result<(Instant, BTreeMap<String, Live>), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let missing = projects
+                .iter()
+                .filter(|p| !self.seen.contains_key(*p))
+                .count();
+            if missing == 0 {
+                let found: BTreeMap<String, Live> = projects
+                    .iter()
+                    .map(|p| (p.clone(), self.seen[p].clone()))
+                    .collect();
+                let last = found.values().map(|l| l.at).max().expect("not empty");
+                return Ok((last, found));
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((project, live))) => {
+                    self.seen.insert(project, live);
+                }
+                Ok(None) => return Err("the Docker event stream ended".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "{missing} of {} projects did not answer within {timeout:?}",
+                        projects.len()
+                    ))
+                }
+            }
+        }
+    }
+
+    pub async fn wait_one(&mut self, project: &str, timeout: Duration) -> Result<Live, String> {
+        let set = BTreeSet::from([project.to_owned()]);
+        let (_, mut found) = self.wait_all(&set, timeout).await?;
+        Ok(found.remove(project).expect("waited for it"))
+    }
+}
+
+async fn address(docker: &bollard::Docker, container: &str, network: &str) -> Option<IpAddr> {
+    let inspect = docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()?;
+    inspect
+        .network_settings?
+        .networks?
+        .get(network)?
+        .ip_address
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
+/// Polls `GET /live` until it answers 200.
+pub async fn wait_live(ip: IpAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::new(ip, ADMIN_PORT);
+    while Instant::now() < deadline {
+        if get_status(addr, "/live", None).await == Some(200) {
+            return true;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    false
+}
+
+/// Polls PostgREST's `GET /` with a bearer token until it answers 200 (the token accepted).
+pub async fn wait_accepted(ip: IpAddr, token: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::new(ip, SERVER_PORT);
+    let auth = format!("Bearer {token}");
+    while Instant::now() < deadline {
+        if get_status(addr, "/", Some(&auth)).await == Some(200) {
+            return true;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    false
+}
+
+/// One HTTP/1.0 GET on a fresh connection; the status code, or `None` on any failure.
+pub async fn get_status(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Option<u16> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+        if let Some(auth) = authorization {
+            request.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        // Read it all: closing with unread data would reset the connection under the server.
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        std::str::from_utf8(response.get(9..12)?).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+}

@@ -1,0 +1,258 @@
+//! The manager under test: `target/release/postgrest-manager serve` as a child process, its
+//! log lines (stderr) kept with the instant each arrived, and its cost read from /proc.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+use crate::env::{Bench, Who};
+
+/// The line the manager logs (at INFO) once its first full pass planned nothing left to do.
+pub const FIRST_RECONCILE: &str = "first full reconcile done";
+
+/// How a manager is started.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub state_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub concurrency: usize,
+    pub resync_secs: u64,
+    /// `DOCKER_HOST`, e.g. the counting proxy; the local socket when `None`.
+    pub docker_host: Option<String>,
+    /// The API's address and key; `--no-api` when `None`.
+    pub api: Option<(SocketAddr, String)>,
+    pub log_file: PathBuf,
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<(Instant, String)>>,
+    more: Notify,
+}
+
+pub struct Manager {
+    child: Child,
+    pid: u32,
+    log: Arc<Log>,
+    cleanup: crate::env::Cleanup,
+    pub started: Instant,
+}
+
+impl Manager {
+    pub async fn start(bench: &Bench, cfg: &ManagerConfig) -> Result<Manager, String> {
+        let mut command = Command::new(&bench.binary);
+        command
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&cfg.state_dir)
+            .arg("--config-dir")
+            .arg(&cfg.config_dir)
+            .args(["--instance", &bench.instance(Who::Manager)])
+            .args(["--network", &bench.network])
+            .args(["--image", &bench.image])
+            .args(["--concurrency", &cfg.concurrency.to_string()])
+            .args(["--resync-secs", &cfg.resync_secs.to_string()])
+            .env("RUST_LOG", "info")
+            .env_remove("DOCKER_HOST")
+            .env_remove("INTERNAL_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PGM_") {
+                command.env_remove(key);
+            }
+        }
+        if let Some(host) = &cfg.docker_host {
+            command.env("DOCKER_HOST", host);
+        }
+        match &cfg.api {
+            Some((listen, key)) => {
+                command
+                    .args(["--listen", &listen.to_string()])
+                    .env("INTERNAL_API_KEY", key);
+            }
+            None => {
+                command.arg("--no-api");
+            }
+        }
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bench.binary.display()))?;
+        let pid = child.id().expect("a running child");
+        bench.cleanup.register_pid(pid);
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped");
+        let (sink, file) = (log.clone(), cfg.log_file.clone());
+        tokio::spawn(async move {
+            let mut out = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .await
+                .ok();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let at = Instant::now();
+                if let Some(out) = &mut out {
+                    let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+                }
+                sink.lines.lock().unwrap().push((at, line));
+                sink.more.notify_waiters();
+            }
+            sink.more.notify_waiters();
+        });
+        Ok(Manager {
+            child,
+            pid,
+            log,
+            cleanup: bench.cleanup.clone(),
+            started,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for a log line containing `needle` (printed at any time since start); returns
+    /// when it was read.
+    pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> Result<Instant, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.log.more.notified();
+            if let Some((at, _)) = self
+                .log
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, line)| line.contains(needle))
+            {
+                return Ok(*at);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "the manager exited ({status}) before logging {needle:?}; last lines:\n{}",
+                    self.tail(10)
+                ));
+            }
+            let wait = tokio::time::timeout_at(deadline, notified);
+            if wait.await.is_err() {
+                return Err(format!(
+                    "no {needle:?} in the manager's log within {timeout:?}; last lines:\n{}",
+                    self.tail(10)
+                ));
+            }
+        }
+    }
+
+    /// The last `n` log lines, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.log.lines.lock().unwrap();
+        let start = lines.len().saturating_sub(n);
+        lines[start..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Log lines containing `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .count()
+    }
+
+    /// SIGTERM, then waits (the manager drains in-flight actions; containers keep running).
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        self.cleanup.forget_pid(self.pid);
+    }
+
+    /// Resident memory (VmRSS) and its peak (VmHWM), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// User plus system CPU time of a process so far, all threads (exited ones included), from
+/// /proc/<pid>/stat.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; fields after it are counted from its closing paren.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the name: state is field 3 of the full line, utime 14, stime 15.
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let total = ticks(14) + ticks(15);
+    Duration::from_secs_f64(total as f64 / clock_ticks() as f64)
+}
+
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        crate::env::command_output("getconf", &["CLK_TCK"])
+            .parse()
+            .unwrap_or(100)
+    })
+}
+
+/// Writes a project's state file the way an editor or a script would: a dotfile in the same
+/// directory (the manager ignores those), then a rename.
+pub fn write_state(dir: &Path, project: &str, contents: &str) {
+    let tmp = dir.join(format!(".{project}.toml.tmp"));
+    std::fs::write(&tmp, contents).expect("writing a state file");
+    std::fs::rename(&tmp, dir.join(format!("{project}.toml"))).expect("renaming a state file");
+}
+
+/// The state file of a bench project: secrets derived from its id and a version.
+pub fn state_text(project: &str, secret: &str, enabled: bool) -> String {
+    let mut text =
+        format!("jwt_secret = \"{secret}\"\nauthenticator_password = \"pw-{project}\"\n");
+    if !enabled {
+        text.push_str("enabled = false\n");
+    }
+    text
+}
+
+/// A JWT secret (at least 32 characters) for a project and a version.
+pub fn secret(project: &str, version: u32) -> String {
+    format!("bench-secret-{version}-{project}-0123456789abcdef0123456789abcdef")
+}

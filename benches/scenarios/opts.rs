@@ -1,0 +1,193 @@
+//! Command-line options of the bench: which scenarios, how many runs, how big.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The six scenarios of issue 4, in the order a full run executes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scenario {
+    Cold,
+    Bulk,
+    Reload,
+    Adoption,
+    Api,
+    Idle,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Cold,
+        Scenario::Bulk,
+        Scenario::Reload,
+        Scenario::Adoption,
+        Scenario::Api,
+        Scenario::Idle,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Cold => "cold",
+            Scenario::Bulk => "bulk",
+            Scenario::Reload => "reload",
+            Scenario::Adoption => "adoption",
+            Scenario::Api => "api",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == word)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Selected scenarios, sorted in execution order.
+    pub scenarios: Vec<Scenario>,
+    /// Runs of the quick scenarios (cold, reload, adoption, API spawn).
+    pub runs: usize,
+    /// Runs of each bulk method.
+    pub bulk_runs: usize,
+    /// Bulk sizes; the concurrency sweep runs at the first one.
+    pub bulk: Vec<usize>,
+    /// PGM_CONCURRENCY values swept at the first bulk size.
+    pub sweep: Vec<usize>,
+    /// Parallelism of the `xargs -P` baseline.
+    pub xargs_p: usize,
+    /// Running projects behind the reload, adoption, API and idle scenarios.
+    pub fleet: usize,
+    /// Project files in the idle scenario (the fleet plus disabled ones).
+    pub idle_files: usize,
+    pub idle: Duration,
+    /// The manager's resync period during the idle window (the product default).
+    pub idle_resync_secs: u64,
+    /// GET /internal/postgrest requests per throughput run, and connections.
+    pub api_requests: usize,
+    pub api_conns: usize,
+    pub binary: PathBuf,
+    pub image: String,
+    /// Write the results into this file (BENCHMARKS.md); `--no-write` keeps it untouched.
+    pub report: Option<PathBuf>,
+    /// The command line, as a user would type it to reproduce the run.
+    pub command: String,
+}
+
+const USAGE: &str = "\
+usage: cargo bench --bench scenarios -- [SCENARIO...] [OPTIONS]
+
+Scenarios (default: all): cold bulk reload adoption api idle
+Needs target/release/postgrest-manager (cargo build --release) and the image
+launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh).
+
+Options:
+  --runs N            runs of cold, reload, adoption and API spawn        [5]
+  --bulk-runs N       runs of each bulk method                            [3]
+  --bulk A,B          bulk sizes; the concurrency sweep runs at A         [50,200]
+  --sweep C1,C2,...   PGM_CONCURRENCY values swept at the first size     [1,2,4,8,16]
+  --xargs-p N         parallelism of the xargs -P baseline                [8]
+  --fleet N           running projects behind reload/adoption/api/idle    [200]
+  --idle-files N      project files in the idle scenario                  [1000]
+  --idle-secs S       idle window                                          [300]
+  --idle-resync-secs S  manager resync period while idle                  [30]
+  --api-requests N    GET /internal/postgrest requests per run            [20000]
+  --api-conns N       load generator connections                          [8]
+  --binary PATH       manager binary        [target/release/postgrest-manager]
+  --image IMAGE       container image       [launchdb/postgrest:v1-test]
+  --no-write          do not update BENCHMARKS.md
+";
+
+fn list(value: &str, flag: &str) -> Result<Vec<usize>, String> {
+    value
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag}: expected positive numbers, got {value:?}"))
+        })
+        .collect()
+}
+
+fn number(value: &str, flag: &str) -> Result<usize, String> {
+    list(value, flag).and_then(|v| match v[..] {
+        [n] => Ok(n),
+        _ => Err(format!("{flag}: expected one number, got {value:?}")),
+    })
+}
+
+impl Opts {
+    /// Parses the arguments cargo passes after `--` (plus its own `--bench`).
+    pub fn parse(args: &[String], repo: &std::path::Path) -> Result<Opts, String> {
+        let mut opts = Opts {
+            scenarios: Vec::new(),
+            runs: 5,
+            bulk_runs: 3,
+            bulk: vec![50, 200],
+            sweep: vec![1, 2, 4, 8, 16],
+            xargs_p: 8,
+            fleet: 200,
+            idle_files: 1000,
+            idle: Duration::from_secs(300),
+            idle_resync_secs: 30,
+            api_requests: 20_000,
+            api_conns: 8,
+            binary: repo.join("target/release/postgrest-manager"),
+            image: "launchdb/postgrest:v1-test".into(),
+            report: Some(repo.join("BENCHMARKS.md")),
+            command: String::new(),
+        };
+        let mut rest = args.iter().filter(|a| *a != "--bench");
+        while let Some(arg) = rest.next() {
+            let mut value = |flag: &str| {
+                rest.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "-h" | "--help" => return Err(USAGE.into()),
+                "--no-write" => opts.report = None,
+                "--runs" => opts.runs = number(&value(arg)?, arg)?,
+                "--bulk-runs" => opts.bulk_runs = number(&value(arg)?, arg)?,
+                "--bulk" => opts.bulk = list(&value(arg)?, arg)?,
+                "--sweep" => opts.sweep = list(&value(arg)?, arg)?,
+                "--xargs-p" => opts.xargs_p = number(&value(arg)?, arg)?,
+                "--fleet" => opts.fleet = number(&value(arg)?, arg)?,
+                "--idle-files" => opts.idle_files = number(&value(arg)?, arg)?,
+                "--idle-secs" => opts.idle = Duration::from_secs(number(&value(arg)?, arg)? as u64),
+                "--idle-resync-secs" => opts.idle_resync_secs = number(&value(arg)?, arg)? as u64,
+                "--api-requests" => opts.api_requests = number(&value(arg)?, arg)?,
+                "--api-conns" => opts.api_conns = number(&value(arg)?, arg)?,
+                "--binary" => opts.binary = PathBuf::from(value(arg)?),
+                "--image" => opts.image = value(arg)?,
+                word if !word.starts_with('-') => {
+                    let scenario = Scenario::parse(word)
+                        .ok_or_else(|| format!("unknown scenario {word:?}\n{USAGE}"))?;
+                    opts.scenarios.push(scenario);
+                }
+                other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+            }
+        }
+        let shown: Vec<&str> = args_shown(args);
+        opts.command = format!("cargo bench --bench scenarios -- {}", shown.join(" "))
+            .trim_end()
+            .to_owned();
+        if opts.scenarios.is_empty() {
+            opts.scenarios = Scenario::ALL.to_vec();
+        }
+        opts.scenarios.sort();
+        opts.scenarios.dedup();
+        if opts.idle_files < opts.fleet {
+            opts.idle_files = opts.fleet;
+        }
+        Ok(opts)
+    }
+}
+
+/// The arguments as given, minus the `--bench` cargo adds.
+fn args_shown(args: &[String]) -> Vec<&str> {
+    args.iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect()
+}
