@@ -14,7 +14,11 @@ set -eu
 LOCAL_DIR="${LOCAL_DIR:-/tmp/postgrest-bin}"
 target=/usr/local/bin/postgrest
 
-mkdir -p /usr/local/bin /etc/postgrest
+mkdir -p /usr/local/bin /etc/postgrest /run
+# A tmpfs mounted on /run takes the mode of the image's /run (Docker copies it up), whatever its
+# mode= option says. UID 1000 must be able to write the wrapper's /var/run/postgrest.pid there.
+chmod 1777 /run
+[ -e /var/run ] || { mkdir -p /var && ln -s /run /var/run; } # Alpine has it; the pid file path relies on it
 case "$POSTGREST_SOURCE" in
 release)
     # curl and CA certificates stay (health checks); xz is only needed to unpack.
