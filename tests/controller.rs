@@ -869,3 +869,38 @@ fn stopped_container_is_started_again() {
 
     assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
 }
+
+/// Quick hand edits in place, all of the same size (so neither inode nor size changes, and
+/// the mtime may not tick between them): the last one is what ends up in force.
+#[test]
+fn rapid_same_size_edits_in_place_converge_to_the_last() {
+    let env = TestEnv::new();
+    let manager = Manager::start(&env);
+    let id = env.project_id();
+    let password = secret("pw");
+    let secrets: Vec<String> = (0..6)
+        .map(|n| format!("{}{n}", secret("jwtedit")))
+        .collect();
+    assert!(secrets.iter().all(|s| s.len() == secrets[0].len()));
+    env.write_state_in_place(&id, &state_toml(&secrets[0], &password));
+    let c = env.wait_serving(&id);
+    wait_jwt_status(&c, &secrets[0], "authenticated", 200);
+
+    for s in &secrets[1..] {
+        env.write_state_in_place(&id, &state_toml(s, &password));
+    }
+    let last = secrets.last().unwrap();
+    wait_jwt_status(&c, last, "authenticated", 200);
+    // And it stays there: nothing later reverts to an intermediate edit.
+    thread::sleep(Duration::from_secs(3));
+    let ip = c.ip.unwrap();
+    assert_eq!(
+        http_get(ip, "/", Some(&jwt(last, "authenticated"))).unwrap(),
+        200
+    );
+    assert_eq!(inspect(&c.name).unwrap().id, c.id);
+
+    let mut all: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    all.push(&password);
+    assert_no_secrets(&manager.log(), &all);
+}
