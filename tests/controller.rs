@@ -713,9 +713,6 @@ fn docker_outage_is_survived_and_resynced() {
 /// Docker's own healthcheck (what `docker ps` shows) reports the container healthy. Checked
 /// every second here so the test is quick.
 #[test]
-#[ignore = "the test image's healthcheck.sh runs busybox `wget -T 3`, which segfaults (Debian \
-            busybox-static 1.35), so Docker marks every container unhealthy; run it once \
-            postgrest/healthcheck.sh avoids `-T` (e.g. `timeout 3 wget ...`)"]
 fn docker_reports_the_container_healthy() {
     let env = TestEnv::new();
     let manager = Manager::start_with(
