@@ -162,7 +162,7 @@ network="${args[5]}"
 docker "${args[@]}" >/dev/null
 ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$name")"
 for _ in $(seq 1 6000); do
-    if exec 3<>"/dev/tcp/$ip/3001" 2>/dev/null; then
+    if { exec 3<>"/dev/tcp/$ip/3001"; } 2>/dev/null; then
         printf 'GET /live HTTP/1.0\r\n\r\n' >&3
         status=""
         read -r _ status _ <&3 || true

@@ -68,7 +68,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
             methods.push(Method::Compose);
         }
         let mut samples: BTreeMap<Method, Vec<f64>> = BTreeMap::new();
-        for run in 0..ctx.opts.bulk_runs {
+        for run in 0..ctx.opts.bulk_runs_at(index) {
             let mut order = methods.clone();
             order.rotate_left(run % methods.len());
             for method in order {
@@ -229,6 +229,7 @@ async fn by_script(
         .arg(&script)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("script.log")).map_err(|e| e.to_string())?)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("xargs: {e}"))?;
@@ -242,7 +243,10 @@ async fn by_script(
     let status = child.wait().await.map_err(|e| e.to_string())?;
     let (last, _) = result?;
     if !status.success() {
-        return Err(format!("the seed script failed: {status}"));
+        return Err(format!(
+            "the seed script failed ({status}); see {}",
+            dir.join("script.log").display()
+        ));
     }
     Ok(last - t0)
 }

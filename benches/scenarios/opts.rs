@@ -46,8 +46,8 @@ pub struct Opts {
     pub scenarios: Vec<Scenario>,
     /// Runs of the quick scenarios (cold, reload, adoption, API spawn).
     pub runs: usize,
-    /// Runs of each bulk method.
-    pub bulk_runs: usize,
+    /// Runs of each bulk method, per size (the last value repeats for further sizes).
+    pub bulk_runs: Vec<usize>,
     /// Bulk sizes; the concurrency sweep runs at the first one.
     pub bulk: Vec<usize>,
     /// PGM_CONCURRENCY values swept at the first bulk size.
@@ -81,7 +81,7 @@ launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh).
 
 Options:
   --runs N            runs of cold, reload, adoption and API spawn        [5]
-  --bulk-runs N       runs of each bulk method                            [3]
+  --bulk-runs A,B     runs of each bulk method, per size                 [3,2]
   --bulk A,B          bulk sizes; the concurrency sweep runs at A         [50,200]
   --sweep C1,C2,...   PGM_CONCURRENCY values swept at the first size     [1,2,4,8,16]
   --xargs-p N         parallelism of the xargs -P baseline                [8]
@@ -117,12 +117,18 @@ fn number(value: &str, flag: &str) -> Result<usize, String> {
 }
 
 impl Opts {
+    /// Runs of each bulk method at the `index`th size.
+    pub fn bulk_runs_at(&self, index: usize) -> usize {
+        let runs = &self.bulk_runs;
+        runs.get(index).or(runs.last()).copied().unwrap_or(1)
+    }
+
     /// Parses the arguments cargo passes after `--` (plus its own `--bench`).
     pub fn parse(args: &[String], repo: &std::path::Path) -> Result<Opts, String> {
         let mut opts = Opts {
             scenarios: Vec::new(),
             runs: 5,
-            bulk_runs: 3,
+            bulk_runs: vec![3, 2],
             bulk: vec![50, 200],
             sweep: vec![1, 2, 4, 8, 16],
             xargs_p: 8,
@@ -148,7 +154,7 @@ impl Opts {
                 "-h" | "--help" => return Err(USAGE.into()),
                 "--no-write" => opts.report = None,
                 "--runs" => opts.runs = number(&value(arg)?, arg)?,
-                "--bulk-runs" => opts.bulk_runs = number(&value(arg)?, arg)?,
+                "--bulk-runs" => opts.bulk_runs = list(&value(arg)?, arg)?,
                 "--bulk" => opts.bulk = list(&value(arg)?, arg)?,
                 "--sweep" => opts.sweep = list(&value(arg)?, arg)?,
                 "--xargs-p" => opts.xargs_p = number(&value(arg)?, arg)?,
