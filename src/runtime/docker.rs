@@ -58,6 +58,23 @@ impl DockerRuntime {
         *client = Some(docker.clone());
         Ok(docker)
     }
+
+    /// All containers, running or not, that match Docker's list `filters`.
+    async fn list_where(
+        &self,
+        filters: HashMap<&str, Vec<String>>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker()?
+            .list_containers(Some(options))
+            .await
+            .map_err(map_error)?;
+        Ok(summaries.into_iter().map(info).collect())
+    }
 }
 
 /// The one place where bollard's errors become ours.
@@ -226,34 +243,16 @@ impl Runtime for DockerRuntime {
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        let filters = HashMap::from([("label", label_filters(labels))]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker()?
-            .list_containers(Some(options))
+        self.list_where(HashMap::from([("label", label_filters(labels))]))
             .await
-            .map_err(map_error)?;
-        Ok(summaries.into_iter().map(info).collect())
     }
 
     async fn find_by_name(&self, name: &str) -> Result<ContainerInfo, RuntimeError> {
         // The name filter is an unanchored regular expression; anchor it and check exactly.
         let filters = HashMap::from([("name", vec![format!("^/{name}$")])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker()?
-            .list_containers(Some(options))
-            .await
-            .map_err(map_error)?;
-        summaries
+        let listed = self.list_where(filters).await?;
+        listed
             .into_iter()
-            .map(info)
             .find(|c| c.name == name)
             .ok_or(RuntimeError::NotFound)
     }
