@@ -3,7 +3,7 @@
 //! (the manager's own runtime code) and `docker run -d` through the CLI.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::baseline::{self, Floor};
 use crate::env::{poll_until, Who};
@@ -13,6 +13,35 @@ use crate::stats::{num, Summary};
 use crate::Ctx;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where one run's time went, in milliseconds, from the Docker events' timestamps:
+/// trigger -> `create` event -> `start` event -> `/live` answered.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    to_create: f64,
+    to_start: f64,
+    to_live: f64,
+}
+
+impl Phases {
+    fn of(t0: Instant, wall0: SystemTime, live: &crate::live::Live) -> Phases {
+        let since = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(wall0).ok())
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        };
+        let (created, started) = (since(live.created), since(live.started));
+        Phases {
+            to_create: created,
+            to_start: started - created,
+            to_live: (live.at - t0).as_secs_f64() * 1000.0 - started,
+        }
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> String {
+    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    Summary::of(&values).map_or("?".into(), |s| num(s.median))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Method {
@@ -46,6 +75,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
     let api_template = baseline::template(bench, Who::Floor, &floor_dir);
     let cli_template = baseline::template(bench, Who::Cli, &floor_dir);
     let mut samples: BTreeMap<Method, Vec<f64>> = BTreeMap::new();
+    let mut breakdown: BTreeMap<Method, Vec<Phases>> = BTreeMap::new();
 
     // Run 0 warms the daemon, the page cache and the manager up; it is not counted.
     for run in 0..=ctx.opts.runs {
@@ -59,13 +89,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
             };
             let project = format!("{}_c{run}{letter}", bench.tag);
             let watch = watches.get_mut(&method).expect("one per method");
-            let elapsed = match method {
+            let (t0, wall0, live) = match method {
                 Method::Manager => {
                     let text = state_text(&project, &secret(&project, 1), true);
-                    let t0 = Instant::now();
+                    let (t0, wall0) = (Instant::now(), SystemTime::now());
                     write_state(&state, &project, &text);
                     let live = watch.wait_one(&project, TIMEOUT).await?;
-                    let elapsed = live.at - t0;
                     std::fs::remove_file(state.join(format!("{project}.toml")))
                         .map_err(|e| e.to_string())?;
                     let gone = poll_until(TIMEOUT, Duration::from_millis(50), || async {
@@ -75,21 +104,20 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
                     if !gone {
                         return Err(format!("the manager did not remove {project}"));
                     }
-                    elapsed
+                    (t0, wall0, live)
                 }
                 Method::Api => {
                     let rendered = baseline::prepare(&api_template, &floor_dir, &project, 1);
-                    let t0 = Instant::now();
+                    let (t0, wall0) = (Instant::now(), SystemTime::now());
                     floor.create_start(&rendered.container).await?;
                     let live = watch.wait_one(&project, TIMEOUT).await?;
-                    let elapsed = live.at - t0;
                     bench.remove_all(Who::Floor).await;
-                    elapsed
+                    (t0, wall0, live)
                 }
                 Method::Cli => {
                     let rendered = baseline::prepare(&cli_template, &floor_dir, &project, 1);
                     let args = baseline::run_args(&rendered.container);
-                    let t0 = Instant::now();
+                    let (t0, wall0) = (Instant::now(), SystemTime::now());
                     let status = tokio::process::Command::new("docker")
                         .args(&args)
                         .stdout(std::process::Stdio::null())
@@ -100,15 +128,16 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
                         return Err(format!("docker run failed: {status}"));
                     }
                     let live = watch.wait_one(&project, TIMEOUT).await?;
-                    let elapsed = live.at - t0;
                     bench.remove_all(Who::Cli).await;
-                    elapsed
+                    (t0, wall0, live)
                 }
             };
-            let ms = elapsed.as_secs_f64() * 1000.0;
-            eprintln!("bench: cold run {run} {method:?}: {ms:.0} ms");
+            let ms = (live.at - t0).as_secs_f64() * 1000.0;
+            let phases = Phases::of(t0, wall0, &live);
+            eprintln!("bench: cold run {run} {method:?}: {ms:.0} ms ({phases:?})");
             if run > 0 {
                 samples.entry(method).or_default().push(ms);
+                breakdown.entry(method).or_default().push(phases);
             }
             // Let the daemon finish the removal's background work before the next start.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -132,6 +161,20 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
     };
     let overhead = mgr.median - api.median;
     let percent = overhead / api.median * 100.0;
+    let mut phases = String::new();
+    for (method, label) in [
+        (Method::Manager, "manager"),
+        (Method::Api, "API floor"),
+        (Method::Cli, "CLI"),
+    ] {
+        let p = &breakdown[&method];
+        phases.push_str(&format!(
+            "| {label} | {} | {} | {} |\n",
+            median(p.iter().map(|p| p.to_create)),
+            median(p.iter().map(|p| p.to_start)),
+            median(p.iter().map(|p| p.to_live)),
+        ));
+    }
     let verdict = if percent > 10.0 {
         "**above** the 10% budget"
     } else {
@@ -148,7 +191,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
          | manager (state file written) | {mgr} | {} |\n\
          | Docker API create + start (floor) | {api} | — |\n\
          | `docker run -d` (CLI) | {cli} | {} |\n\n\
-         Manager overhead over the floor: **{} ms ({:.1}%, ratio {:.2})**, {verdict}.\n",
+         Manager overhead over the floor: **{} ms ({:.1}%, ratio {:.2})**, {verdict}.\n\n\
+         Where the time goes (medians, ms; from the Docker `create` and `start` events' \
+         timestamps):\n\n\
+         | method | trigger → `create` event | `create` → `start` event | `start` → answering |\n\
+         |---|---|---|---|\n{phases}",
         ctx.provenance(),
         vs_floor(&mgr),
         vs_floor(&cli),

@@ -24,11 +24,14 @@ use crate::env::{Bench, Who};
 /// How often a not-yet-answering container is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 
-/// A project answered: when, and at which address.
+/// A project answered: when, and at which address. `created` and `started` are the Docker
+/// events' wall-clock times, for a breakdown of where the time went.
 #[derive(Debug, Clone)]
 pub struct Live {
     pub at: Instant,
     pub ip: IpAddr,
+    pub created: Option<SystemTime>,
+    pub started: Option<SystemTime>,
 }
 
 /// Watches one instance's containers and reports each one that answers `/live`.
@@ -54,7 +57,10 @@ impl LiveWatch {
             .to_string();
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
-            ("event".to_owned(), vec!["start".to_owned()]),
+            (
+                "event".to_owned(),
+                vec!["create".to_owned(), "start".to_owned()],
+            ),
             (
                 "label".to_owned(),
                 vec![format!("{LABEL_INSTANCE}={}", bench.instance(who))],
@@ -70,10 +76,14 @@ impl LiveWatch {
         let task = tokio::spawn(async move {
             let mut events = docker.events(Some(options));
             let mut probes = tokio::task::JoinSet::new();
+            let mut created: HashMap<String, Option<SystemTime>> = HashMap::new();
             loop {
                 tokio::select! {
                     event = events.next() => {
                         let Some(Ok(event)) = event else { break };
+                        let at = event
+                            .time_nano
+                            .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns as u64));
                         let Some(actor) = event.actor else { continue };
                         let (Some(container), Some(project)) = (
                             actor.id,
@@ -81,13 +91,23 @@ impl LiveWatch {
                         ) else {
                             continue;
                         };
+                        if event.action.as_deref() == Some("create") {
+                            created.insert(container, at);
+                            continue;
+                        }
+                        let created = created.remove(&container).flatten();
                         let (docker, network, tx) = (docker.clone(), network.clone(), tx.clone());
                         probes.spawn(async move {
                             let Some(ip) = address(&docker, &container, &network).await else {
                                 return;
                             };
                             if wait_live(ip, Duration::from_secs(120)).await {
-                                let live = Live { at: Instant::now(), ip };
+                                let live = Live {
+                                    at: Instant::now(),
+                                    ip,
+                                    created,
+                                    started: at,
+                                };
                                 let _ = tx.send((project, live));
                             }
                         });
