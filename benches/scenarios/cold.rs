@@ -7,41 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::baseline::{self, Floor};
 use crate::env::{poll_until, Who};
-use crate::live::LiveWatch;
+use crate::live::{median, LiveWatch, Phases};
 use crate::manager::{secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE};
 use crate::stats::{num, Summary};
 use crate::Ctx;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Where one run's time went, in milliseconds, from the Docker events' timestamps:
-/// trigger -> `create` event -> `start` event -> `/live` answered.
-#[derive(Debug, Clone, Copy)]
-struct Phases {
-    to_create: f64,
-    to_start: f64,
-    to_live: f64,
-}
-
-impl Phases {
-    fn of(t0: Instant, wall0: SystemTime, live: &crate::live::Live) -> Phases {
-        let since = |t: Option<SystemTime>| {
-            t.and_then(|t| t.duration_since(wall0).ok())
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-        };
-        let (created, started) = (since(live.created), since(live.started));
-        Phases {
-            to_create: created,
-            to_start: started - created,
-            to_live: (live.at - t0).as_secs_f64() * 1000.0 - started,
-        }
-    }
-}
-
-fn median(values: impl Iterator<Item = f64>) -> String {
-    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
-    Summary::of(&values).map_or("?".into(), |s| num(s.median))
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Method {

@@ -8,14 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{stream, StreamExt};
 
 use crate::baseline::{self, Floor};
 use crate::env::{Bench, Who};
 use crate::http::{self, Conn};
-use crate::live::{self, LiveWatch};
+use crate::live::{self, median, LiveWatch, Phases};
 use crate::manager::{
     cpu_time, secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE,
 };
@@ -377,7 +377,10 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
     let floor_dir = bench.dir("api/floor");
     let template = baseline::template(bench, Who::Floor, &floor_dir);
     let mut floor_watch = LiveWatch::start(bench, Who::Floor);
+    let mut manager_watch = LiveWatch::start(bench, Who::Manager);
     let (mut spawn_ms, mut floor_ms) = (Vec::new(), Vec::new());
+    let (mut spawn_phases, mut floor_phases, mut answer_after_live) =
+        (Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
         let project = format!("{}_a{run}", bench.tag);
         let body = serde_json::json!({
@@ -387,7 +390,7 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
         })
         .to_string();
         let mut conn = Conn::connect(fleet.api).await.map_err(|e| e.to_string())?;
-        let t0 = Instant::now();
+        let (t0, wall0) = (Instant::now(), SystemTime::now());
         let (status, response) = conn
             .request(
                 "POST",
@@ -397,13 +400,16 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
             )
             .await
             .map_err(|e| format!("spawn: {e}"))?;
-        let elapsed = t0.elapsed();
+        let answered = Instant::now();
+        let elapsed = answered - t0;
         if status != 201 {
             return Err(format!(
                 "spawn answered {status}: {}",
                 String::from_utf8_lossy(&response)
             ));
         }
+        // The bench's own view of the same container, for the breakdown.
+        let live = manager_watch.wait_one(&project, TIMEOUT).await?;
         let (status, _) = conn
             .request(
                 "DELETE",
@@ -419,10 +425,10 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
 
         let floor_project = format!("{}_af{run}", bench.tag);
         let rendered = baseline::prepare(&template, &floor_dir, &floor_project, 1);
-        let t1 = Instant::now();
+        let (t1, wall1) = (Instant::now(), SystemTime::now());
         floor.create_start(&rendered.container).await?;
-        let live = floor_watch.wait_one(&floor_project, TIMEOUT).await?;
-        let floor_elapsed = live.at - t1;
+        let floor_live = floor_watch.wait_one(&floor_project, TIMEOUT).await?;
+        let floor_elapsed = floor_live.at - t1;
         bench.remove_all(Who::Floor).await;
         eprintln!(
             "bench: api spawn run {run}: {:.0} ms (floor {:.0} ms)",
@@ -432,6 +438,15 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
         if run > 0 {
             spawn_ms.push(elapsed.as_secs_f64() * 1000.0);
             floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
+            spawn_phases.push(Phases::of(t0, wall0, &live));
+            floor_phases.push(Phases::of(t1, wall1, &floor_live));
+            // Positive: the 201 came after the bench saw /live answer.
+            let after = if answered >= live.at {
+                (answered - live.at).as_secs_f64()
+            } else {
+                -(live.at - answered).as_secs_f64()
+            };
+            answer_after_live.push(after * 1000.0);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -507,11 +522,24 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
          | spawn overhead over the floor | {} ms (×{:.2}) |\n\
          | list, requests/s | {rate} |\n\
          | list latency p50, ms | {p50} |\n\
-         | list latency p99, ms | {p99} |\n",
+         | list latency p99, ms | {p99} |\n\n\
+         Where the spawn time goes (medians, ms; Docker event timestamps, and the bench's own \
+         `/live` poll every 5 ms on the spawned container):\n\n\
+         | | request → `create` event | `create` → `start` event | `start` → answering `/live` | `/live` → 201 |\n\
+         |---|---|---|---|---|\n\
+         | spawn | {} | {} | {} | {} |\n\
+         | floor | {} | {} | {} | — |\n",
         body.len(),
         requests / 10,
         num(spawn.median - flo.median),
         spawn.median / flo.median,
+        median(spawn_phases.iter().map(|p| p.to_create)),
+        median(spawn_phases.iter().map(|p| p.to_start)),
+        median(spawn_phases.iter().map(|p| p.to_live)),
+        median(answer_after_live.iter().copied()),
+        median(floor_phases.iter().map(|p| p.to_create)),
+        median(floor_phases.iter().map(|p| p.to_start)),
+        median(floor_phases.iter().map(|p| p.to_live)),
         n = fleet.projects.len(),
     );
     Ok(("6. API: spawn latency and list throughput".into(), body))

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use postgrest_manager::render::{ADMIN_PORT, LABEL_INSTANCE, LABEL_PROJECT, SERVER_PORT};
 
 use crate::env::{Bench, Who};
+use crate::stats::{num, Summary};
 
 /// How often a not-yet-answering container is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
@@ -163,6 +164,36 @@ impl LiveWatch {
         let (_, mut found) = self.wait_all(&set, timeout).await?;
         Ok(found.remove(project).expect("waited for it"))
     }
+}
+
+/// Where one run's time went, in milliseconds, from the Docker events' timestamps:
+/// trigger -> `create` event -> `start` event -> `/live` answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    pub to_create: f64,
+    pub to_start: f64,
+    pub to_live: f64,
+}
+
+impl Phases {
+    pub fn of(t0: Instant, wall0: SystemTime, live: &Live) -> Phases {
+        let since = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(wall0).ok())
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        };
+        let (created, started) = (since(live.created), since(live.started));
+        Phases {
+            to_create: created,
+            to_start: started - created,
+            to_live: (live.at - t0).as_secs_f64() * 1000.0 - started,
+        }
+    }
+}
+
+/// The median of the finite values, formatted; `?` when there are none.
+pub fn median(values: impl Iterator<Item = f64>) -> String {
+    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    Summary::of(&values).map_or("?".into(), |s| num(s.median))
 }
 
 async fn address(docker: &bollard::Docker, container: &str, network: &str) -> Option<IpAddr> {
