@@ -405,9 +405,20 @@ impl<R: Runtime> Controller<R> {
             }
         };
         self.listing = listing;
+        let containers: Vec<plan::Container> = self.listing.iter().filter_map(ours).collect();
+
+        // Forget backoff and errors of projects that are neither wanted nor running any more,
+        // so a deleted project does not linger in the status.
+        let known = |id: &ProjectId| {
+            self.desired.contains_key(id) || containers.iter().any(|c| &c.project == id)
+        };
+        self.retries.retain(|id, _| known(id));
+        self.errors.retain(|id, _| known(id));
+        self.last_reload.retain(|id, _| known(id));
+        self.foreign.retain(|id, _| self.desired.contains_key(id));
 
         let observed = Observed {
-            containers: self.listing.iter().filter_map(ours).collect(),
+            containers,
             foreign: self.foreign.clone(),
             config_dirs,
             loaded: self.loaded.clone(),

@@ -347,18 +347,25 @@ async fn conflicts_are_reported_and_never_removed() {
         handle.wake();
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    let creates = env
-        .fake
-        .take_calls()
+    let calls = env.fake.take_calls();
+    let creates = calls
         .iter()
         .filter(|c| matches!(c, Call::Create(_)))
         .count();
-    assert_eq!(creates, 1);
-    assert!(!env
-        .fake
-        .take_calls()
-        .iter()
-        .any(|c| matches!(c, Call::Remove(_))));
+    assert_eq!(creates, 1, "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::Remove(_))),
+        "{calls:?}"
+    );
+    assert_eq!(env.fake.containers().len(), 1);
+
+    // Once nobody wants the project, its old error goes with it; the container stays.
+    env.cfg.state.remove(&pid("p1")).unwrap();
+    handle.wake();
+    handle
+        .wait_for(WAIT, |s| !s.projects.contains_key(&pid("p1")))
+        .await
+        .expect("forgotten");
     assert_eq!(env.fake.containers().len(), 1);
 }
 
