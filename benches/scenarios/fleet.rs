@@ -33,8 +33,9 @@ pub struct Fleet {
     pub ips: BTreeMap<String, IpAddr>,
     pub api: SocketAddr,
     pub key: String,
-    /// How long the fleet took to come up (all answering), for the record.
-    pub setup: Duration,
+    /// When the last container answered: Docker runs the first healthcheck 30 s later, and
+    /// each container's first `health_status` event wakes the manager once.
+    pub ready_at: Instant,
 }
 
 impl Fleet {
@@ -74,6 +75,7 @@ impl Fleet {
         let wanted: BTreeSet<String> = projects.iter().cloned().collect();
         let timeout = Duration::from_secs(120 + 3 * size as u64);
         let (last, found) = watch.wait_all(&wanted, timeout).await?;
+        eprintln!("bench: fleet up in {:.1} s", (last - t0).as_secs_f64());
         let ips = found.into_iter().map(|(p, l)| (p, l.ip)).collect();
         Ok(Fleet {
             manager: Some(manager),
@@ -83,7 +85,7 @@ impl Fleet {
             ips,
             api,
             key,
-            setup: last - t0,
+            ready_at: last,
         })
     }
 
@@ -566,8 +568,14 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
     }
     fleet.cfg.resync_secs = resync;
     fleet.start(bench).await?;
-    // Settle: the start-up pass and its confirming pass.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Settle: the start-up pass and its confirming pass, and every container's first
+    // healthcheck (30 s after its start) with the `health_status` event that wakes the loop.
+    let healthy_by = fleet.ready_at + Duration::from_secs(45);
+    let settle = healthy_by
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(10));
+    eprintln!("bench: idle: settling for {:.0} s", settle.as_secs_f64());
+    tokio::time::sleep(settle).await;
     let dockerd = crate::env::command_output("pidof", &["dockerd"])
         .parse::<u32>()
         .ok();
@@ -598,6 +606,7 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
     let calls = fleet.proxy.take();
     let actions = fleet.manager().count_lines(" done") - actions_before;
     let resyncs = elapsed.as_secs_f64() / resync as f64;
+    let passes = calls.count("GET /containers/json");
     let percent = cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
     let rss_mb = rss as f64 / 1024.0;
     let rss_max = rss_samples.iter().copied().fold(0.0, f64::max) / 1024.0;
@@ -615,12 +624,13 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
         "{provenance}\n\
          {files} project files ({running} enabled and running, {} with `enabled = false`), \
          manager started with `--resync-secs {resync}`, measured over {:.0} s of idleness \
-         after a 10 s settle. CPU from `/proc/<pid>/stat` (utime + stime, all threads), memory \
+         after the start-up passes and the containers' first healthchecks settled. CPU from `/proc/<pid>/stat` (utime + stime, all threads), memory \
          from `/proc/<pid>/status`; Docker calls through the counting proxy.\n\n\
          | measure | value |\n\
          |---|---|\n\
          | manager CPU time over the window | {:.0} ms = **{:.3}% of one core** ({cpu_verdict}) |\n\
          | manager RSS (VmRSS) at the end / max sampled / peak (VmHWM) | **{:.1} MB** / {:.1} MB / {:.1} MB ({mem_verdict}) |\n\
+         | full passes (one `GET /containers/json` each) / manager CPU per pass | {} / {:.1} ms |\n\
          | Docker API calls over the window | {} ({:.1} per resync, {:.1} resyncs expected) |\n\
          | calls by kind | {} |\n\
          | actions taken while idle | {actions} |\n\
@@ -632,6 +642,8 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
         rss_mb,
         rss_max,
         hwm as f64 / 1024.0,
+        passes,
+        cpu.as_secs_f64() * 1000.0 / passes.max(1) as f64,
         calls.total(),
         calls.total() as f64 / resyncs,
         resyncs,
