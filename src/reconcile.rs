@@ -29,8 +29,9 @@ use crate::render::{
 use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError};
 use crate::spec::{LoadCache, Loaded, ProjectId, Spec, StateDir};
 
-/// File and API triggers are coalesced over this window: one atomic write is several events.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+/// File and API triggers are coalesced over this window: one atomic write is several events,
+/// all within microseconds. It is paid by every change, so it stays short.
+const DEBOUNCE: Duration = Duration::from_millis(5);
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

@@ -1,5 +1,5 @@
 //! Reconcile-loop tests against the in-memory runtime: real files in a temp dir, real timers
-//! (the loop's debounce is 20 ms, so each test takes a fraction of a second).
+//! (the loop's debounce is 5 ms, so each test takes a fraction of a second).
 
 use std::sync::Arc;
 use std::time::Duration;
