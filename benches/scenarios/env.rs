@@ -75,11 +75,25 @@ impl Cleanup {
                     .status();
             }
         }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &inner.network])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        // The daemon may still be detaching the last endpoints: try for a while.
+        for _ in 0..20 {
+            let removed = Command::new("docker")
+                .args(["network", "rm", &inner.network])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            let gone = !Command::new("docker")
+                .args(["network", "inspect", &inner.network])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if removed || gone {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         let _ = std::fs::remove_dir_all(&inner.root);
     }
 }
