@@ -81,7 +81,7 @@ launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh).
 
 Options:
   --runs N            runs of cold, reload, adoption and API spawn        [5]
-  --bulk-runs A,B     runs of each bulk method, per size                 [3,2]
+  --bulk-runs A,B     runs of each bulk method, per size                 [2,2]
   --bulk A,B          bulk sizes; the concurrency sweep runs at A         [50,200]
   --sweep C1,C2,...   PGM_CONCURRENCY values swept at the first size     [1,2,4,8,16]
   --xargs-p N         parallelism of the xargs -P baseline                [8]
@@ -128,7 +128,7 @@ impl Opts {
         let mut opts = Opts {
             scenarios: Vec::new(),
             runs: 5,
-            bulk_runs: vec![3, 2],
+            bulk_runs: vec![2, 2],
             bulk: vec![50, 200],
             sweep: vec![1, 2, 4, 8, 16],
             xargs_p: 8,
