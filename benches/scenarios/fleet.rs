@@ -77,6 +77,12 @@ impl Fleet {
         let (last, found) = watch.wait_all(&wanted, timeout).await?;
         eprintln!("bench: fleet up in {:.1} s", (last - t0).as_secs_f64());
         let ips = found.into_iter().map(|(p, l)| (p, l.ip)).collect();
+        // Docker runs each container's first healthcheck 30 s after its start, and the
+        // `health_status` event of each wakes the manager for a pass: wait for all of them, so
+        // the scenarios count what they cause, not the fleet's start-up.
+        let settled = last + Duration::from_secs(40);
+        eprintln!("bench: fleet: waiting for the first healthchecks");
+        tokio::time::sleep(settled.saturating_duration_since(Instant::now())).await;
         Ok(Fleet {
             manager: Some(manager),
             proxy,
