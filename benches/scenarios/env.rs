@@ -56,7 +56,7 @@ impl Cleanup {
                 .status();
         }
         for instance in &inner.instances {
-            let out = Command::new("docker")
+            let out = docker_cli()
                 .args(["ps", "-aq", "--filter"])
                 .arg(format!("label={LABEL_INSTANCE}={instance}"))
                 .output();
@@ -68,7 +68,7 @@ impl Cleanup {
                 Err(_) => continue,
             };
             for chunk in ids.chunks(50) {
-                let _ = Command::new("docker")
+                let _ = docker_cli()
                     .args(["rm", "-f"])
                     .args(chunk)
                     .stdout(std::process::Stdio::null())
@@ -77,13 +77,13 @@ impl Cleanup {
         }
         // The daemon may still be detaching the last endpoints: try for a while.
         for _ in 0..20 {
-            let removed = Command::new("docker")
+            let removed = docker_cli()
                 .args(["network", "rm", &inner.network])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
-            let gone = !Command::new("docker")
+            let gone = !docker_cli()
                 .args(["network", "inspect", &inner.network])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -96,6 +96,14 @@ impl Cleanup {
         }
         let _ = std::fs::remove_dir_all(&inner.root);
     }
+}
+
+/// The docker CLI under `timeout`: a daemon that stopped answering (seen here once, after
+/// many concurrent removals) must not hang the cleanup forever.
+fn docker_cli() -> Command {
+    let mut command = Command::new("timeout");
+    command.args(["120", "docker"]);
+    command
 }
 
 /// Runs the cleanup when dropped: at the end of `main`, or while a panic unwinds.
@@ -252,7 +260,7 @@ impl Bench {
             .collect()
     }
 
-    /// Removes every container of an instance, eight at a time, and waits until they are gone.
+    /// Removes every container of an instance, four at a time, and waits until they are gone.
     pub async fn remove_all(&self, who: Who) {
         for _ in 0..5 {
             let ids: Vec<String> = self.containers(who).await.into_values().collect();
@@ -260,9 +268,10 @@ impl Bench {
                 return;
             }
             stream::iter(ids)
-                .for_each_concurrent(8, |id| async move {
+                .for_each_concurrent(4, |id| async move {
                     let options = RemoveContainerOptionsBuilder::default().force(true).build();
-                    let _ = self.docker.remove_container(&id, Some(options)).await;
+                    let remove = self.docker.remove_container(&id, Some(options));
+                    let _ = tokio::time::timeout(Duration::from_secs(60), remove).await;
                 })
                 .await;
         }
