@@ -218,7 +218,7 @@ pub struct Controller<R: Runtime> {
     /// The last valid spec of every project, kept while its file is invalid.
     last_good: BTreeMap<ProjectId, Spec>,
     load_cache: LoadCache,
-    rendered: BTreeMap<ProjectId, (Spec, Rendered)>,
+    rendered: BTreeMap<ProjectId, (Spec, Arc<Rendered>)>,
     /// Per project: (container id, config digest) the container has loaded.
     loaded: BTreeMap<ProjectId, (String, String)>,
     /// Containers in our names' way, found when a create hit a taken name.
@@ -228,7 +228,7 @@ pub struct Controller<R: Runtime> {
     last_reload: BTreeMap<ProjectId, SystemTime>,
     in_flight: BTreeSet<ProjectId>,
     /// Actions planned in the last pass and not dispatched yet (the concurrency cap).
-    pending: VecDeque<(Action, Option<Rendered>)>,
+    pending: VecDeque<(Action, Option<Arc<Rendered>>)>,
     /// Whether Docker answered the last call, and when to try again if not.
     docker: Option<Retry>,
     reconciled_once: bool,
@@ -463,7 +463,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     /// Turns the loaded files into wants, keeping the last good spec of invalid files.
-    fn update_desired(&mut self, loaded: Loaded) -> BTreeMap<ProjectId, Rendered> {
+    fn update_desired(&mut self, loaded: Loaded) -> BTreeMap<ProjectId, Arc<Rendered>> {
         let Loaded {
             specs,
             invalid,
@@ -499,15 +499,17 @@ impl<R: Runtime> Controller<R> {
 
         let mut renders = BTreeMap::new();
         self.desired.clear();
-        // Rendering hashes every config; reuse the result while the spec is unchanged.
-        let mut rendered_before = std::mem::take(&mut self.rendered);
+        // Rendering hashes every config: keep the result, shared, while the spec is unchanged,
+        // so an idle pass over a thousand projects neither renders nor copies them.
+        let last_good = &self.last_good;
+        self.rendered.retain(|id, _| last_good.contains_key(id));
         for (id, spec) in &self.last_good {
-            let rendered = match rendered_before.remove(id) {
-                Some((before, rendered)) if before == *spec => rendered,
-                _ => render::render(spec, &self.cfg.template),
-            };
-            self.rendered
-                .insert(id.clone(), (spec.clone(), rendered.clone()));
+            let current = matches!(self.rendered.get(id), Some((before, _)) if before == spec);
+            if !current {
+                let rendered = Arc::new(render::render(spec, &self.cfg.template));
+                self.rendered.insert(id.clone(), (spec.clone(), rendered));
+            }
+            let rendered = self.rendered[id].1.clone();
             let view = DesiredView {
                 enabled: spec.enabled,
                 spec_hash: rendered.spec_hash.clone(),
@@ -741,7 +743,7 @@ async fn apply<R: Runtime>(
     runtime: &R,
     cfg: &LoopConfig,
     action: Action,
-    rendered: Option<Rendered>,
+    rendered: Option<Arc<Rendered>>,
 ) -> Result<Outcome, ActionError> {
     let rendered = || {
         rendered
@@ -761,7 +763,7 @@ async fn apply<R: Runtime>(
             remember(cfg, project, container, &rendered.config.digest).await;
             Ok(Outcome::Loaded {
                 container: container.clone(),
-                digest: rendered.config.digest,
+                digest: rendered.config.digest.clone(),
                 reloaded: false,
             })
         }
@@ -772,7 +774,7 @@ async fn apply<R: Runtime>(
             remember(cfg, project, container, &rendered.config.digest).await;
             Ok(Outcome::Loaded {
                 container: container.clone(),
-                digest: rendered.config.digest,
+                digest: rendered.config.digest.clone(),
                 reloaded: true,
             })
         }
