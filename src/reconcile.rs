@@ -26,12 +26,15 @@ use crate::render::{
     self, Rendered, Template, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_SPEC_HASH,
     MANAGED_BY,
 };
-use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError};
+use crate::runtime::{ContainerInfo, Event, Health, Runtime, RuntimeError};
 use crate::spec::{LoadCache, Loaded, ProjectId, Spec, StateDir};
 
 /// File and API triggers are coalesced over this window: one atomic write is several events,
 /// all within microseconds. It is paid by every change, so it stays short.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Health changes queued for the loop. They arrive in bursts when many containers start; a
+/// full queue falls back to a pass, which lists every container's health anyway.
+const HEALTH_QUEUE: usize = 256;
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -213,6 +216,9 @@ pub struct Controller<R: Runtime> {
     labels: BTreeMap<String, String>,
     wake_rx: mpsc::Receiver<()>,
     wake_tx: mpsc::Sender<()>,
+    /// Health changes from Docker's events: (container id, health).
+    health_rx: mpsc::Receiver<(String, Health)>,
+    health_tx: mpsc::Sender<(String, Health)>,
     status: watch::Sender<Arc<Snapshot>>,
 
     /// The last valid spec of every project, kept while its file is invalid.
@@ -242,6 +248,7 @@ pub struct Controller<R: Runtime> {
 impl<R: Runtime> Controller<R> {
     pub fn new(runtime: Arc<R>, cfg: LoopConfig) -> (Controller<R>, Handle) {
         let (wake_tx, wake_rx) = mpsc::channel(1);
+        let (health_tx, health_rx) = mpsc::channel(HEALTH_QUEUE);
         let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
         let labels = cfg.owner_labels();
         let handle = Handle {
@@ -254,6 +261,8 @@ impl<R: Runtime> Controller<R> {
             labels,
             wake_rx,
             wake_tx,
+            health_rx,
+            health_tx,
             status,
             last_good: BTreeMap::new(),
             load_cache: LoadCache::default(),
@@ -286,6 +295,7 @@ impl<R: Runtime> Controller<R> {
             self.runtime.clone(),
             self.labels.clone(),
             self.wake_tx.clone(),
+            self.health_tx.clone(),
         ));
         match self.cfg.configs.loaded() {
             Ok(loaded) => self.loaded = loaded,
@@ -306,6 +316,14 @@ impl<R: Runtime> Controller<R> {
                 () = &mut shutdown => break,
                 Some(()) = self.wake_rx.recv() => {
                     pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                }
+                Some(change) = self.health_rx.recv() => {
+                    // Health is shown, never acted on: patch the listing, no pass.
+                    self.set_health(change);
+                    while let Ok(change) = self.health_rx.try_recv() {
+                        self.set_health(change);
+                    }
+                    self.publish();
                 }
                 () = sleep_until(pass_at), if pass_at.is_some() => {
                     pass_at = None;
@@ -343,6 +361,14 @@ impl<R: Runtime> Controller<R> {
             warn!("in-flight actions did not finish within the grace period");
         }
         events.abort();
+    }
+
+    /// Applies a health change to the last listing. A container not listed yet gets its
+    /// health from the pass that lists it.
+    fn set_health(&mut self, (id, health): (String, Health)) {
+        if let Some(container) = self.listing.iter_mut().find(|c| c.id == id) {
+            container.health = health;
+        }
     }
 
     /// The earliest moment a held-back project or Docker itself may be tried again.
@@ -927,11 +953,13 @@ async fn remember(cfg: &LoopConfig, project: &ProjectId, container: &str, digest
 }
 
 /// Follows Docker's event stream as a hint. The daemon keeps few events and forgets them on
-/// restart, so after every (re)connection the loop is woken for a full list.
+/// restart, so after every (re)connection the loop is woken for a full list. Health changes
+/// go to the loop as they are; everything else only wakes it.
 async fn watch_docker_events<R: Runtime>(
     runtime: Arc<R>,
     labels: BTreeMap<String, String>,
     wake: mpsc::Sender<()>,
+    health: mpsc::Sender<(String, Health)>,
 ) {
     let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
@@ -940,10 +968,17 @@ async fn watch_docker_events<R: Runtime>(
             let _ = wake.try_send(());
             let connected = Instant::now();
             while let Some(event) = events.next().await {
-                if event.is_err() {
-                    break;
+                match event {
+                    Ok(Event::Health { id, health: h }) => {
+                        if health.try_send((id, h)).is_err() {
+                            let _ = wake.try_send(());
+                        }
+                    }
+                    Ok(Event::Changed) => {
+                        let _ = wake.try_send(());
+                    }
+                    Err(_) => break,
                 }
-                let _ = wake.try_send(());
             }
             // The stream dropped: the loop should notice an outage now, not at the next tick.
             let _ = wake.try_send(());

@@ -54,7 +54,16 @@ pub struct ContainerInfo {
     pub ip: Option<IpAddr>,
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<(), RuntimeError>> + Send>>;
+/// What Docker's event stream says about one of the labelled containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Its health check changed, and nothing else did: the listing can be patched in place.
+    Health { id: String, health: Health },
+    /// It died, stopped, ran out of memory or was destroyed: look again.
+    Changed,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, RuntimeError>> + Send>>;
 
 /// The operations the controller needs from a container engine, and nothing more.
 pub trait Runtime: Send + Sync + 'static {
@@ -87,6 +96,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes a container, running or not.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// A stream that yields whenever one of the labelled containers dies, is destroyed, runs
-    /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away.
+    /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away,
+    /// and the daemon does not replay what it missed.
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream;
 }

@@ -42,6 +42,8 @@ struct ApiOpts {
     image: Option<String>,
     docker_host: Option<String>,
     wait_ready: bool,
+    /// Appended after the standard arguments.
+    args: Vec<String>,
 }
 
 impl ApiManager {
@@ -77,6 +79,7 @@ impl ApiManager {
                 "--api-timeout-secs",
                 &opts.timeout_secs.unwrap_or(120).to_string(),
             ])
+            .args(&opts.args)
             .env("INTERNAL_API_KEY", KEY)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -414,6 +417,37 @@ fn restart_reloads_the_same_container_with_the_new_secret() {
     );
     assert_eq!(missing.status, 404, "{}", missing.body);
     assert_no_secrets(&api.log(), &[&old_secret, &new_secret, &password]);
+}
+
+/// The project's view follows Docker's health check from the event stream, with no resync
+/// to help (one hour here): the passes around the spawn list it `starting`, and only the
+/// `health_status` event can turn that into `healthy`.
+#[test]
+fn health_follows_dockers_events() {
+    let env = TestEnv::new();
+    let api = ApiManager::start_with(
+        &env,
+        ApiOpts {
+            wait_ready: true,
+            args: ["--healthcheck-secs", "2", "--resync-secs", "3600"]
+                .map(String::from)
+                .to_vec(),
+            ..ApiOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("jwt"), &secret("pw"))),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let uri = format!("/internal/postgrest/{id}");
+    wait_until("the view to show the container healthy", || {
+        let view = api.call("GET", &uri, None).json();
+        (view["health"] == json!("healthy")).then_some(())
+    });
+    assert_eq!(inspect(&env.container(&id)).unwrap().health, "healthy");
 }
 
 /// PUT upserts the whole spec: a new JWT secret is reloaded into the same container, a new

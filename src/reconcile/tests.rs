@@ -429,3 +429,40 @@ async fn shutdown_leaves_containers_running() {
     assert_eq!(env.fake.containers().len(), 1);
     assert_eq!(env.fake.containers()[0].state, State::Running);
 }
+
+#[tokio::test]
+async fn health_changes_show_without_a_pass() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    // Let the loop's confirming pass after the create go by, then watch the calls.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    env.fake.take_calls();
+
+    env.fake.set_health("postgrest-p1", Health::Healthy);
+    let id = pid("p1");
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects[&id]
+                .container
+                .as_ref()
+                .is_some_and(|c| c.health == Health::Healthy)
+        })
+        .await
+        .expect("the snapshot shows the new health");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.fake.take_calls(), vec![], "a health change costs no Docker call");
+
+    // Anything else still brings a full look: a stopped container is started again.
+    let container = container_id(&handle.snapshot(), "p1");
+    env.fake.set_state("postgrest-p1", State::Exited);
+    let started = async {
+        while !changes(&env.fake).contains(&Call::Start(container.clone())) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the stop event brings a pass that starts the container");
+}

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
-    HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
+    EventMessage, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -19,7 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{ContainerInfo, EventStream, Health, Runtime, RuntimeError, State};
+use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
 use crate::render::{ContainerSpec, CONFIG_MOUNT};
 
 const SECOND_NS: i64 = 1_000_000_000;
@@ -122,6 +122,21 @@ fn state(summary: Option<&ContainerSummaryStateEnum>) -> State {
 
 /// API 1.41 has no health field in the list: the status text says `(healthy)`,
 /// `(unhealthy)` or `(health: starting)`.
+/// A health change carries its new status in the action (`health_status: healthy`); every
+/// other event, or one without an actor, only says "look again".
+fn event_of(message: EventMessage) -> Event {
+    let health = match message.action.as_deref() {
+        Some("health_status: healthy") => Health::Healthy,
+        Some("health_status: unhealthy") => Health::Unhealthy,
+        Some("health_status: starting") => Health::Starting,
+        _ => return Event::Changed,
+    };
+    match message.actor.and_then(|actor| actor.id) {
+        Some(id) => Event::Health { id, health },
+        None => Event::Changed,
+    }
+}
+
 fn health(status: Option<&str>) -> Health {
     match status {
         Some(s) if s.ends_with("(healthy)") => Health::Healthy,
@@ -311,7 +326,7 @@ impl Runtime for DockerRuntime {
             Ok(docker) => Box::pin(
                 docker
                     .events(Some(options))
-                    .map(|event| event.map(drop).map_err(map_error)),
+                    .map(|event| event.map(event_of).map_err(map_error)),
             ),
             Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
         }
@@ -321,6 +336,39 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_events_carry_the_new_status() {
+        use bollard::models::EventActor;
+        let message = |action: &str, id: Option<&str>| EventMessage {
+            action: Some(action.to_owned()),
+            actor: Some(EventActor {
+                id: id.map(str::to_owned),
+                attributes: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            event_of(message("health_status: healthy", Some("abc"))),
+            Event::Health {
+                id: "abc".into(),
+                health: Health::Healthy
+            }
+        );
+        assert_eq!(
+            event_of(message("health_status: unhealthy", Some("abc"))),
+            Event::Health {
+                id: "abc".into(),
+                health: Health::Unhealthy
+            }
+        );
+        assert_eq!(
+            event_of(message("health_status: healthy", None)),
+            Event::Changed
+        );
+        assert_eq!(event_of(message("die", Some("abc"))), Event::Changed);
+        assert_eq!(event_of(message("destroy", Some("abc"))), Event::Changed);
+    }
 
     #[test]
     fn health_from_status_text() {

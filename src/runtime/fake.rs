@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use super::{ContainerInfo, EventStream, Health, Runtime, RuntimeError, State};
+use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
 use crate::render::ContainerSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct FakeRuntime {
     inner: Arc<Mutex<Inner>>,
-    events: broadcast::Sender<()>,
+    events: broadcast::Sender<Event>,
 }
 
 impl Default for FakeRuntime {
@@ -90,7 +90,7 @@ impl FakeRuntime {
             .unwrap()
             .containers
             .retain(|_, c| c.name != name);
-        let _ = self.events.send(());
+        let _ = self.events.send(Event::Changed);
     }
 
     pub fn set_state(&self, name: &str, state: State) {
@@ -99,7 +99,20 @@ impl FakeRuntime {
                 c.state = state;
             }
         }
-        let _ = self.events.send(());
+        let _ = self.events.send(Event::Changed);
+    }
+
+    /// Changes a container's health, and says so on the event stream as Docker would.
+    pub fn set_health(&self, name: &str, health: Health) {
+        for c in self.inner.lock().unwrap().containers.values_mut() {
+            if c.name == name {
+                c.health = health;
+                let _ = self.events.send(Event::Health {
+                    id: c.id.clone(),
+                    health,
+                });
+            }
+        }
     }
 
     fn enter(&self, call: Call) -> Result<std::sync::MutexGuard<'_, Inner>, RuntimeError> {
@@ -200,13 +213,14 @@ impl Runtime for FakeRuntime {
     }
 }
 
-/// A broadcast receiver as a stream of hints; lagging only means "something happened".
+/// A broadcast receiver as an event stream; lagging only means "something happened".
 fn tokio_stream_from(
-    receiver: broadcast::Receiver<()>,
-) -> impl futures_util::Stream<Item = Result<(), RuntimeError>> {
+    receiver: broadcast::Receiver<Event>,
+) -> impl futures_util::Stream<Item = Result<Event, RuntimeError>> {
     futures_util::stream::unfold(receiver, |mut rx| async move {
         match rx.recv().await {
-            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some((Ok(()), rx)),
+            Ok(event) => Some((Ok(event), rx)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((Ok(Event::Changed), rx)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
     })
