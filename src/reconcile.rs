@@ -78,7 +78,7 @@ impl Snapshot {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProjectStatus {
-    pub desired: Option<DesiredView>,
+    pub desired: Option<Arc<DesiredView>>,
     /// Why the state file is currently rejected (the last good spec stays in force).
     pub file_error: Option<String>,
     pub container: Option<ContainerView>,
@@ -222,9 +222,10 @@ pub struct Controller<R: Runtime> {
     status: watch::Sender<Arc<Snapshot>>,
 
     /// The last valid spec of every project, kept while its file is invalid.
-    last_good: BTreeMap<ProjectId, Spec>,
+    last_good: BTreeMap<ProjectId, Arc<Spec>>,
     load_cache: LoadCache,
-    rendered: BTreeMap<ProjectId, (Spec, Arc<Rendered>)>,
+    /// The rendering of every last good spec, kept (and shared) while the spec is unchanged.
+    rendered: BTreeMap<ProjectId, (Arc<Spec>, Arc<Rendered>)>,
     /// Per project: (container id, config digest) the container has loaded.
     loaded: BTreeMap<ProjectId, (String, String)>,
     /// Containers in our names' way, found when a create hit a taken name.
@@ -238,8 +239,11 @@ pub struct Controller<R: Runtime> {
     /// Whether Docker answered the last call, and when to try again if not.
     docker: Option<Retry>,
     reconciled_once: bool,
-    /// The last pass's inputs, for the published snapshot.
-    desired: BTreeMap<ProjectId, (Want, Option<DesiredView>)>,
+    /// What the planner is asked for, per project. Kept across passes and changed only where
+    /// a spec changed, so an idle pass over a thousand projects allocates next to nothing.
+    wants: BTreeMap<ProjectId, Want>,
+    /// The same for the snapshot, for projects with a spec.
+    views: BTreeMap<ProjectId, Arc<DesiredView>>,
     file_errors: BTreeMap<ProjectId, String>,
     misnamed: Vec<String>,
     listing: Vec<ContainerInfo>,
@@ -279,7 +283,8 @@ impl<R: Runtime> Controller<R> {
                 Duration::from_secs(10),
             )),
             reconciled_once: false,
-            desired: BTreeMap::new(),
+            wants: BTreeMap::new(),
+            views: BTreeMap::new(),
             file_errors: BTreeMap::new(),
             misnamed: Vec::new(),
             listing: Vec::new(),
@@ -379,7 +384,7 @@ impl<R: Runtime> Controller<R> {
             .iter()
             .filter_map(|(a, _)| self.retries.get(a.project()).map(|r| r.not_before));
         let held_back = self
-            .desired
+            .wants
             .keys()
             .filter_map(|p| self.retries.get(p).map(|r| r.not_before));
         docker
@@ -406,7 +411,7 @@ impl<R: Runtime> Controller<R> {
                 return;
             }
         };
-        let renders = self.update_desired(loaded);
+        self.update_desired(loaded);
 
         if !self.docker_reachable().await {
             self.publish();
@@ -437,12 +442,12 @@ impl<R: Runtime> Controller<R> {
         // Forget backoff and errors of projects that are neither wanted nor running any more,
         // so a deleted project does not linger in the status.
         let known = |id: &ProjectId| {
-            self.desired.contains_key(id) || containers.iter().any(|c| &c.project == id)
+            self.wants.contains_key(id) || containers.iter().any(|c| &c.project == id)
         };
         self.retries.retain(|id, _| known(id));
         self.errors.retain(|id, _| known(id));
         self.last_reload.retain(|id, _| known(id));
-        self.foreign.retain(|id, _| self.desired.contains_key(id));
+        self.foreign.retain(|id, _| self.wants.contains_key(id));
 
         let observed = Observed {
             containers,
@@ -450,12 +455,7 @@ impl<R: Runtime> Controller<R> {
             config_dirs,
             loaded: self.loaded.clone(),
         };
-        let wants: BTreeMap<ProjectId, Want> = self
-            .desired
-            .iter()
-            .map(|(id, (want, _))| (id.clone(), want.clone()))
-            .collect();
-        let planned = plan::plan(&wants, &observed);
+        let planned = plan::plan(&self.wants, &observed);
         debug!(actions = planned.len(), "planned");
 
         self.pending.clear();
@@ -473,14 +473,14 @@ impl<R: Runtime> Controller<R> {
             if self.in_flight.contains(&project) {
                 continue;
             }
-            let rendered = renders.get(&project).cloned();
+            let rendered = self.rendered.get(&project).map(|(_, r)| r.clone());
             self.pending.push_back((action, rendered));
         }
         self.dispatch(actions);
         if !self.reconciled_once && actions.is_empty() {
             self.reconciled_once = true;
             info!(
-                projects = self.desired.len(),
+                projects = self.wants.len(),
                 containers = self.listing.len(),
                 "first full reconcile done"
             );
@@ -489,7 +489,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     /// Turns the loaded files into wants, keeping the last good spec of invalid files.
-    fn update_desired(&mut self, loaded: Loaded) -> BTreeMap<ProjectId, Arc<Rendered>> {
+    fn update_desired(&mut self, loaded: Loaded) {
         let Loaded {
             specs,
             invalid,
@@ -523,39 +523,42 @@ impl<R: Runtime> Controller<R> {
         self.misnamed = misnamed;
         self.last_good.extend(specs);
 
-        let mut renders = BTreeMap::new();
-        self.desired.clear();
-        // Rendering hashes every config: keep the result, shared, while the spec is unchanged,
-        // so an idle pass over a thousand projects neither renders nor copies them.
+        // Rendering hashes every config: render a spec once, when it is new or changed.
         let last_good = &self.last_good;
+        let file_errors = &self.file_errors;
         self.rendered.retain(|id, _| last_good.contains_key(id));
-        for (id, spec) in &self.last_good {
-            let current = matches!(self.rendered.get(id), Some((before, _)) if before == spec);
-            if !current {
-                let rendered = Arc::new(render::render(spec, &self.cfg.template));
-                self.rendered.insert(id.clone(), (spec.clone(), rendered));
+        self.wants
+            .retain(|id, _| last_good.contains_key(id) || file_errors.contains_key(id));
+        self.views.retain(|id, _| last_good.contains_key(id));
+        for (id, spec) in last_good {
+            let current = matches!(self.rendered.get(id), Some((before, _))
+                if Arc::ptr_eq(before, spec) || before == spec);
+            if current && matches!(self.wants.get(id), Some(Want::Spec(_))) {
+                continue;
             }
-            let rendered = self.rendered[id].1.clone();
-            let view = DesiredView {
-                enabled: spec.enabled,
-                spec_hash: rendered.spec_hash.clone(),
-                config_digest: rendered.config.digest.clone(),
-                reload_token: spec.reload_token,
-            };
-            let want = Want::Spec(Desired {
-                enabled: spec.enabled,
-                spec_hash: rendered.spec_hash.clone(),
-                config_digest: rendered.config.digest.clone(),
-            });
-            self.desired.insert(id.clone(), (want, Some(view)));
-            renders.insert(id.clone(), rendered);
+            let rendered = Arc::new(render::render(spec, &self.cfg.template));
+            self.views.insert(
+                id.clone(),
+                Arc::new(DesiredView {
+                    enabled: spec.enabled,
+                    spec_hash: rendered.spec_hash.clone(),
+                    config_digest: rendered.config.digest.clone(),
+                    reload_token: spec.reload_token,
+                }),
+            );
+            self.wants.insert(
+                id.clone(),
+                Want::Spec(Desired {
+                    enabled: spec.enabled,
+                    spec_hash: rendered.spec_hash.clone(),
+                    config_digest: rendered.config.digest.clone(),
+                }),
+            );
+            self.rendered.insert(id.clone(), (spec.clone(), rendered));
         }
-        for id in self.file_errors.keys() {
-            self.desired
-                .entry(id.clone())
-                .or_insert((Want::Frozen, None));
+        for id in file_errors.keys() {
+            self.wants.entry(id.clone()).or_insert(Want::Frozen);
         }
-        renders
     }
 
     /// Checks (and after an outage re-establishes) the connection to Docker.
@@ -693,9 +696,9 @@ impl<R: Runtime> Controller<R> {
 
     fn publish(&self) {
         let mut projects: BTreeMap<ProjectId, ProjectStatus> = BTreeMap::new();
-        for (id, (_, view)) in &self.desired {
+        for id in self.wants.keys() {
             let status = projects.entry(id.clone()).or_default();
-            status.desired = view.clone();
+            status.desired = self.views.get(id).cloned();
         }
         for container in &self.listing {
             let Some(c) = ours(container) else { continue };

@@ -9,6 +9,7 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -309,9 +310,11 @@ impl Spec {
 }
 
 /// What one directory read found: the valid specs, and the errors, each with its file.
+/// Specs are shared with the load cache: an unchanged file is the same `Arc` pass after pass,
+/// so a caller can tell "unchanged" by pointer without comparing.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub specs: BTreeMap<ProjectId, Spec>,
+    pub specs: BTreeMap<ProjectId, Arc<Spec>>,
     /// Files named after a valid id whose content is invalid.
     pub invalid: BTreeMap<ProjectId, SpecError>,
     /// `*.toml` files whose name is not a valid project id.
@@ -374,10 +377,17 @@ impl StateDir {
 
     /// Like [`StateDir::load`], but files whose metadata has not changed since the last call
     /// (and had settled by then) are not read again. An idle manager with a thousand projects
-    /// then costs a directory listing and a `stat` per file per resync.
+    /// then costs a directory listing and a `stat` per file per resync, and no copies.
     pub fn load_cached(&self, cache: &mut LoadCache) -> std::io::Result<Loaded> {
+        self.load_cached_at(cache, std::time::SystemTime::now())
+    }
+
+    fn load_cached_at(
+        &self,
+        cache: &mut LoadCache,
+        now: std::time::SystemTime,
+    ) -> std::io::Result<Loaded> {
         let mut loaded = Loaded::default();
-        let now = std::time::SystemTime::now();
         let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
@@ -391,8 +401,13 @@ impl StateDir {
                 }
                 Entry::Ignored => continue,
             };
-            // A directory named `x.toml` is not a project file.
-            let Ok(metadata) = std::fs::metadata(entry.path()) else {
+            // A directory named `x.toml` is not a project file. A symlink counts as its target;
+            // anything else is stat'ed relative to the open directory, not by its full path.
+            let metadata = match entry.file_type() {
+                Ok(kind) if !kind.is_symlink() => entry.metadata(),
+                _ => std::fs::metadata(entry.path()),
+            };
+            let Ok(metadata) = metadata else {
                 continue;
             };
             if !metadata.is_file() {
@@ -402,7 +417,7 @@ impl StateDir {
             let result = match cache.entries.remove(&id) {
                 Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
                 _ => match self.read(&id) {
-                    Ok(Some(spec)) => Ok(spec),
+                    Ok(Some(spec)) => Ok(Arc::new(spec)),
                     // Deleted between listing and reading: it is simply gone.
                     Ok(None) => continue,
                     Err(error) => Err(error),
@@ -460,7 +475,7 @@ impl StateDir {
 /// What [`StateDir::load_cached`] remembers between calls.
 #[derive(Debug, Default)]
 pub struct LoadCache {
-    entries: BTreeMap<ProjectId, (FileStamp, Result<Spec, SpecError>)>,
+    entries: BTreeMap<ProjectId, (FileStamp, Result<Arc<Spec>, SpecError>)>,
 }
 
 /// Enough metadata to tell that a file changed: an atomic rename gives a new inode, an edit in
@@ -682,10 +697,15 @@ mod tests {
         let mut cache = LoadCache::default();
         let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
         state.write(&id("a"), &file).unwrap();
-        assert_eq!(
-            state.load_cached(&mut cache).unwrap().specs[&id("a")].db_pool,
-            10
-        );
+        let first = state.load_cached(&mut cache).unwrap().specs[&id("a")].clone();
+        assert_eq!(first.db_pool, 10);
+        // Unchanged and settled (a clock 3 s ahead): the same spec, neither read nor copied.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        let again = &state.load_cached_at(&mut cache, later).unwrap().specs[&id("a")];
+        assert!(Arc::ptr_eq(&first, again));
+        // Unchanged but fresh: read again, since a same-size edit in the same tick looks alike.
+        let fresh = &state.load_cached(&mut cache).unwrap().specs[&id("a")];
+        assert!(!Arc::ptr_eq(&first, fresh));
 
         // Same size, in place, right away: a fresh file is always read again.
         let text = std::fs::read_to_string(state.file(&id("a"))).unwrap();
