@@ -490,10 +490,15 @@ impl<R: Runtime> Controller<R> {
 
     /// Turns the loaded files into wants, keeping the last good spec of invalid files.
     fn update_desired(&mut self, loaded: Loaded) {
+        // The usual resync: every file as it was, so every want as it was.
+        if loaded.unchanged && self.reconciled_once {
+            return;
+        }
         let Loaded {
             specs,
             invalid,
             misnamed,
+            unchanged: _,
         } = loaded;
         self.last_good
             .retain(|id, _| specs.contains_key(id) || invalid.contains_key(id));

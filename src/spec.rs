@@ -317,8 +317,11 @@ pub struct Loaded {
     pub specs: BTreeMap<ProjectId, Arc<Spec>>,
     /// Files named after a valid id whose content is invalid.
     pub invalid: BTreeMap<ProjectId, SpecError>,
-    /// `*.toml` files whose name is not a valid project id.
+    /// `*.toml` files whose name is not a valid project id, sorted.
     pub misnamed: Vec<PathBuf>,
+    /// Every file is the one the previous load with the same cache found: nothing was read,
+    /// added or removed, so what the caller derived from that load still holds.
+    pub unchanged: bool,
 }
 
 /// What a directory entry is to the loader.
@@ -388,6 +391,7 @@ impl StateDir {
         now: std::time::SystemTime,
     ) -> std::io::Result<Loaded> {
         let mut loaded = Loaded::default();
+        let mut read_any = false;
         let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
@@ -416,12 +420,15 @@ impl StateDir {
             let stamp = FileStamp::of(&metadata);
             let result = match cache.entries.remove(&id) {
                 Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
-                _ => match self.read(&id) {
-                    Ok(Some(spec)) => Ok(Arc::new(spec)),
-                    // Deleted between listing and reading: it is simply gone.
-                    Ok(None) => continue,
-                    Err(error) => Err(error),
-                },
+                _ => {
+                    read_any = true;
+                    match self.read(&id) {
+                        Ok(Some(spec)) => Ok(Arc::new(spec)),
+                        // Deleted between listing and reading: it is simply gone.
+                        Ok(None) => continue,
+                        Err(error) => Err(error),
+                    }
+                }
             };
             match &result {
                 Ok(spec) => loaded.specs.insert(id.clone(), spec.clone()).map(drop),
@@ -429,7 +436,12 @@ impl StateDir {
             };
             seen.insert(id, (stamp, result));
         }
+        loaded.misnamed.sort();
+        // What is left in the cache was not seen again: removed files.
+        loaded.unchanged =
+            !read_any && cache.entries.is_empty() && loaded.misnamed == cache.misnamed;
         cache.entries = seen;
+        cache.misnamed = loaded.misnamed.clone();
         Ok(loaded)
     }
 
@@ -476,6 +488,7 @@ impl StateDir {
 #[derive(Debug, Default)]
 pub struct LoadCache {
     entries: BTreeMap<ProjectId, (FileStamp, Result<Arc<Spec>, SpecError>)>,
+    misnamed: Vec<PathBuf>,
 }
 
 /// Enough metadata to tell that a file changed: an atomic rename gives a new inode, an edit in
@@ -701,11 +714,19 @@ mod tests {
         assert_eq!(first.db_pool, 10);
         // Unchanged and settled (a clock 3 s ahead): the same spec, neither read nor copied.
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
-        let again = &state.load_cached_at(&mut cache, later).unwrap().specs[&id("a")];
-        assert!(Arc::ptr_eq(&first, again));
+        let again = state.load_cached_at(&mut cache, later).unwrap();
+        assert!(Arc::ptr_eq(&first, &again.specs[&id("a")]));
+        assert!(again.unchanged);
         // Unchanged but fresh: read again, since a same-size edit in the same tick looks alike.
-        let fresh = &state.load_cached(&mut cache).unwrap().specs[&id("a")];
-        assert!(!Arc::ptr_eq(&first, fresh));
+        let fresh = state.load_cached(&mut cache).unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh.specs[&id("a")]));
+        assert!(!fresh.unchanged);
+        // A new file, even a misnamed one, and a removed one are changes.
+        std::fs::write(dir.path().join("Bad Name.toml"), "").unwrap();
+        assert!(!state.load_cached_at(&mut cache, later).unwrap().unchanged);
+        assert!(state.load_cached_at(&mut cache, later).unwrap().unchanged);
+        std::fs::remove_file(dir.path().join("Bad Name.toml")).unwrap();
+        assert!(!state.load_cached_at(&mut cache, later).unwrap().unchanged);
 
         // Same size, in place, right away: a fresh file is always read again.
         let text = std::fs::read_to_string(state.file(&id("a"))).unwrap();
