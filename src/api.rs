@@ -47,8 +47,11 @@ use crate::spec::{ProjectId, Secret, Spec, SpecError, SpecFile, StateDir, WriteE
 
 /// The largest request body accepted; a full spec is well under 1 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// Between two liveness probes of a starting container.
-const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// Between two liveness probes of a starting container: short at first (the test double and a
+/// PostgREST with a warm pool answer within milliseconds of the start), doubling up to the max
+/// for one that takes its time connecting to the database.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(100);
 /// How long one probe may take; a live PostgREST answers in microseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request waits for the loop's first look at Docker before answering 503.
@@ -860,6 +863,7 @@ impl Ctx {
     async fn wait_running(&self, spec: &Spec) -> Result<ContainerView, ApiError> {
         let deadline = Instant::now() + self.cfg.timeout;
         self.wait_converged(spec).await?;
+        let mut interval = PROBE_INTERVAL;
         loop {
             let snapshot = self.handle.snapshot();
             let container = snapshot
@@ -876,11 +880,11 @@ impl Ctx {
                     }
                 }
             }
-            if Instant::now() + PROBE_INTERVAL >= deadline {
+            if Instant::now() + interval >= deadline {
                 return Err(self.timed_out(&spec.id, "PostgREST did not answer /live"));
             }
             tokio::select! {
-                () = tokio::time::sleep(PROBE_INTERVAL) => {}
+                () = tokio::time::sleep(interval) => interval = (interval * 2).min(PROBE_INTERVAL_MAX),
                 () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
             }
         }

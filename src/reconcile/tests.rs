@@ -452,7 +452,11 @@ async fn health_changes_show_without_a_pass() {
         .await
         .expect("the snapshot shows the new health");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(env.fake.take_calls(), vec![], "a health change costs no Docker call");
+    assert_eq!(
+        env.fake.take_calls(),
+        vec![],
+        "a health change costs no Docker call"
+    );
 
     // Anything else still brings a full look: a stopped container is started again.
     let container = container_id(&handle.snapshot(), "p1");
