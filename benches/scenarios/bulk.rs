@@ -30,7 +30,7 @@ impl Method {
             Method::Manager(c) => format!("manager, PGM_CONCURRENCY={c}"),
             Method::Sequential => "seed script, sequential (`xargs -P 1`)".into(),
             Method::Xargs(p) => format!("seed script, `xargs -P {p}`"),
-            Method::Compose => "`docker-compose up -d`".into(),
+            Method::Compose => "`docker-compose up -d` (COMPOSE_PARALLEL_LIMIT 2n+8)".into(),
         }
     }
 
@@ -68,17 +68,38 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
             methods.push(Method::Compose);
         }
         let mut samples: BTreeMap<Method, Vec<f64>> = BTreeMap::new();
+        // A method that fails a run is reported, not fatal: the others' numbers still count.
+        let mut failures: BTreeMap<Method, Vec<String>> = BTreeMap::new();
         for run in 0..ctx.opts.bulk_runs_at(index) {
             let mut order = methods.clone();
             order.rotate_left(run % methods.len());
             for method in order {
-                let seconds = once(&ctx.bench, method, n, run).await?;
-                eprintln!(
-                    "bench: bulk {n} run {run} {}: {seconds:.1} s",
-                    method.label()
-                );
-                samples.entry(method).or_default().push(seconds);
+                match once(&ctx.bench, method, n, run).await {
+                    Ok(seconds) => {
+                        eprintln!(
+                            "bench: bulk {n} run {run} {}: {seconds:.1} s",
+                            method.label()
+                        );
+                        samples.entry(method).or_default().push(seconds);
+                    }
+                    Err(message) => {
+                        eprintln!(
+                            "bench: bulk {n} run {run} {} failed: {message}",
+                            method.label()
+                        );
+                        failures.entry(method).or_default().push(message);
+                    }
+                }
             }
+        }
+        for (method, messages) in &failures {
+            notes.push_str(&format!(
+                "- {n} projects, {}: **{} of {} runs failed**: {}\n",
+                method.label(),
+                messages.len(),
+                ctx.opts.bulk_runs_at(index),
+                messages.join("; ")
+            ));
         }
         let summaries: BTreeMap<Method, Summary> = samples
             .iter()
@@ -268,23 +289,36 @@ async fn by_compose(
     let log = std::fs::File::create(dir.join("compose.log")).map_err(|e| e.to_string())?;
     let mut watch = LiveWatch::start(bench, Who::Compose);
     let t0 = Instant::now();
-    let status = tokio::process::Command::new("docker-compose")
+    // Compose v1 runs each service's create inside a task of the project-wide pool, on the same
+    // limit (COMPOSE_PARALLEL_LIMIT, 64 by default): with more services than that, every slot
+    // holds a service waiting for a slot, and `up` hangs (docker/compose#5864, #8161; seen
+    // here at 200). A limit above twice the number of services avoids it.
+    let limit = (2 * projects.len() + 8).to_string();
+    let up = tokio::process::Command::new("docker-compose")
         .args(["-p", &bench.tag, "-f"])
         .arg(&file)
         .args(["up", "-d"])
+        .env("COMPOSE_PARALLEL_LIMIT", &limit)
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
-        .status()
+        .status();
+    let status = tokio::time::timeout(timeout(projects.len()), up)
         .await
+        .map_err(|_| {
+            format!(
+                "docker-compose up did not return within {} s; see {}",
+                timeout(projects.len()).as_secs(),
+                dir.join("compose.log").display()
+            )
+        })?
         .map_err(|e| format!("docker-compose: {e}"))?;
-    let result = watch.wait_all(wanted, timeout(projects.len())).await;
     if !status.success() {
         return Err(format!(
             "docker-compose up failed ({status}); see {}",
             dir.join("compose.log").display()
         ));
     }
-    let (last, _) = result?;
+    let (last, _) = watch.wait_all(wanted, timeout(projects.len())).await?;
     Ok(last - t0)
 }

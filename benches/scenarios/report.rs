@@ -33,11 +33,22 @@ pub fn machine() -> String {
     let compose = command_output("docker-compose", &["version", "--short"]);
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty =
-        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    // BENCHMARKS.md itself is rewritten by the run, after its first scenario.
+    let dirty = !command_output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!BENCHMARKS.md",
+        ],
+    )
+    .is_empty();
     format!(
         "{date}, commit {commit}{}; {cpus} CPUs ({model}), {:.1} GiB, Linux {}; Docker {docker}, docker-compose {compose}",
-        if dirty { " (+ uncommitted changes by others)" } else { "" },
+        if dirty { " (+ uncommitted changes)" } else { "" },
         mem_kib / (1024.0 * 1024.0),
         kernel.trim()
     )
