@@ -43,7 +43,7 @@ use crate::probe;
 use crate::reconcile::{ContainerView, Handle, ProjectStatus, Snapshot};
 use crate::render::{self, Template, ADMIN_PORT, SERVER_PORT};
 use crate::runtime::Health;
-use crate::spec::{ProjectId, Secret, Spec, SpecError, SpecFile, StateDir, WriteError};
+use crate::spec::{ProjectId, Secret, Spec, SpecError, SpecFile, StateDir, StateLock, WriteError};
 
 /// The largest request body accepted; a full spec is well under 1 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -452,6 +452,7 @@ async fn spawn(
     let id = parse_id(&body.project_id)?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
+    let state_lock = ctx.lock_state().await?;
     let existing = ctx.read_file(&id).await?;
     let file = match (
         existing.clone(),
@@ -486,6 +487,7 @@ async fn spawn(
         }
     };
     let spec = ctx.save(&id, &file, existing.as_ref()).await?;
+    drop(state_lock);
     let container = ctx.wait_running(&spec).await?;
     info!(project = %id, container = %container.id, "spawn: running");
     Ok((
@@ -530,6 +532,7 @@ async fn restart(
         .get(&id)
         .and_then(|p| p.container.as_ref())
         .is_some_and(|c| c.state == ContainerState::Running);
+    let state_lock = ctx.lock_state().await?;
     let Some(mut file) = ctx.read_file(&id).await? else {
         return Err(not_running());
     };
@@ -539,6 +542,7 @@ async fn restart(
     let token = file.reload_token.unwrap_or(0).wrapping_add(1);
     file.reload_token = Some(token);
     let spec = ctx.save(&id, &file, None).await?;
+    drop(state_lock);
     let container = ctx.wait_converged(&spec).await?;
     info!(project = %id, reload_token = token, "restart: reloaded");
     Ok(Json(RestartResponse {
@@ -585,12 +589,14 @@ async fn delete_project(
         return Err(ApiError::NotFound(format!("no project {id}")));
     }
     ctx.require_docker().await?;
+    let state_lock = ctx.lock_state().await?;
     let state = ctx.cfg.state.clone();
     let target = id.clone();
     tokio::task::spawn_blocking(move || state.remove(&target))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(format!("removing the state file of {id}: {e}")))?;
+    drop(state_lock);
     ctx.handle.wake();
     ctx.wait_until(&id, |_, status| {
         let gone = status.is_none_or(|p| p.desired.is_none() && p.container.is_none());
@@ -687,6 +693,7 @@ async fn put_project(
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
+    let state_lock = ctx.lock_state().await?;
     // A broken file is simply replaced: PUT carries the whole spec.
     let existing = ctx.read_file(&id).await.ok().flatten();
     let created = existing.is_none() && !ctx.cfg.state.file(&id).exists();
@@ -707,6 +714,7 @@ async fn put_project(
             .or(existing.as_ref().and_then(|f| f.reload_token)),
     };
     let spec = ctx.save(&id, &file, existing.as_ref()).await?;
+    drop(state_lock);
     if spec.enabled {
         ctx.wait_running(&spec).await?;
     } else {
@@ -796,6 +804,17 @@ impl Ctx {
                 "the state file of {id} is invalid ({e}); replace it with PUT /internal/postgrest/{id}"
             ))),
         }
+    }
+
+    /// The state directory's writer lock, shared with the CLI and any other process editing the
+    /// directory. Held from reading a project's file to writing it, never while waiting for
+    /// the loop; the per-project locks above order this process's own requests.
+    async fn lock_state(&self) -> Result<StateLock, ApiError> {
+        let state = self.cfg.state.clone();
+        tokio::task::spawn_blocking(move || state.lock())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(format!("locking the state directory: {e}")))
     }
 
     /// Validates and writes `file` (unless it equals `existing`), then wakes the loop.

@@ -18,7 +18,7 @@ use crate::render::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_PROJECT, MANAGED_BY}
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerInfo, Runtime, State};
 use crate::settings::StateArgs;
-use crate::spec::{Loaded, ProjectId, Secret, SpecFile, StateDir, WriteError};
+use crate::spec::{Loaded, ProjectId, Secret, SpecFile, StateDir, StateLock, WriteError};
 
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
@@ -153,12 +153,21 @@ fn write(state: &StateDir, id: &ProjectId, file: &SpecFile) -> Result<(), CliErr
     })
 }
 
+/// The state directory's writer lock, shared with the manager's API: held for one
+/// read-modify-write so neither loses the other's change.
+fn lock(state: &StateDir) -> Result<StateLock, CliError> {
+    state
+        .lock()
+        .map_err(|e| failed(format!("locking {}: {e}", state.path().display())))
+}
+
 /// Read-modify-write of an existing project's file.
 fn edit(
     state: &StateDir,
     id: &ProjectId,
     change: impl FnOnce(&mut SpecFile),
 ) -> Result<(), CliError> {
+    let _lock = lock(state)?;
     let mut file = state
         .read_file(id)
         .map_err(|e| failed(format!("{}: {e}", state.file(id).display())))?
@@ -198,6 +207,7 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
                 (jwt_secret, authenticator_password)
             };
             // Keep every other setting of an existing project; replace the secrets, enable it.
+            let state_lock = lock(&state)?;
             let mut file = state.read_file(&id).ok().flatten().unwrap_or_else(|| {
                 SpecFile::new(Secret::new(String::new()), Secret::new(String::new()))
             });
@@ -205,6 +215,7 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
             file.authenticator_password = Secret::new(password);
             file.enabled = None;
             write(&state, &id, &file)?;
+            drop(state_lock);
             let waited = wait_for(&wait, &id, Want::Running)?;
             Ok(format!("wrote {}{waited}", state.file(&id).display()))
         }
@@ -241,7 +252,11 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
             project_id,
         } => {
             let (state, id) = (StateDir::new(state.state_dir), parse_id(&project_id)?);
-            match state.remove(&id) {
+            let removed = {
+                let _lock = lock(&state)?;
+                state.remove(&id)
+            };
+            match removed {
                 Ok(true) => {
                     let waited = wait_for(&wait, &id, Want::Gone)?;
                     Ok(format!("{id}: removed{waited}"))

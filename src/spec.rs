@@ -482,6 +482,31 @@ impl StateDir {
             Err(e) => Err(e),
         }
     }
+
+    /// Takes the directory's writer lock (an advisory `flock` on `.lock`), blocking until it is
+    /// free. Every read-modify-write of a project file (CLI and API) holds it, so writers in
+    /// different processes cannot interleave and lose one another's change. Readers need no
+    /// lock: every write is an atomic rename. Released when the guard is dropped.
+    pub fn lock(&self) -> std::io::Result<StateLock> {
+        self.ensure()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.path.join(LOCK_FILE))?;
+        file.lock()?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+/// The loader ignores dotfiles, so the lock file is never taken for a project.
+const LOCK_FILE: &str = ".lock";
+
+/// Holds [`StateDir::lock`] until dropped.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
 }
 
 /// What [`StateDir::load_cached`] remembers between calls.
@@ -742,6 +767,35 @@ mod tests {
             .contains_key(&id("a")));
         std::fs::remove_file(state.file(&id("a"))).unwrap();
         assert!(state.load_cached(&mut cache).unwrap().invalid.is_empty());
+    }
+
+    #[test]
+    fn the_writer_lock_keeps_concurrent_edits_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
+        state.write(&id("p"), &file).unwrap();
+        // Two writers bump the same counter: without the lock, one overwrites the other's
+        // read-modify-write and increments are lost.
+        let bumps = 100;
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..bumps {
+                        let _lock = state.lock().unwrap();
+                        let mut file = state.read_file(&id("p")).unwrap().unwrap();
+                        file.reload_token = Some(file.reload_token.unwrap_or(0) + 1);
+                        state.write(&id("p"), &file).unwrap();
+                    }
+                });
+            }
+        });
+        let file = state.read_file(&id("p")).unwrap().unwrap();
+        assert_eq!(file.reload_token, Some(2 * bumps));
+        // The lock file is not a project.
+        let loaded = state.load().unwrap();
+        assert_eq!(loaded.specs.len(), 1);
+        assert!(loaded.misnamed.is_empty() && loaded.invalid.is_empty());
     }
 
     #[test]
