@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -219,6 +220,10 @@ pub struct Controller<R: Runtime> {
     /// Health changes from Docker's events: (container id, health).
     health_rx: mpsc::Receiver<(String, Health)>,
     health_tx: mpsc::Sender<(String, Health)>,
+    /// Docker may have changed since the last list: a Docker event, a finished action, the
+    /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
+    /// alone plans against the last listing.
+    docker_changed: Arc<AtomicBool>,
     status: watch::Sender<Arc<Snapshot>>,
 
     /// The last valid spec of every project, kept while its file is invalid.
@@ -267,6 +272,7 @@ impl<R: Runtime> Controller<R> {
             wake_tx,
             health_rx,
             health_tx,
+            docker_changed: Arc::new(AtomicBool::new(true)),
             status,
             last_good: BTreeMap::new(),
             load_cache: LoadCache::default(),
@@ -301,6 +307,7 @@ impl<R: Runtime> Controller<R> {
             self.labels.clone(),
             self.wake_tx.clone(),
             self.health_tx.clone(),
+            self.docker_changed.clone(),
         ));
         match self.cfg.configs.loaded() {
             Ok(loaded) => self.loaded = loaded,
@@ -337,6 +344,7 @@ impl<R: Runtime> Controller<R> {
                 _ = resync.tick() => {
                     // Conflicts are re-checked now and then: whoever holds the name may be gone.
                     self.foreign.clear();
+                    self.docker_changed.store(true, Ordering::SeqCst);
                     pass_at = Some(Instant::now());
                 }
                 () = sleep_until(wake_at), if wake_at.is_some() => {
@@ -417,14 +425,17 @@ impl<R: Runtime> Controller<R> {
             self.publish();
             return;
         }
-        let listing = match self.runtime.list(&self.labels).await {
-            Ok(listing) => listing,
-            Err(e) => {
-                self.docker_failed(&e);
-                self.publish();
-                return;
+        // Cleared before listing, so a change during the call brings another list.
+        if self.docker_changed.swap(false, Ordering::SeqCst) {
+            match self.runtime.list(&self.labels).await {
+                Ok(listing) => self.listing = listing,
+                Err(e) => {
+                    self.docker_failed(&e);
+                    self.publish();
+                    return;
+                }
             }
-        };
+        }
         let configs = self.cfg.configs.clone();
         let config_dirs = match tokio::task::spawn_blocking(move || configs.projects())
             .await
@@ -436,7 +447,6 @@ impl<R: Runtime> Controller<R> {
                 return;
             }
         };
-        self.listing = listing;
         let containers: Vec<plan::Container> = self.listing.iter().filter_map(ours).collect();
 
         // Forget backoff and errors of projects that are neither wanted nor running any more,
@@ -598,6 +608,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn docker_failed(&mut self, error: &RuntimeError) {
+        self.docker_changed.store(true, Ordering::SeqCst);
         let first = self.docker.is_none();
         let retry = self
             .docker
@@ -641,6 +652,8 @@ impl<R: Runtime> Controller<R> {
 
     fn finish(&mut self, (project, result): Done) {
         self.in_flight.remove(&project);
+        // Whatever the action did, or failed halfway through, is seen by listing again.
+        self.docker_changed.store(true, Ordering::SeqCst);
         // Whatever was queued for this project was planned before this action changed it.
         self.pending
             .retain(|(action, _)| action.project() != &project);
@@ -962,34 +975,37 @@ async fn remember(cfg: &LoopConfig, project: &ProjectId, container: &str, digest
 
 /// Follows Docker's event stream as a hint. The daemon keeps few events and forgets them on
 /// restart, so after every (re)connection the loop is woken for a full list. Health changes
-/// go to the loop as they are; everything else only wakes it.
+/// go to the loop as they are; everything else marks Docker changed and wakes the loop.
 async fn watch_docker_events<R: Runtime>(
     runtime: Arc<R>,
     labels: BTreeMap<String, String>,
     wake: mpsc::Sender<()>,
     health: mpsc::Sender<(String, Health)>,
+    docker_changed: Arc<AtomicBool>,
 ) {
+    let look_again = || {
+        docker_changed.store(true, Ordering::SeqCst);
+        let _ = wake.try_send(());
+    };
     let mut retry = Retry::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         if runtime.ping().await.is_ok() {
             let mut events = runtime.events(&labels);
-            let _ = wake.try_send(());
+            look_again();
             let connected = Instant::now();
             while let Some(event) = events.next().await {
                 match event {
                     Ok(Event::Health { id, health: h }) => {
                         if health.try_send((id, h)).is_err() {
-                            let _ = wake.try_send(());
+                            look_again();
                         }
                     }
-                    Ok(Event::Changed) => {
-                        let _ = wake.try_send(());
-                    }
+                    Ok(Event::Changed) => look_again(),
                     Err(_) => break,
                 }
             }
             // The stream dropped: the loop should notice an outage now, not at the next tick.
-            let _ = wake.try_send(());
+            look_again();
             if connected.elapsed() > Duration::from_secs(30) {
                 retry.backoff.reset();
             }

@@ -470,3 +470,41 @@ async fn health_changes_show_without_a_pass() {
         .await
         .expect("the stop event brings a pass that starts the container");
 }
+
+#[tokio::test]
+async fn a_file_change_alone_plans_against_the_last_listing() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let container = container_id(&handle.snapshot(), "p1");
+    env.fake.take_calls();
+
+    // Nothing happened in Docker since the last list: the reload goes out without one, and
+    // only the confirming pass after it lists again.
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    converged(&env, &handle, "p1").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        env.fake.take_calls(),
+        vec![Call::Signal(container, "SIGUSR2".into()), Call::List]
+    );
+
+    // A Docker event means Docker changed: the pass lists before it acts.
+    env.fake.remove_by_hand("postgrest-p1");
+    let listed_then_created = async {
+        let mut calls = Vec::new();
+        loop {
+            calls.extend(env.fake.take_calls());
+            if calls.iter().any(|c| matches!(c, Call::Create(_))) {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let calls = tokio::time::timeout(WAIT, listed_then_created)
+        .await
+        .expect("the removed container comes back");
+    assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+}
