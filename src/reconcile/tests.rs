@@ -124,6 +124,21 @@ fn container_id(snapshot: &Snapshot, id: &str) -> String {
         .clone()
 }
 
+/// Every call from now until one matching `until` is made (inclusive).
+async fn calls_until(fake: &FakeRuntime, until: impl Fn(&Call) -> bool) -> Vec<Call> {
+    let mut calls = Vec::new();
+    let wait = async {
+        while !calls.iter().any(&until) {
+            calls.extend(fake.take_calls());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no such call within {WAIT:?}"));
+    calls
+}
+
 /// Calls that change something, without the listing and pinging around them.
 fn changes(fake: &FakeRuntime) -> Vec<Call> {
     fake.take_calls()
@@ -461,14 +476,7 @@ async fn health_changes_show_without_a_pass() {
     // Anything else still brings a full look: a stopped container is started again.
     let container = container_id(&handle.snapshot(), "p1");
     env.fake.set_state("postgrest-p1", State::Exited);
-    let started = async {
-        while !changes(&env.fake).contains(&Call::Start(container.clone())) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, started)
-        .await
-        .expect("the stop event brings a pass that starts the container");
+    calls_until(&env.fake, |c| c == &Call::Start(container.clone())).await;
 }
 
 #[tokio::test]
@@ -493,18 +501,6 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
 
     // A Docker event means Docker changed: the pass lists before it acts.
     env.fake.remove_by_hand("postgrest-p1");
-    let listed_then_created = async {
-        let mut calls = Vec::new();
-        loop {
-            calls.extend(env.fake.take_calls());
-            if calls.iter().any(|c| matches!(c, Call::Create(_))) {
-                return calls;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    let calls = tokio::time::timeout(WAIT, listed_then_created)
-        .await
-        .expect("the removed container comes back");
+    let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
 }
