@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub projects: BTreeMap<ProjectId, ProjectStatus>,
     /// `*.toml` files in the state directory whose name is not a valid project id.
     pub misnamed: Vec<String>,
+    /// Passes that got as far as planning, counted from start-up. Tests wait on it to prove
+    /// that nothing happened across a pass (a resync included), instead of sleeping.
+    pub passes: u64,
 }
 
 impl Snapshot {
@@ -252,6 +255,7 @@ pub struct Controller<R: Runtime> {
     file_errors: BTreeMap<ProjectId, String>,
     misnamed: Vec<String>,
     listing: Vec<ContainerInfo>,
+    passes: u64,
 }
 
 impl<R: Runtime> Controller<R> {
@@ -294,6 +298,7 @@ impl<R: Runtime> Controller<R> {
             file_errors: BTreeMap::new(),
             misnamed: Vec::new(),
             listing: Vec::new(),
+            passes: 0,
         };
         (controller, handle)
     }
@@ -487,6 +492,8 @@ impl<R: Runtime> Controller<R> {
             self.pending.push_back((action, rendered));
         }
         self.dispatch(actions);
+        self.passes += 1;
+        debug!(pass = self.passes, "pass finished");
         if !self.reconciled_once && actions.is_empty() {
             self.reconciled_once = true;
             info!(
@@ -760,6 +767,7 @@ impl<R: Runtime> Controller<R> {
             docker_reachable: self.docker.is_none(),
             projects,
             misnamed: self.misnamed.clone(),
+            passes: self.passes,
         };
         self.status.send_replace(Arc::new(snapshot));
     }
