@@ -335,6 +335,8 @@ pub struct Config {
     pub server_host: String,
     pub admin_server_port: Option<u16>,
     pub db_pool: i64,
+    pub db_pool_acquisition_timeout: i64,
+    pub openapi_server_proxy_uri: Option<String>,
     // Reloadable.
     pub db_schemas: String,
     pub db_anon_role: Option<String>,
@@ -342,6 +344,11 @@ pub struct Config {
     pub jwt_aud: Option<String>,
     pub max_rows: Option<i64>,
     pub db_prepared_statements: bool,
+    /// `db-config`: re-read the config when a connection is (re)established. The double
+    /// re-reads the file only; it does not query in-database settings.
+    pub db_config: bool,
+    /// Parsed for `--dump-config`; the double never LISTENs, it behaves as `false` always.
+    pub db_channel_enabled: bool,
 }
 
 impl Config {
@@ -367,7 +374,14 @@ impl Config {
             server_port: port(b, "server-port")?.unwrap_or(3000),
             server_host: string(b, "server-host")?.unwrap_or_else(|| "!4".into()),
             admin_server_port: port(b, "admin-server-port")?,
-            db_pool: integer(b, "db-pool")?.unwrap_or(10),
+            db_pool: match integer(b, "db-pool")?.unwrap_or(10) {
+                n if n >= 1 => n,
+                _ => return Err("db-pool must be at least 1".into()),
+            },
+            db_pool_acquisition_timeout: integer(b, "db-pool-acquisition-timeout")?
+                .unwrap_or(10)
+                .max(1),
+            openapi_server_proxy_uri: string(b, "openapi-server-proxy-uri")?,
             db_schemas: string(b, "db-schemas")?.unwrap_or_else(|| "public".into()),
             db_anon_role: string(b, "db-anon-role")?,
             jwt_secret,
@@ -377,7 +391,19 @@ impl Config {
                 None => integer(b, "max-rows")?,
             },
             db_prepared_statements: boolean(b, "db-prepared-statements")?.unwrap_or(true),
+            db_config: boolean(b, "db-config")?.unwrap_or(true),
+            db_channel_enabled: boolean(b, "db-channel-enabled")?.unwrap_or(true),
         })
+    }
+
+    /// `db-schemas` as a list; the first one is served by default.
+    pub fn schemas(&self) -> Vec<String> {
+        self.db_schemas
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     }
 
     /// What a SIGUSR2 reload does: take the reloadable keys from `new`, keep the rest.
@@ -388,6 +414,8 @@ impl Config {
             server_host: self.server_host.clone(),
             admin_server_port: self.admin_server_port,
             db_pool: self.db_pool,
+            db_pool_acquisition_timeout: self.db_pool_acquisition_timeout,
+            openapi_server_proxy_uri: self.openapi_server_proxy_uri.clone(),
             ..new
         }
     }

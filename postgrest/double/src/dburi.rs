@@ -1,7 +1,8 @@
 //! `db-uri` as libpq reads a `postgres://` URI: the parts the manager renders, percent-decoded.
 //!
-//! The double never connects anywhere; it parses the URI so tests can check that a password
-//! full of `@:/?#%$` survives the renderer's encoding.
+//! The double connects with it (see `pg.rs`); `--dump-config` prints it so tests can check that a
+//! password full of `@:/?#%$` survives the renderer's encoding. Like libpq, a `%00` is refused
+//! anywhere: a C string cannot carry a NUL byte.
 
 use std::fmt;
 
@@ -114,7 +115,16 @@ fn decode(raw: &str, what: &str) -> Result<Option<String>, String> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .ok_or_else(|| format!("invalid percent-encoding in the {what}"))?;
-            out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+            let byte = u8::from_str_radix(hex, 16).expect("two hex digits");
+            // libpq: "forbidden value %00 in percent-encoded value". Real PostgREST hands the
+            // URI to libpq on every connection attempt and so retries it forever; the double
+            // refuses it up front (config error: exit 1 at start, "Failed reloading" later).
+            if byte == 0 {
+                return Err(format!(
+                    "forbidden value %00 in the percent-encoded {what} (libpq cannot carry a NUL byte)"
+                ));
+            }
+            out.push(byte);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -181,6 +191,26 @@ mod tests {
         );
         let u = DbUri::parse("postgres://u:@h").unwrap();
         assert_eq!(u.password, None);
+    }
+
+    #[test]
+    fn a_nul_byte_is_refused_anywhere_as_libpq_does() {
+        for (uri, what) in [
+            ("postgres://u:s3cr3t%00xyz@h/d", "password"),
+            ("postgres://u%00:pw@h/d", "user"),
+            ("postgres://u:pw@h%00/d", "host"),
+            ("postgres://u:pw@h/d%00b", "dbname"),
+            ("postgres://u:%00@h/d", "password"),
+        ] {
+            let e = DbUri::parse(uri).unwrap_err();
+            assert!(e.contains("%00") && e.contains(what), "{uri}: {e}");
+            assert!(!e.contains("s3cr3t"), "{uri}: {e}");
+        }
+        // %01 and the encoded percent sign itself stay allowed.
+        assert_eq!(
+            DbUri::parse("postgres://u:a%01%2500@h/d").unwrap().password,
+            some("a\u{1}%00")
+        );
     }
 
     #[test]

@@ -1,40 +1,58 @@
-//! `postgrest`: a PostgREST v11 test double. Same config syntax, signals, JWT checks and health
-//! endpoints as the real thing, but it never connects to a database (tests have none).
+//! `postgrest`: a PostgREST v11.2.2 test double. Same config syntax, signals, JWT checks and
+//! health endpoints as the real thing; it logs in to the database of `db-uri` like PostgREST
+//! (retrying while unreachable, exiting on an authentication failure) and serves `GET /` and
+//! `GET /<table>`. See README.md for what it does not do.
 //!
 //! Usage: `postgrest <config-file>` | `postgrest --dump-config <config-file>` | `--help` | `--version`
 
+mod app;
 mod config;
 mod dburi;
 mod http;
 mod jwt;
+mod pg;
 
-use config::Config;
-use http::{Request, Response};
+use app::App;
+use http::Request;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::net::TcpListener;
 use std::process::exit;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The PostgREST version whose behaviour the double copies (and the production image ships).
 const VERSION: &str = "11.2.2";
 
 const USAGE: &str = "\
-PostgREST test double (no database)
+PostgREST 11.2.2 test double
 
 Usage:
   postgrest <config-file>                run: API on server-port, /live and /ready on admin-server-port
   postgrest --dump-config <config-file>  parse the file as at start-up, print it as JSON
   postgrest --help | --version
 
-Signals: SIGUSR2 reloads the config file, SIGUSR1 'reloads the schema cache',
-SIGTERM/SIGINT exit 0. SIGHUP is not handled (its default action kills the process),
-exactly like real PostgREST.";
+Database: logs in with db-uri (simple query protocol, no TLS; SCRAM-SHA-256, md5 or
+cleartext password). Unreachable: retries with backoff (1 s doubling, capped at 4 s;
+PostgREST caps at 32 s), /live 200 and /ready 503. A libpq-style 'password
+authentication failed' or 'no password supplied': logs the error and exits 1, as
+PostgREST does; anything else (PgBouncer's 'SASL authentication failed', a missing
+database) is retried, as PostgREST does. A %00 in db-uri is refused at start.
 
-/// The config in force; a reload swaps the whole `Arc`, so a request sees one consistent config.
-type Shared = Arc<RwLock<Arc<Config>>>;
+API: GET/HEAD / (Swagger 2.0: the tables and views of the first db-schemas schema, or
+Accept-Profile's, that the role may use) and GET/HEAD /<table> (all columns, at most
+max-rows rows); query parameters, other methods, /rpc, embedding are not supported.
+Each request: one read-only transaction as the JWT's role claim or db-anon-role, with
+request.jwt.claims set. Never connected: 503 PGRST002, as PostgREST.
+
+Signals, installed when PostgREST v11.2.2 installs them (after the config is read and
+the connection worker started, before any port listens; until then SIGUSR1/SIGUSR2
+kill the process): SIGUSR2 re-reads the config file, SIGUSR1 reloads the schema cache
+and flushes the pool, SIGTERM/SIGINT exit 0 (PostgREST re-raises SIGINT instead).
+SIGHUP is not handled (its default action kills the process), exactly like PostgREST.
+db-channel-enabled is accepted but the double never LISTENs: it behaves as false.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,9 +68,10 @@ fn main() {
     }
 }
 
-/// Prints PostgREST-style log lines: `28/Nov/2025:03:14:00 +0000: message`.
+/// Prints PostgREST-style log lines to stderr, as PostgREST does for its worker and startup
+/// logs: `28/Nov/2025:03:14:00 +0000: message`.
 fn log(message: &str) {
-    println!("{}: {message}", timestamp(SystemTime::now()));
+    eprintln!("{}: {message}", timestamp(SystemTime::now()));
 }
 
 fn timestamp(t: SystemTime) -> String {
@@ -97,13 +116,15 @@ fn dump_config(path: &str) {
     }
 }
 
+/// Start-up in PostgREST v11.2.2's order (`CLI.main`, then `App.run`):
+/// 1. read the config (a bad file exits 1);
+/// 2. `AppState.init` (the pool; no connection yet);
+/// 3. `connectionWorker`: a thread that logs "Starting PostgREST...", connects and loads the
+///    schema cache;
+/// 4. `installSignalHandlers` (`Unix.hs`): only from here on do SIGUSR1/SIGUSR2 not kill;
+/// 5. `runListener` (LISTEN, when db-channel-enabled): the double never listens;
+/// 6. `Admin.runAdmin`, then the API server ("Listening on port ...").
 fn run(path: &str) {
-    // First of all: until a handler is installed, SIGUSR1/SIGUSR2 would kill us. SIGHUP is
-    // deliberately left alone, as in real PostgREST (no handler since v6).
-    let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGTERM, SIGINT]).unwrap_or_else(|e| {
-        eprintln!("cannot install signal handlers: {e}");
-        exit(1)
-    });
     let config = match config::load(path) {
         Ok((config, _)) => config,
         Err(e) => {
@@ -111,52 +132,35 @@ fn run(path: &str) {
             exit(1);
         }
     };
-    log(&format!(
-        "Starting PostgREST {VERSION} (test double, never connects to {})...",
-        config.db_uri
-    ));
-    let shared: Shared = Arc::new(RwLock::new(Arc::new(config.clone())));
+    let app = Arc::new(App::new(path, config.clone()));
+    app.connection_worker();
+    let mut signals = Signals::new([SIGUSR1, SIGUSR2, SIGTERM, SIGINT]).unwrap_or_else(|e| {
+        eprintln!("cannot install signal handlers: {e}");
+        exit(1)
+    });
 
     if let Some(port) = config.admin_server_port {
         let listener = bind(&config.server_host, port);
-        http::spawn_server(listener, "admin", Arc::new(admin));
         log(&format!("Admin server listening on port {port}"));
+        let state = app.clone();
+        http::spawn_server(
+            listener,
+            "admin",
+            Arc::new(move |r: &Request| state.admin(r)),
+        );
     }
     let listener = bind(&config.server_host, config.server_port);
-    let state = shared.clone();
-    http::spawn_server(
-        listener,
-        "api",
-        Arc::new(move |r: &Request| api(r, &current(&state))),
-    );
     log(&format!("Listening on port {}", config.server_port));
-    // Real PostgREST logs these once its first connection and schema load succeed.
-    log("Config reloaded");
-    log("Schema cache loaded");
+    let state = app.clone();
+    http::spawn_server(listener, "api", Arc::new(move |r: &Request| state.api(r)));
+    app.api_listening.store(true, Ordering::Relaxed);
 
     for signal in signals.forever() {
         match signal {
-            SIGUSR2 => reload(path, &shared),
-            // No database, so no schema cache to reload; say so in PostgREST's words.
-            SIGUSR1 => log("Schema cache loaded"),
+            SIGUSR2 => app.reload_config(),
+            SIGUSR1 => app.connection_worker(),
             _ => exit(0),
         }
-    }
-}
-
-fn current(shared: &Shared) -> Arc<Config> {
-    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// SIGUSR2: re-read the whole file; apply only the reloadable keys; keep the old config on error.
-fn reload(path: &str, shared: &Shared) {
-    match config::load(path) {
-        Ok((new, _)) => {
-            let merged = current(shared).reloaded(new);
-            *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
-            log("Config reloaded");
-        }
-        Err(e) => log(&format!("Failed reloading config: {e}")),
     }
 }
 
@@ -173,146 +177,9 @@ fn bind(host: &str, port: u16) -> TcpListener {
     })
 }
 
-/// The admin server: the double has no database, so it is ready as soon as its config is loaded.
-fn admin(request: &Request) -> Response {
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET" | "HEAD", "/live" | "/ready") => Response::empty(200),
-        _ => Response::empty(404),
-    }
-}
-
-/// PostgREST's error body.
-fn error(status: u16, code: &str, message: &str) -> Response {
-    Response::json(
-        status,
-        &json!({"code": code, "details": null, "hint": null, "message": message}),
-    )
-}
-
-fn api(request: &Request, config: &Config) -> Response {
-    if !matches!(request.method.as_str(), "GET" | "HEAD") || request.path != "/" {
-        return error(404, "PGRST125", "Invalid path specified in request URL");
-    }
-    let token = request.header("Authorization").and_then(|h| {
-        let (scheme, token) = h.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    let mut role = config.db_anon_role.clone();
-    if let Some(token) = token {
-        let Some(secret) = &config.jwt_secret else {
-            return error(500, "PGRST300", "Server lacks JWT secret");
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        match jwt::verify(token, secret.as_bytes(), config.jwt_aud.as_deref(), now) {
-            Ok(claims) => {
-                if let Some(r) = claims.get("role").and_then(|r| r.as_str()) {
-                    role = Some(r.to_string());
-                }
-            }
-            Err(e) => {
-                let message = e.message();
-                let mut response = error(401, "PGRST301", &message);
-                let description = message.replace('\\', "\\\\").replace('"', "\\\"");
-                response.headers.push((
-                    "WWW-Authenticate",
-                    format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
-                ));
-                return response;
-            }
-        }
-    }
-    Response::json(
-        200,
-        &json!({
-            "swagger": "2.0",
-            "info": {"title": "PostgREST test double", "version": VERSION},
-            "basePath": "/",
-            "schemes": ["http"],
-            "paths": {},
-            "role": role,
-            "schemas": config.db_schemas.split(',').map(str::trim).collect::<Vec<_>>(),
-        }),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::tests::{mint, SECRET};
-
-    fn config() -> Config {
-        let text = format!(
-            "jwt-secret = \"{SECRET}\"\njwt-aud = \"authenticated\"\ndb-anon-role = \"anon\"\ndb-schemas = \"public, storage\""
-        );
-        Config::from_bindings(&config::parse(&text, &|_| None).unwrap()).unwrap()
-    }
-
-    fn get(path: &str, auth: Option<String>) -> Response {
-        let mut headers = Vec::new();
-        if let Some(a) = auth {
-            headers.push(("authorization".to_string(), a));
-        }
-        let request = Request {
-            method: "GET".into(),
-            path: path.into(),
-            headers,
-        };
-        api(&request, &config())
-    }
-
-    fn body(r: &Response) -> serde_json::Value {
-        serde_json::from_slice(&r.body).unwrap()
-    }
-
-    #[test]
-    fn root_without_token_is_the_anonymous_role() {
-        let r = get("/", None);
-        assert_eq!(r.status, 200);
-        assert_eq!(body(&r)["role"], "anon");
-        assert_eq!(body(&r)["schemas"], json!(["public", "storage"]));
-    }
-
-    #[test]
-    fn root_with_tokens() {
-        let good = mint(
-            SECRET,
-            &json!({"role": "authenticated", "aud": "authenticated"}),
-        );
-        let r = get("/", Some(format!("Bearer {good}")));
-        assert_eq!(
-            (r.status, body(&r)["role"].clone()),
-            (200, json!("authenticated"))
-        );
-
-        let wrong = mint("ffffffffffffffffffffffffffffffff", &json!({}));
-        let r = get("/", Some(format!("Bearer {wrong}")));
-        assert_eq!(r.status, 401);
-        assert_eq!(
-            body(&r),
-            json!({"code": "PGRST301", "details": null, "hint": null, "message": "JWSError JWSInvalidSignature"})
-        );
-        let www = r.headers.iter().find(|(k, _)| *k == "WWW-Authenticate");
-        assert!(www.unwrap().1.starts_with("Bearer error=\"invalid_token\""));
-
-        let aud = mint(SECRET, &json!({"aud": "someone-else"}));
-        let r = get("/", Some(format!("bearer {aud}")));
-        assert_eq!(body(&r)["message"], "JWT not in audience");
-    }
-
-    #[test]
-    fn other_paths_are_404_and_admin_answers_health() {
-        assert_eq!(get("/nope", None).status, 404);
-        let req = |path: &str| Request {
-            method: "GET".into(),
-            path: path.into(),
-            headers: vec![],
-        };
-        assert_eq!(admin(&req("/live")).status, 200);
-        assert_eq!(admin(&req("/ready")).status, 200);
-        assert_eq!(admin(&req("/")).status, 404);
-    }
 
     #[test]
     fn log_timestamps() {
