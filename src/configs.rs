@@ -13,7 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::render::{RenderedConfig, CONFIG_FILE};
-use crate::spec::{write_atomic, ProjectId};
+use crate::spec::ProjectId;
+use crate::state_dir::write_atomic;
 
 const LOADED_DIR: &str = ".loaded";
 

@@ -1,10 +1,12 @@
 //! postgrest-manager: runs one PostgREST container per project, reconciled from desired-state
-//! files. Modules in reading order: the desired state, its rendering, the pure planner, the
-//! container runtime, the rendered-config directory, the reconcile loop, the file watcher, the
-//! HTTP API, the CLI, settings and telemetry. ARCHITECTURE.md has the map and the invariants.
+//! files. Modules in reading order: the desired state and its directory, its rendering, the
+//! pure planner, the container runtime, the rendered-config directory, the reconcile loop, the
+//! file watcher, the HTTP API, the command line, settings and telemetry. ARCHITECTURE.md has
+//! the map and the invariants.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod args;
 pub mod cli;
 pub mod configs;
 pub mod plan;
@@ -14,5 +16,6 @@ pub mod render;
 pub mod runtime;
 pub mod settings;
 pub mod spec;
+pub mod state_dir;
 pub mod telemetry;
 pub mod watch;

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use postgrest_manager::api::{self, ApiConfig};
+use postgrest_manager::args::{Cli, Command};
 use postgrest_manager::reconcile::Controller;
+use postgrest_manager::render::ADMIN_PORT;
 use postgrest_manager::runtime::docker::DockerRuntime;
-use postgrest_manager::settings::{Cli, Command, Settings};
+use postgrest_manager::settings::Settings;
 use postgrest_manager::{cli, telemetry, watch};
 
 fn main() -> ExitCode {
@@ -54,7 +56,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let docker = DockerRuntime::new(settings.docker_host.as_deref());
     let state_dir = cfg.state.path().to_owned();
-    let api_config = settings.api.as_ref().map(|api| ApiConfig::new(&cfg, api));
+    let api_config = settings.api.as_ref().map(|api| ApiConfig {
+        state: cfg.state.clone(),
+        reload_signal: cfg.reload_signal.clone(),
+        key: api.key.clone(),
+        timeout: api.timeout,
+        live_port: ADMIN_PORT,
+    });
     let (controller, handle) = Controller::new(Arc::new(docker), cfg);
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;

@@ -1,4 +1,4 @@
-//! The pure planner: `plan(desired, observed) -> Vec<Action>`.
+//! The pure planner: `plan(desired, observed) -> Plan { actions, conflicts }`.
 //!
 //! Synchronous, no I/O, cannot fail, and empty when everything matches. It knows nothing about
 //! Docker or files: the loop turns both into the plain values below. At most one action per
@@ -35,6 +35,20 @@ pub enum State {
     Removing,
     Exited,
     Dead,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Removing => "removing",
+            State::Exited => "exited",
+            State::Dead => "dead",
+        })
+    }
 }
 
 /// One of our containers, as the runtime lists it.
@@ -86,11 +100,39 @@ pub enum Action {
     },
     /// Remove a rendered config that no project wants any more.
     RemoveConfig { project: ProjectId },
-    /// A container we did not create holds the name: report it, never delete it.
-    Conflict {
-        project: ProjectId,
-        container: String,
-    },
+}
+
+/// A container we did not create holds a wanted project's name: reported, never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub project: ProjectId,
+    pub container: String,
+}
+
+/// What a pass should do, and what it found in its way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// At most one per project.
+    pub actions: Vec<Action>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Whatever the caller keeps per project, as long as it can say what the project should be.
+/// The loop keeps a whole record per project; the planner borrows only this from it.
+pub trait Wanted {
+    fn want(&self) -> Option<&Want>;
+}
+
+impl Wanted for Want {
+    fn want(&self) -> Option<&Want> {
+        Some(self)
+    }
+}
+
+/// One project's plan.
+enum Step {
+    Act(Action),
+    Conflict(String),
 }
 
 impl Action {
@@ -101,13 +143,12 @@ impl Action {
             | Action::Start { project, .. }
             | Action::Reload { project, .. }
             | Action::Remove { project, .. }
-            | Action::RemoveConfig { project }
-            | Action::Conflict { project, .. } => project,
+            | Action::RemoveConfig { project } => project,
         }
     }
 }
 
-pub fn plan(desired: &BTreeMap<ProjectId, Want>, observed: &Observed) -> Vec<Action> {
+pub fn plan<W: Wanted>(desired: &BTreeMap<ProjectId, W>, observed: &Observed) -> Plan {
     let mut by_project: BTreeMap<&ProjectId, Vec<&Container>> = BTreeMap::new();
     for container in &observed.containers {
         by_project
@@ -122,16 +163,23 @@ pub fn plan(desired: &BTreeMap<ProjectId, Want>, observed: &Observed) -> Vec<Act
         .chain(&observed.config_dirs)
         .collect();
 
-    projects
-        .into_iter()
-        .filter_map(|project| {
-            let containers = by_project
-                .get(project)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            plan_project(project, desired.get(project), containers, observed)
-        })
-        .collect()
+    let mut plan = Plan::default();
+    for project in projects {
+        let containers = by_project
+            .get(project)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let want = desired.get(project).and_then(Wanted::want);
+        match plan_project(project, want, containers, observed) {
+            Some(Step::Act(action)) => plan.actions.push(action),
+            Some(Step::Conflict(container)) => plan.conflicts.push(Conflict {
+                project: project.clone(),
+                container,
+            }),
+            None => {}
+        }
+    }
+    plan
 }
 
 fn plan_project(
@@ -139,7 +187,8 @@ fn plan_project(
     want: Option<&Want>,
     containers: &[&Container],
     observed: &Observed,
-) -> Option<Action> {
+) -> Option<Step> {
+    let act = |action| Some(Step::Act(action));
     let desired = match want {
         Some(Want::Frozen) => return None,
         Some(Want::Spec(desired)) => Some(desired),
@@ -151,7 +200,7 @@ fn plan_project(
     // project's one container is found.
     let name = project.container_name();
     if let Some(extra) = containers.iter().find(|c| c.name != name) {
-        return Some(Action::Remove {
+        return act(Action::Remove {
             project: project.clone(),
             container: extra.id.clone(),
             keep_config: true,
@@ -161,13 +210,13 @@ fn plan_project(
 
     let Some(desired) = desired.filter(|d| d.enabled) else {
         return match container {
-            Some(c) => Some(Action::Remove {
+            Some(c) => act(Action::Remove {
                 project: project.clone(),
                 container: c.id.clone(),
                 keep_config,
             }),
             None if !keep_config && observed.config_dirs.contains(project) => {
-                Some(Action::RemoveConfig {
+                act(Action::RemoveConfig {
                     project: project.clone(),
                 })
             }
@@ -177,30 +226,27 @@ fn plan_project(
 
     let Some(container) = container else {
         return Some(match observed.foreign.get(project) {
-            Some(foreign) => Action::Conflict {
+            Some(foreign) => Step::Conflict(foreign.clone()),
+            None => Step::Act(Action::Create {
                 project: project.clone(),
-                container: foreign.clone(),
-            },
-            None => Action::Create {
-                project: project.clone(),
-            },
+            }),
         });
     };
 
     let id = container.id.clone();
     let project = project.clone();
     if container.spec_hash.as_deref() != Some(desired.spec_hash.as_str()) {
-        return Some(Action::Recreate {
+        return act(Action::Recreate {
             project,
             container: id,
         });
     }
     match container.state {
-        State::Created | State::Exited => Some(Action::Start {
+        State::Created | State::Exited => act(Action::Start {
             project,
             container: id,
         }),
-        State::Dead => Some(Action::Recreate {
+        State::Dead => act(Action::Recreate {
             project,
             container: id,
         }),
@@ -215,10 +261,10 @@ fn plan_project(
                 .is_some_and(|(loaded_by, digest)| {
                     *loaded_by == container.id && *digest == desired.config_digest
                 });
-            (!in_force).then_some(Action::Reload {
+            (!in_force).then_some(Step::Act(Action::Reload {
                 project,
                 container: id,
-            })
+            }))
         }
     }
 }
@@ -284,10 +330,9 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        assert_eq!(
-            plan(&desired, &observed),
-            expected.into_iter().collect::<Vec<_>>()
-        );
+        let plan = plan(&desired, &observed);
+        assert_eq!(plan.actions, expected.into_iter().collect::<Vec<_>>());
+        assert_eq!(plan.conflicts, []);
     }
 
     fn running(hash: &str) -> Vec<Container> {
@@ -489,13 +534,20 @@ mod tests {
             foreign: Some("x9"),
             ..EMPTY
         };
-        check(
-            Some(want(true, "h", "d")),
-            world,
-            Some(Action::Conflict {
-                project: p("a"),
-                container: "x9".into(),
-            }),
+        let desired = BTreeMap::from([(p("a"), want(true, "h", "d"))]);
+        let observed = Observed {
+            foreign: BTreeMap::from([(p("a"), world.foreign.unwrap().to_owned())]),
+            ..Observed::default()
+        };
+        assert_eq!(
+            plan(&desired, &observed),
+            Plan {
+                actions: vec![],
+                conflicts: vec![Conflict {
+                    project: p("a"),
+                    container: "x9".into(),
+                }],
+            }
         );
         // Not wanted: a foreign container is none of our business.
         check(
@@ -532,7 +584,7 @@ mod tests {
             containers: vec![container("c", "c3", State::Running, "h")],
             ..Observed::default()
         };
-        let actions = plan(&desired, &observed);
+        let actions = plan(&desired, &observed).actions;
         assert_eq!(
             actions,
             [

@@ -47,6 +47,27 @@ pub struct Template {
     pub healthcheck_interval_secs: u64,
 }
 
+impl Template {
+    /// The template the tests use: the local test image, a network named after the
+    /// instance, everything else at the manager's defaults.
+    #[doc(hidden)]
+    pub fn for_tests(instance: &str, host_config_dir: impl Into<PathBuf>, uid: u32) -> Template {
+        Template {
+            instance: instance.to_owned(),
+            image: "launchdb/postgrest:v1-test".into(),
+            network: format!("{instance}-net"),
+            host_config_dir: host_config_dir.into(),
+            db_host: "pgbouncer".into(),
+            db_port: 6432,
+            domain: None,
+            uid,
+            memory_bytes: 256 << 20,
+            pids_limit: 512,
+            healthcheck_interval_secs: 30,
+        }
+    }
+}
+
 /// Whether a running PostgREST picks a key up on a config reload (postgrest-facts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reload {
@@ -239,12 +260,18 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
     }
 }
 
-fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
-    let labels = BTreeMap::from([
+/// The labels every container of the manager `instance` carries, and the only ones it lists
+/// or touches.
+pub fn owner_labels(instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-        (LABEL_INSTANCE.to_owned(), template.instance.clone()),
-        (LABEL_PROJECT.to_owned(), id.to_string()),
-    ]);
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+    ])
+}
+
+fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
+    let mut labels = owner_labels(&template.instance);
+    labels.insert(LABEL_PROJECT.to_owned(), id.to_string());
     // The wrapper writes its PID file to /run; PostgREST itself needs no writable disk.
     // Docker copies the image's /run (root, 0755) onto the tmpfs and that overrides `mode`,
     // so the tmpfs is handed to PostgREST's UID instead; otherwise the wrapper, running as that
@@ -282,20 +309,8 @@ mod tests {
     use super::*;
     use crate::spec::{Secret, SpecFile};
 
-    pub(crate) fn template() -> Template {
-        Template {
-            instance: "test".into(),
-            image: "launchdb/postgrest:v1".into(),
-            network: "launchdb-internal".into(),
-            host_config_dir: "/srv/projects".into(),
-            db_host: "pgbouncer".into(),
-            db_port: 6432,
-            domain: None,
-            uid: 1000,
-            memory_bytes: 256 << 20,
-            pids_limit: 256,
-            healthcheck_interval_secs: 30,
-        }
+    fn template() -> Template {
+        Template::for_tests("test", "/srv/projects", 1000)
     }
 
     fn spec_with(edit: impl FnOnce(&mut SpecFile)) -> Spec {

@@ -14,7 +14,8 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 
-use crate::render::ContainerSpec;
+use crate::render::{ContainerSpec, LABEL_PROJECT, LABEL_SPEC_HASH};
+use crate::spec::ProjectId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
@@ -42,6 +43,17 @@ pub enum Health {
     None,
 }
 
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::None => "none",
+        })
+    }
+}
+
 /// One listed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -52,6 +64,23 @@ pub struct ContainerInfo {
     pub health: Health,
     /// The container's address on the manager's network, when it has one.
     pub ip: Option<IpAddr>,
+}
+
+impl ContainerInfo {
+    /// The project whose label this container carries, when the label is a valid id.
+    pub fn project(&self) -> Option<ProjectId> {
+        ProjectId::parse(self.labels.get(LABEL_PROJECT)?).ok()
+    }
+
+    /// The project this container serves: labelled with it and named `postgrest-<id>`. A
+    /// labelled container under another name is surplus, on its way out.
+    pub fn serving_project(&self) -> Option<ProjectId> {
+        self.project().filter(|id| self.name == id.container_name())
+    }
+
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.labels.get(LABEL_SPEC_HASH).map(String::as_str)
+    }
 }
 
 /// What Docker's event stream says about one of the labelled containers.

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-
+use crate::args::ServeArgs;
 use crate::configs::ConfigDir;
 use crate::reconcile::LoopConfig;
 use crate::render::Template;
-use crate::spec::{Secret, StateDir};
+use crate::spec::Secret;
+use crate::state_dir::StateDir;
 
 /// Signals a config reload may be sent as. SIGUSR2 is PostgREST's own; SIGHUP only works
 /// through the custom image's wrapper, which maps it to SIGUSR2.
@@ -18,101 +18,6 @@ const RELOAD_SIGNALS: [&str; 2] = ["SIGUSR2", "SIGHUP"];
 
 /// The shortest `INTERNAL_API_KEY` the API accepts.
 pub const MIN_API_KEY_LEN: usize = 32;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "postgrest-manager",
-    version,
-    about = "Runs one PostgREST container per project, reconciled from state/<id>.toml files"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the controller (and the HTTP API).
-    Serve(Box<ServeArgs>),
-    #[command(flatten)]
-    State(crate::cli::StateCommand),
-}
-
-/// Where the desired state lives; shared by `serve` and the state-editing subcommands.
-#[derive(Debug, Clone, Args)]
-pub struct StateArgs {
-    /// Directory of desired-state files, one `<project_id>.toml` per project.
-    #[arg(long, env = "PGM_STATE_DIR", default_value = "./state")]
-    pub state_dir: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub state: StateArgs,
-    /// Directory the rendered PostgREST configs are written to, one subdirectory per project.
-    #[arg(long, env = "PGM_CONFIG_DIR", default_value = "./postgrest/projects")]
-    pub config_dir: PathBuf,
-    /// The config directory as the Docker host sees it, when the manager runs in a container
-    /// (bind-mount sources are host paths). Defaults to the absolute config directory.
-    #[arg(long, env = "HOST_CONFIG_DIR")]
-    pub host_config_dir: Option<PathBuf>,
-    /// Image of the PostgREST containers.
-    #[arg(long, env = "PGM_IMAGE", default_value = "launchdb/postgrest:v1")]
-    pub image: String,
-    /// Docker network the containers join (created when missing).
-    #[arg(long, env = "PGM_NETWORK", default_value = "launchdb-internal")]
-    pub network: String,
-    /// Name of this manager; it lists and touches only containers labelled with it.
-    #[arg(long, env = "PGM_INSTANCE", default_value = "default")]
-    pub instance: String,
-    /// Seconds between full resyncs (the safety net under file and Docker events).
-    #[arg(long, env = "PGM_RESYNC_SECS", default_value_t = 30)]
-    pub resync_secs: u64,
-    /// Most Docker actions in flight at once.
-    #[arg(long, env = "PGM_CONCURRENCY", default_value_t = 4)]
-    pub concurrency: usize,
-    /// Signal that makes PostgREST reload its config (SIGUSR2, or SIGHUP through the wrapper).
-    #[arg(long, env = "PGM_RELOAD_SIGNAL", default_value = "SIGUSR2")]
-    pub reload_signal: String,
-    /// UID PostgREST runs as in its container; it owns the rendered config files.
-    #[arg(long, env = "PGM_CONFIG_UID", default_value_t = 1000)]
-    pub config_uid: u32,
-    /// Database host for projects that do not set `db_host` (PgBouncer).
-    #[arg(long, env = "PGM_DB_HOST", default_value = "pgbouncer")]
-    pub db_host: String,
-    /// Database port for projects that do not set `db_port`.
-    #[arg(long, env = "PGM_DB_PORT", default_value_t = 6432)]
-    pub db_port: u16,
-    /// Public domain; when set, `openapi-server-proxy-uri` is `https://<DOMAIN>/<project_id>`.
-    #[arg(long, env = "DOMAIN")]
-    pub domain: Option<String>,
-    /// Memory limit of each container, in MiB.
-    #[arg(long, env = "PGM_MEMORY_MB", default_value_t = 256)]
-    pub memory_mb: i64,
-    /// Process (thread) limit of each container.
-    #[arg(long, env = "PGM_PIDS_LIMIT", default_value_t = 512)]
-    pub pids_limit: i64,
-    /// Seconds between Docker health checks of each container.
-    #[arg(long, env = "PGM_HEALTHCHECK_SECS", default_value_t = 30)]
-    pub healthcheck_secs: u64,
-    /// Docker daemon address (as for the docker CLI); the local socket when unset.
-    #[arg(long, env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
-    /// Address of the HTTP API.
-    #[arg(long, env = "PGM_LISTEN", default_value = "0.0.0.0:9000")]
-    pub listen: SocketAddr,
-    /// Key every API call must send as `X-Internal-Key` (at least 32 characters). Prefer the
-    /// environment variable: command lines are visible to every user of the host.
-    #[arg(long, env = "INTERNAL_API_KEY", hide_env_values = true)]
-    pub internal_api_key: Option<String>,
-    /// Seconds an API call waits for the loop to converge before answering 504.
-    #[arg(long, env = "PGM_API_TIMEOUT_SECS", default_value_t = 60)]
-    pub api_timeout_secs: u64,
-    /// Run the controller without the HTTP API.
-    #[arg(long, env = "PGM_NO_API")]
-    pub no_api: bool,
-}
 
 /// Validated settings for `serve`.
 #[derive(Debug, Clone)]
@@ -286,13 +191,15 @@ impl TryFrom<ServeArgs> for Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<Settings, String> {
         let mut argv = vec!["postgrest-manager", "serve"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         let Command::Serve(serve) = cli.command else {
-            unreachable!()
+            panic!("parsed a subcommand other than serve")
         };
         Settings::try_from(*serve).map_err(|e| e.to_string())
     }

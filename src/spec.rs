@@ -1,15 +1,10 @@
-//! Desired state: the `state/<id>.toml` files, their validation, and atomic writes.
+//! Desired state: a project's id, its secrets, and its spec in wire and validated form.
 //!
 //! Two levels, as in ripgrep's `LowArgs -> HiArgs`: [`SpecFile`] is the serde wire form (unknown
 //! keys rejected), [`Spec`] the validated domain form. A [`ProjectId`] can only hold a valid id,
 //! so every path, container name and config file built from one is safe by construction.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -173,8 +168,73 @@ impl SpecFile {
         })
     }
 
+    /// Enabled is the default, so enabling removes the key.
+    pub fn enable(&mut self) {
+        self.enabled = None;
+    }
+
+    pub fn disable(&mut self) {
+        self.enabled = Some(false);
+    }
+
+    /// Makes the next pass reload the project's PostgREST; returns the new token.
+    pub fn bump_reload(&mut self) -> u64 {
+        let token = self.reload_token.unwrap_or(0).wrapping_add(1);
+        self.reload_token = Some(token);
+        token
+    }
+
+    /// Replaces the secrets that are given and enables the project: what `spawn` and
+    /// `add-project` mean.
+    pub fn set_secrets_and_enable(
+        &mut self,
+        jwt_secret: Option<Secret>,
+        authenticator_password: Option<Secret>,
+    ) {
+        if let Some(secret) = jwt_secret {
+            self.jwt_secret = secret;
+        }
+        if let Some(password) = authenticator_password {
+            self.authenticator_password = password;
+        }
+        self.enable();
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a SpecFile always serializes")
+    }
+}
+
+/// What the manager wants for a project, in the words the API and the CLI both show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    Enabled,
+    Disabled,
+    /// The state file is invalid and there is no last good spec.
+    Invalid,
+    /// No state file: any container is being removed.
+    Absent,
+}
+
+impl DesiredState {
+    pub fn of(enabled: bool) -> DesiredState {
+        if enabled {
+            DesiredState::Enabled
+        } else {
+            DesiredState::Disabled
+        }
+    }
+}
+
+impl fmt::Display for DesiredState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DesiredState::Enabled => "enabled",
+            DesiredState::Disabled => "disabled",
+            DesiredState::Invalid => "invalid",
+            DesiredState::Absent => "absent",
+        })
     }
 }
 
@@ -253,6 +313,13 @@ impl Spec {
         if file.authenticator_password.expose().is_empty() {
             return Err(field_error("authenticator_password", "must not be empty"));
         }
+        // libpq cannot carry a NUL in a connection string, percent-encoded or not.
+        if file.authenticator_password.expose().contains('\0') {
+            return Err(field_error(
+                "authenticator_password",
+                "must not contain a NUL character",
+            ));
+        }
         let db_name = file.db_name.unwrap_or_else(|| id.as_str().to_owned());
         check_identifier("db_name", &db_name)?;
         if let Some(host) = &file.db_host {
@@ -307,299 +374,6 @@ impl Spec {
     pub fn parse(id: ProjectId, text: &str) -> Result<Spec, SpecError> {
         Spec::from_file(id, SpecFile::parse(text)?)
     }
-}
-
-/// What one directory read found: the valid specs, and the errors, each with its file.
-/// Specs are shared with the load cache: an unchanged file is the same `Arc` pass after pass,
-/// so a caller can tell "unchanged" by pointer without comparing.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub specs: BTreeMap<ProjectId, Arc<Spec>>,
-    /// Files named after a valid id whose content is invalid.
-    pub invalid: BTreeMap<ProjectId, SpecError>,
-    /// `*.toml` files whose name is not a valid project id, sorted.
-    pub misnamed: Vec<PathBuf>,
-    /// Every file is the one the previous load with the same cache found: nothing was read,
-    /// added or removed, so what the caller derived from that load still holds.
-    pub unchanged: bool,
-}
-
-/// What a directory entry is to the loader.
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    Project(ProjectId),
-    Misnamed,
-    Ignored,
-}
-
-/// Editors and tools leave all kinds of files next to the real ones: dotfiles (vim's `.x.swp`,
-/// our own temp files), backups (`x~`), vim's `4913` probe, `*.tmp`. Only `<id>.toml` counts.
-fn classify(file_name: &str) -> Entry {
-    if file_name.starts_with('.') {
-        return Entry::Ignored;
-    }
-    match file_name.strip_suffix(".toml") {
-        Some(stem) => match ProjectId::parse(stem) {
-            Ok(id) => Entry::Project(id),
-            Err(_) => Entry::Misnamed,
-        },
-        None => Entry::Ignored,
-    }
-}
-
-/// The desired-state directory.
-#[derive(Debug, Clone)]
-pub struct StateDir {
-    path: PathBuf,
-}
-
-impl StateDir {
-    pub fn new(path: impl Into<PathBuf>) -> StateDir {
-        StateDir { path: path.into() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn file(&self, id: &ProjectId) -> PathBuf {
-        self.path.join(format!("{id}.toml"))
-    }
-
-    /// Creates the directory (0700) if missing.
-    pub fn ensure(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.path)?;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))
-    }
-
-    /// Reads every project file. One bad file never stops the others; only a directory that
-    /// cannot be listed is an error.
-    pub fn load(&self) -> std::io::Result<Loaded> {
-        self.load_cached(&mut LoadCache::default())
-    }
-
-    /// Like [`StateDir::load`], but files whose metadata has not changed since the last call
-    /// (and had settled by then) are not read again. An idle manager with a thousand projects
-    /// then costs a directory listing and a `stat` per file per resync, and no copies.
-    pub fn load_cached(&self, cache: &mut LoadCache) -> std::io::Result<Loaded> {
-        self.load_cached_at(cache, std::time::SystemTime::now())
-    }
-
-    fn load_cached_at(
-        &self,
-        cache: &mut LoadCache,
-        now: std::time::SystemTime,
-    ) -> std::io::Result<Loaded> {
-        let mut loaded = Loaded::default();
-        let mut read_any = false;
-        let mut seen = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.path)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let id = match classify(name) {
-                Entry::Project(id) => id,
-                Entry::Misnamed => {
-                    loaded.misnamed.push(entry.path());
-                    continue;
-                }
-                Entry::Ignored => continue,
-            };
-            // A directory named `x.toml` is not a project file. A symlink counts as its target;
-            // anything else is stat'ed relative to the open directory, not by its full path.
-            let metadata = match entry.file_type() {
-                Ok(kind) if !kind.is_symlink() => entry.metadata(),
-                _ => std::fs::metadata(entry.path()),
-            };
-            let Ok(metadata) = metadata else {
-                continue;
-            };
-            if !metadata.is_file() {
-                continue;
-            }
-            let stamp = FileStamp::of(&metadata);
-            let result = match cache.entries.remove(&id) {
-                Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
-                _ => {
-                    read_any = true;
-                    match self.read(&id) {
-                        Ok(Some(spec)) => Ok(Arc::new(spec)),
-                        // Deleted between listing and reading: it is simply gone.
-                        Ok(None) => continue,
-                        Err(error) => Err(error),
-                    }
-                }
-            };
-            match &result {
-                Ok(spec) => loaded.specs.insert(id.clone(), spec.clone()).map(drop),
-                Err(error) => loaded.invalid.insert(id.clone(), error.clone()).map(drop),
-            };
-            seen.insert(id, (stamp, result));
-        }
-        loaded.misnamed.sort();
-        // What is left in the cache was not seen again: removed files.
-        loaded.unchanged =
-            !read_any && cache.entries.is_empty() && loaded.misnamed == cache.misnamed;
-        cache.entries = seen;
-        cache.misnamed = loaded.misnamed.clone();
-        Ok(loaded)
-    }
-
-    /// Reads one project's file: `Ok(None)` when there is none.
-    pub fn read(&self, id: &ProjectId) -> Result<Option<Spec>, SpecError> {
-        match self.read_file(id)? {
-            Some(file) => Spec::from_file(id.clone(), file).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Reads one project's wire form, for read-modify-write callers (CLI, API).
-    pub fn read_file(&self, id: &ProjectId) -> Result<Option<SpecFile>, SpecError> {
-        match std::fs::read_to_string(self.file(id)) {
-            Ok(text) => SpecFile::parse(&text).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SpecError::Io(e.kind().to_string())),
-        }
-    }
-
-    /// Validates and writes one project's file atomically (0600). A file that would not load
-    /// is refused, so nothing invalid ever reaches the directory through this call.
-    pub fn write(&self, id: &ProjectId, file: &SpecFile) -> Result<(), WriteError> {
-        Spec::from_file(id.clone(), file.clone())?;
-        self.ensure()?;
-        write_atomic(&self.file(id), file.to_toml().as_bytes(), 0o600, None)?;
-        Ok(())
-    }
-
-    /// Removes one project's file: `Ok(false)` when there was none.
-    pub fn remove(&self, id: &ProjectId) -> std::io::Result<bool> {
-        match std::fs::remove_file(self.file(id)) {
-            Ok(()) => {
-                sync_dir(&self.path)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Takes the directory's writer lock (an advisory `flock` on `.lock`), blocking until it is
-    /// free. Every read-modify-write of a project file (CLI and API) holds it, so writers in
-    /// different processes cannot interleave and lose one another's change. Readers need no
-    /// lock: every write is an atomic rename. Released when the guard is dropped.
-    pub fn lock(&self) -> std::io::Result<StateLock> {
-        self.ensure()?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.path.join(LOCK_FILE))?;
-        file.lock()?;
-        Ok(StateLock { _file: file })
-    }
-}
-
-/// The loader ignores dotfiles, so the lock file is never taken for a project.
-const LOCK_FILE: &str = ".lock";
-
-/// Holds [`StateDir::lock`] until dropped.
-#[derive(Debug)]
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-/// What [`StateDir::load_cached`] remembers between calls.
-#[derive(Debug, Default)]
-pub struct LoadCache {
-    entries: BTreeMap<ProjectId, (FileStamp, Result<Arc<Spec>, SpecError>)>,
-    misnamed: Vec<PathBuf>,
-}
-
-/// Enough metadata to tell that a file changed: an atomic rename gives a new inode, an edit in
-/// place a new size or mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    inode: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    fn of(metadata: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            inode: metadata.ino(),
-            size: metadata.len(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
-
-    /// File times tick coarsely (a few ms), so two same-size edits in place in one tick look
-    /// alike. As git does with its index, trust a stamp only once the file has been left
-    /// alone for a while; until then, read it every time.
-    fn settled(&self, now: std::time::SystemTime) -> bool {
-        let changed = std::time::UNIX_EPOCH
-            + std::time::Duration::new(self.ctime.0.max(0) as u64, self.ctime.1 as u32);
-        now.duration_since(changed)
-            .is_ok_and(|age| age > std::time::Duration::from_secs(2))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Invalid(#[from] SpecError),
-    #[error("cannot write the state file: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Writes `contents` to `path` so that readers see the old file or the new one, never a torn
-/// one: a temp file in the same directory (a dotfile, which the loader ignores), fsync, rename,
-/// fsync of the directory.
-///
-/// With an `owner`, the temp file is chowned to that UID (and GID) before the rename, so the
-/// file never exists under its final name with the wrong owner.
-pub fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<u32>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), unique()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        if let Some(uid) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(uid))?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// A per-process counter, so concurrent writers in one process never share a temp file.
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -670,6 +444,10 @@ mod tests {
                 "`jwt_secret`: expected a string",
             ),
             (&format!("{text}db_host = \"a b\"\n"), "db_host"),
+            (
+                &format!("jwt_secret = \"{SECRET}\"\nauthenticator_password = \"a\\u0000b\"\n"),
+                "NUL",
+            ),
             ("jwt_secret = ", "TOML"),
         ];
         for (text, expected) in cases {
@@ -688,125 +466,5 @@ mod tests {
             !printed.contains(SECRET) && !printed.contains("hunter2"),
             "{printed}"
         );
-    }
-
-    #[test]
-    fn classify_names() {
-        assert_eq!(classify("p1.toml"), Entry::Project(id("p1")));
-        assert_eq!(classify("P1.toml"), Entry::Misnamed);
-        for ignored in [
-            ".p1.toml.swp",
-            ".p1.toml",
-            "p1.toml~",
-            "p1.toml.tmp",
-            "4913",
-            "p1.txt",
-        ] {
-            assert_eq!(classify(ignored), Entry::Ignored, "{ignored}");
-        }
-    }
-
-    #[test]
-    fn load_keeps_going_past_bad_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let good = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
-        state.write(&id("good"), &good).unwrap();
-        std::fs::write(dir.path().join("bad.toml"), "jwt_secret = [").unwrap();
-        std::fs::write(dir.path().join("Bad-Name.toml"), "").unwrap();
-        std::fs::write(dir.path().join(".good.toml.swp"), "junk").unwrap();
-        std::fs::create_dir(dir.path().join("sub.toml")).unwrap();
-
-        let loaded = state.load().unwrap();
-        assert_eq!(loaded.specs.keys().collect::<Vec<_>>(), [&id("good")]);
-        assert_eq!(loaded.invalid.keys().collect::<Vec<_>>(), [&id("bad")]);
-        assert_eq!(loaded.misnamed.len(), 1);
-        let mode = std::fs::metadata(state.file(&id("good")))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn cached_loads_see_every_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let mut cache = LoadCache::default();
-        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
-        state.write(&id("a"), &file).unwrap();
-        let first = state.load_cached(&mut cache).unwrap().specs[&id("a")].clone();
-        assert_eq!(first.db_pool, 10);
-        // Unchanged and settled (a clock 3 s ahead): the same spec, neither read nor copied.
-        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
-        let again = state.load_cached_at(&mut cache, later).unwrap();
-        assert!(Arc::ptr_eq(&first, &again.specs[&id("a")]));
-        assert!(again.unchanged);
-        // Unchanged but fresh: read again, since a same-size edit in the same tick looks alike.
-        let fresh = state.load_cached(&mut cache).unwrap();
-        assert!(!Arc::ptr_eq(&first, &fresh.specs[&id("a")]));
-        assert!(!fresh.unchanged);
-        // A new file, even a misnamed one, and a removed one are changes.
-        std::fs::write(dir.path().join("Bad Name.toml"), "").unwrap();
-        assert!(!state.load_cached_at(&mut cache, later).unwrap().unchanged);
-        assert!(state.load_cached_at(&mut cache, later).unwrap().unchanged);
-        std::fs::remove_file(dir.path().join("Bad Name.toml")).unwrap();
-        assert!(!state.load_cached_at(&mut cache, later).unwrap().unchanged);
-
-        // Same size, in place, right away: a fresh file is always read again.
-        let text = std::fs::read_to_string(state.file(&id("a"))).unwrap();
-        std::fs::write(state.file(&id("a")), text.replace("pw", "qw")).unwrap();
-        let loaded = state.load_cached(&mut cache).unwrap();
-        assert_eq!(loaded.specs[&id("a")].authenticator_password.expose(), "qw");
-
-        std::fs::write(state.file(&id("a")), "broken").unwrap();
-        assert!(state
-            .load_cached(&mut cache)
-            .unwrap()
-            .invalid
-            .contains_key(&id("a")));
-        std::fs::remove_file(state.file(&id("a"))).unwrap();
-        assert!(state.load_cached(&mut cache).unwrap().invalid.is_empty());
-    }
-
-    #[test]
-    fn the_writer_lock_keeps_concurrent_edits_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
-        state.write(&id("p"), &file).unwrap();
-        // Two writers bump the same counter: without the lock, one overwrites the other's
-        // read-modify-write and increments are lost.
-        let bumps = 100;
-        std::thread::scope(|scope| {
-            for _ in 0..2 {
-                scope.spawn(|| {
-                    for _ in 0..bumps {
-                        let _lock = state.lock().unwrap();
-                        let mut file = state.read_file(&id("p")).unwrap().unwrap();
-                        file.reload_token = Some(file.reload_token.unwrap_or(0) + 1);
-                        state.write(&id("p"), &file).unwrap();
-                    }
-                });
-            }
-        });
-        let file = state.read_file(&id("p")).unwrap().unwrap();
-        assert_eq!(file.reload_token, Some(2 * bumps));
-        // The lock file is not a project.
-        let loaded = state.load().unwrap();
-        assert_eq!(loaded.specs.len(), 1);
-        assert!(loaded.misnamed.is_empty() && loaded.invalid.is_empty());
-    }
-
-    #[test]
-    fn write_refuses_invalid_specs() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let bad = SpecFile::new(Secret::new("short"), Secret::new("pw"));
-        assert!(matches!(
-            state.write(&id("p"), &bad),
-            Err(WriteError::Invalid(_))
-        ));
-        assert!(!state.file(&id("p")).exists());
     }
 }

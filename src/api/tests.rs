@@ -11,11 +11,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use std::time::SystemTime;
+
+use super::dto::rfc3339;
 use super::*;
 use crate::configs::ConfigDir;
 use crate::reconcile::{Controller, LoopConfig};
+use crate::render::Template;
 use crate::runtime::fake::{Call, FakeRuntime};
 use crate::runtime::ContainerInfo;
+use crate::runtime::Health;
+use crate::spec::{ProjectId, SpecFile};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef-key";
 const SECRET: &str = "jwt-secret-0123456789abcdef0123456789";
@@ -58,23 +64,11 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
     let configs = ConfigDir::new(dir.path().join("configs"), uid);
     state.ensure().unwrap();
     configs.ensure().unwrap();
-    let template = Template {
-        instance: "apitest".into(),
-        image: "launchdb/postgrest:v1-test".into(),
-        network: "apitest-net".into(),
-        host_config_dir: configs.path().to_owned(),
-        db_host: "pgbouncer".into(),
-        db_port: 6432,
-        domain: None,
-        uid,
-        memory_bytes: 256 << 20,
-        pids_limit: 512,
-        healthcheck_interval_secs: 30,
-    };
+    let template = Template::for_tests("apitest", configs.path(), uid);
     let loop_config = LoopConfig {
         state: state.clone(),
         configs,
-        template: template.clone(),
+        template,
         resync: Duration::from_secs(30),
         concurrency: 4,
         reload_signal: "SIGUSR2".into(),
@@ -85,7 +79,6 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
     let (stop, stop_rx) = watch::channel(false);
     let cfg = ApiConfig {
         state,
-        template,
         reload_signal: "SIGUSR2".into(),
         key: Secret::new(KEY),
         timeout,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::render::{self, LABEL_INSTANCE, LABEL_PROJECT};
 use crate::runtime::fake::{Call, FakeRuntime};
+use crate::runtime::State;
 use crate::spec::{Secret, SpecFile};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -22,19 +24,7 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
-        let template = Template {
-            instance: "unit".into(),
-            image: "launchdb/postgrest:v1-test".into(),
-            network: "net".into(),
-            host_config_dir: tmp.path().join("configs"),
-            db_host: "pgbouncer".into(),
-            db_port: 6432,
-            domain: None,
-            uid,
-            memory_bytes: 256 << 20,
-            pids_limit: 512,
-            healthcheck_interval_secs: 30,
-        };
+        let template = Template::for_tests("unit", tmp.path().join("configs"), uid);
         let cfg = LoopConfig {
             state: StateDir::new(tmp.path().join("state")),
             configs: ConfigDir::new(tmp.path().join("configs"), uid),
@@ -95,7 +85,7 @@ async fn converged(env: &Env, handle: &Handle, id: &str) -> Arc<Snapshot> {
                 p.converged()
                     && p.desired
                         .as_ref()
-                        .is_some_and(|d| d.config_digest == digest)
+                        .is_some_and(|d| d.planned.config_digest == digest)
             })
         })
         .await
@@ -387,7 +377,7 @@ async fn conflicts_are_reported_and_never_removed() {
 #[tokio::test]
 async fn containers_of_other_instances_are_invisible() {
     let env = Env::new();
-    let mut labels = env.cfg.owner_labels();
+    let mut labels = render::owner_labels(&env.cfg.template.instance);
     labels.insert(LABEL_INSTANCE.into(), "other".into());
     labels.insert(LABEL_PROJECT.into(), "q1".into());
     env.fake.insert(ContainerInfo {

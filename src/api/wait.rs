@@ -1,0 +1,218 @@
+//! Writing desired state and waiting for the loop. A write goes through the one way to edit a
+//! project ([`StateDir::edit`], under the directory's writer lock), wakes the loop, and then
+//! waits on the loop's published snapshot: first until the loop plans against the very spec
+//! that was written, then until the project converged, then (spawn, PUT) until PostgREST
+//! answers its liveness check. Never holds a lock while it waits.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{ApiError, Ctx};
+use crate::probe;
+use crate::reconcile::{ContainerView, ProjectStatus, Snapshot};
+use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
+use crate::state_dir::{EditError, Edited};
+
+/// Between two liveness probes of a starting container: short at first (the test double and a
+/// PostgREST with a warm pool answer within milliseconds of the start), doubling up to the max
+/// for one that takes its time connecting to the database.
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(100);
+/// How long one probe may take; a live PostgREST answers in microseconds.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for the loop's first look at Docker before answering 503.
+const DOCKER_GRACE: Duration = Duration::from_secs(2);
+
+impl From<EditError> for ApiError {
+    fn from(error: EditError) -> ApiError {
+        match error {
+            EditError::Invalid(e) => invalid_spec(e),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A project's current file for a caller that needs it to parse: an invalid one is a
+/// conflict the caller must resolve (with `PUT`, which replaces the whole file).
+pub(super) fn parsed(
+    id: &ProjectId,
+    current: Result<Option<SpecFile>, SpecError>,
+) -> Result<Option<SpecFile>, ApiError> {
+    match current {
+        Ok(file) => Ok(file),
+        Err(SpecError::Io(e)) => Err(ApiError::Internal(format!(
+            "reading the state file of {id}: {e}"
+        ))),
+        Err(e) => Err(ApiError::Conflict(format!(
+            "the state file of {id} is invalid ({e}); replace it with PUT /internal/postgrest/{id}"
+        ))),
+    }
+}
+
+pub(super) fn invalid_spec(error: SpecError) -> ApiError {
+    match error {
+        SpecError::Field { field, reason } => {
+            ApiError::BadRequest(format!("{}: {reason}", super::error::camel_case(field)))
+        }
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+impl Ctx {
+    pub(super) async fn read_file(&self, id: &ProjectId) -> Result<Option<SpecFile>, ApiError> {
+        let (state, target) = (self.cfg.state.clone(), id.clone());
+        let read = tokio::task::spawn_blocking(move || state.read_file(&target))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        parsed(id, read)
+    }
+
+    /// Edits the project's file off the async threads (see [`StateDir::edit`]) and wakes the
+    /// loop.
+    ///
+    /// [`StateDir::edit`]: crate::state_dir::StateDir::edit
+    pub(super) async fn edit(
+        &self,
+        id: &ProjectId,
+        change: impl FnOnce(Result<Option<SpecFile>, SpecError>) -> Result<SpecFile, ApiError>
+            + Send
+            + 'static,
+    ) -> Result<Edited, ApiError> {
+        let (state, target) = (self.cfg.state.clone(), id.clone());
+        let edited = tokio::task::spawn_blocking(move || state.edit(&target, change))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        self.handle.wake();
+        Ok(edited)
+    }
+
+    /// Docker must be reachable for a write to be worth waiting on. Right after start-up the
+    /// loop may not have looked yet, so it gets a moment; after that the answer is immediate.
+    pub(super) async fn require_docker(&self) -> Result<(), ApiError> {
+        let snapshot = self.handle.snapshot();
+        if snapshot.docker_reachable {
+            return Ok(());
+        }
+        if !snapshot.reconciled_once
+            && self
+                .handle
+                .wait_for(DOCKER_GRACE.min(self.cfg.timeout), |s| s.docker_reachable)
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        Err(ApiError::DockerUnavailable(
+            "Docker is unreachable; nothing was changed, retry later".into(),
+        ))
+    }
+
+    /// Waits until the loop plans against `spec` and the project converged to it; returns
+    /// the container, if the spec wants one.
+    pub(super) async fn wait_converged(
+        &self,
+        spec: &Spec,
+    ) -> Result<Option<ContainerView>, ApiError> {
+        self.wait_until(&spec.id, |_, status| {
+            let status = status?;
+            (status.plans_for(spec) && status.converged()).then(|| Ok(status.container.clone()))
+        })
+        .await
+    }
+
+    /// [`Ctx::wait_converged`], then until PostgREST answers its liveness check.
+    pub(super) async fn wait_running(&self, spec: &Spec) -> Result<ContainerView, ApiError> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        self.wait_converged(spec).await?;
+        let mut interval = PROBE_INTERVAL;
+        loop {
+            let snapshot = self.handle.snapshot();
+            let container = snapshot
+                .projects
+                .get(&spec.id)
+                .and_then(|p| p.container.clone());
+            if let Some(container) = container {
+                if let Some(ip) = container.ip {
+                    if probe::live(ip, self.cfg.live_port, PROBE_TIMEOUT)
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(container);
+                    }
+                }
+            }
+            if Instant::now() + interval >= deadline {
+                return Err(self.timed_out(&spec.id, "PostgREST did not answer /live"));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => interval = (interval * 2).min(PROBE_INTERVAL_MAX),
+                () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
+            }
+        }
+    }
+
+    /// Waits until `check` answers for a published snapshot, failing early when Docker goes
+    /// away or a foreign container is found in the project's way.
+    pub(super) async fn wait_until<T>(
+        &self,
+        id: &ProjectId,
+        mut check: impl FnMut(&Snapshot, Option<&ProjectStatus>) -> Option<Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let mut outcome = None;
+        let waited = {
+            let wait = self.handle.wait_for(self.cfg.timeout, |snapshot| {
+                let status = snapshot.projects.get(id);
+                outcome = if !snapshot.docker_reachable {
+                    Some(Err(ApiError::DockerUnavailable(
+                        "Docker became unreachable; the desired state is saved and the manager \
+                         will converge once it is back"
+                            .into(),
+                    )))
+                } else if let Some(conflict) = status.filter(|p| p.conflict.is_some()) {
+                    let message = conflict.last_error.clone().unwrap_or_default();
+                    Some(Err(ApiError::Conflict(format!(
+                        "{message} (the desired state is saved)"
+                    ))))
+                } else {
+                    check(snapshot, status)
+                };
+                outcome.is_some()
+            });
+            tokio::select! {
+                waited = wait => waited.is_ok(),
+                () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
+            }
+        };
+        match outcome {
+            Some(result) if waited => result,
+            _ => Err(self.timed_out(id, "the project did not converge")),
+        }
+    }
+
+    fn timed_out(&self, id: &ProjectId, what: &str) -> ApiError {
+        let last_error = self
+            .handle
+            .snapshot()
+            .projects
+            .get(id)
+            .and_then(|p| p.last_error.clone().or(p.file_error.clone()))
+            .map(|e| format!(" Last error: {e}."))
+            .unwrap_or_default();
+        warn!(project = %id, "{what} within {:?}", self.cfg.timeout);
+        ApiError::Timeout(format!(
+            "{what} within {} s; the desired state is saved and the manager keeps working on it \
+             (GET /internal/postgrest/{id} shows progress).{last_error}",
+            self.cfg.timeout.as_secs()
+        ))
+    }
+}
+
+/// Completes when the manager starts shutting down; never, if nobody can tell it to.
+pub(super) async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
+    if shutdown.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,191 @@
+//! The command line, every subcommand and flag in one place (clap derive). `settings` turns
+//! `serve`'s flags into validated settings; `cli` carries out the state-editing subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "postgrest-manager",
+    version,
+    about = "Runs one PostgREST container per project, reconciled from state/<id>.toml files"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (and the HTTP API).
+    Serve(Box<ServeArgs>),
+    #[command(flatten)]
+    State(StateCommand),
+}
+
+/// Where the desired state lives; shared by `serve` and the state-editing subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// Directory of desired-state files, one `<project_id>.toml` per project.
+    #[arg(long, env = "PGM_STATE_DIR", default_value = "./state")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Directory the rendered PostgREST configs are written to, one subdirectory per project.
+    #[arg(long, env = "PGM_CONFIG_DIR", default_value = "./postgrest/projects")]
+    pub config_dir: PathBuf,
+    /// The config directory as the Docker host sees it, when the manager runs in a container
+    /// (bind-mount sources are host paths). Defaults to the absolute config directory.
+    #[arg(long, env = "HOST_CONFIG_DIR")]
+    pub host_config_dir: Option<PathBuf>,
+    /// Image of the PostgREST containers.
+    #[arg(long, env = "PGM_IMAGE", default_value = "launchdb/postgrest:v1")]
+    pub image: String,
+    /// Docker network the containers join (created when missing).
+    #[arg(long, env = "PGM_NETWORK", default_value = "launchdb-internal")]
+    pub network: String,
+    /// Name of this manager; it lists and touches only containers labelled with it.
+    #[arg(long, env = "PGM_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// Seconds between full resyncs (the safety net under file and Docker events).
+    #[arg(long, env = "PGM_RESYNC_SECS", default_value_t = 30)]
+    pub resync_secs: u64,
+    /// Most Docker actions in flight at once.
+    #[arg(long, env = "PGM_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Signal that makes PostgREST reload its config (SIGUSR2, or SIGHUP through the wrapper).
+    #[arg(long, env = "PGM_RELOAD_SIGNAL", default_value = "SIGUSR2")]
+    pub reload_signal: String,
+    /// UID PostgREST runs as in its container; it owns the rendered config files.
+    #[arg(long, env = "PGM_CONFIG_UID", default_value_t = 1000)]
+    pub config_uid: u32,
+    /// Database host for projects that do not set `db_host` (PgBouncer).
+    #[arg(long, env = "PGM_DB_HOST", default_value = "pgbouncer")]
+    pub db_host: String,
+    /// Database port for projects that do not set `db_port`.
+    #[arg(long, env = "PGM_DB_PORT", default_value_t = 6432)]
+    pub db_port: u16,
+    /// Public domain; when set, `openapi-server-proxy-uri` is `https://<DOMAIN>/<project_id>`.
+    #[arg(long, env = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Memory limit of each container, in MiB.
+    #[arg(long, env = "PGM_MEMORY_MB", default_value_t = 256)]
+    pub memory_mb: i64,
+    /// Process (thread) limit of each container.
+    #[arg(long, env = "PGM_PIDS_LIMIT", default_value_t = 512)]
+    pub pids_limit: i64,
+    /// Seconds between Docker health checks of each container.
+    #[arg(long, env = "PGM_HEALTHCHECK_SECS", default_value_t = 30)]
+    pub healthcheck_secs: u64,
+    /// Docker daemon address (as for the docker CLI); the local socket when unset.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Address of the HTTP API.
+    #[arg(long, env = "PGM_LISTEN", default_value = "0.0.0.0:9000")]
+    pub listen: SocketAddr,
+    /// Key every API call must send as `X-Internal-Key` (at least 32 characters). Prefer the
+    /// environment variable: command lines are visible to every user of the host.
+    #[arg(long, env = "INTERNAL_API_KEY", hide_env_values = true)]
+    pub internal_api_key: Option<String>,
+    /// Seconds an API call waits for the loop to converge before answering 504.
+    #[arg(long, env = "PGM_API_TIMEOUT_SECS", default_value_t = 60)]
+    pub api_timeout_secs: u64,
+    /// Run the controller without the HTTP API.
+    #[arg(long, env = "PGM_NO_API")]
+    pub no_api: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Write a project's desired state (enabled). Pass `-` for both secrets to read them from
+    /// standard input, one per line, and keep them out of the process list.
+    AddProject {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        project_id: String,
+        jwt_secret: String,
+        authenticator_password: String,
+    },
+    /// Enable a project (its container runs).
+    Spawn {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        project_id: String,
+    },
+    /// Disable a project: its container is removed, its config kept.
+    Stop {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        project_id: String,
+    },
+    /// Make the project's PostgREST reload its config (bumps `reload_token`).
+    Reload {
+        #[command(flatten)]
+        state: StateArgs,
+        project_id: String,
+    },
+    /// Remove a project's desired state: its container and rendered config go.
+    Remove {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+        project_id: String,
+    },
+    /// List every project: desired state, actual state, health, last error.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        docker: DockerArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one project, or all: desired state, actual state, health, last error.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        docker: DockerArgs,
+        project_id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How to find this manager's containers, for the actual state.
+#[derive(Debug, Clone, Args)]
+pub struct DockerArgs {
+    /// The manager instance whose containers to look at.
+    #[arg(long, env = "PGM_INSTANCE", default_value = "default")]
+    pub instance: String,
+    /// Docker daemon address (as for the docker CLI); the local socket when unset.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+}
+
+/// Waiting for the running manager to act on a change.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait up to this many seconds until the container runs (or is gone), as the daemon
+    /// converges; 0 returns as soon as the desired state is written. Needs Docker; when it is
+    /// unreachable the command says so and returns.
+    #[arg(long, env = "PGM_WAIT_SECS", default_value_t = 0, value_name = "SECS")]
+    pub wait: u64,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}

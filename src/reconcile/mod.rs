@@ -1,0 +1,417 @@
+//! The reconcile loop: read desired state, observe Docker, plan, apply, until they match.
+//!
+//! Level-triggered: a file event, a Docker event, an API write, the resync tick and start-up
+//! all reduce to "wake up"; the reason is never passed in. One `tokio::select!` drives it. The
+//! loop is the only writer to Docker: it runs at most one action per project at a time, at
+//! most `concurrency` at once, and holds back a project that failed with exponential backoff
+//! that resets on success. While Docker is unreachable it retries with backoff, logs the
+//! outage once and the recovery once, and then lists and reconciles everything.
+//!
+//! Rooms: `table` (what the loop remembers per project), `apply` (one action against Docker
+//! and the config directory), `events` (Docker's event stream), `snapshot` (what it publishes),
+//! `retry` (backoff).
+
+mod apply;
+mod events;
+mod retry;
+mod snapshot;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+pub use snapshot::{ContainerView, DesiredView, Handle, ProjectStatus, Snapshot};
+
+use crate::configs::ConfigDir;
+use crate::plan::{self, Observed};
+use crate::render::{owner_labels, Template};
+use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError};
+use crate::spec::ProjectId;
+use crate::state_dir::{LoadCache, StateDir};
+use apply::{apply, ActionError, Job, Outcome};
+use retry::Retry;
+use table::Table;
+
+/// File and API triggers are coalesced over this window: one atomic write is several events,
+/// all within microseconds. It is paid by every change, so it stays short.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Health changes queued for the loop. They arrive in bursts when many containers start; a
+/// full queue falls back to a pass, which lists every container's health anyway.
+const HEALTH_QUEUE: usize = 256;
+/// How long a shutdown waits for in-flight actions.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What the loop needs to know, from the manager's settings.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    pub state: StateDir,
+    pub configs: ConfigDir,
+    pub template: Template,
+    pub resync: Duration,
+    pub concurrency: usize,
+    pub reload_signal: String,
+}
+
+type Done = (ProjectId, Result<Outcome, ActionError>);
+
+pub struct Controller<R: Runtime> {
+    runtime: Arc<R>,
+    cfg: Arc<LoopConfig>,
+    labels: BTreeMap<String, String>,
+    wake_rx: mpsc::Receiver<()>,
+    wake_tx: mpsc::Sender<()>,
+    /// Health changes from Docker's events: (container id, health).
+    health_rx: mpsc::Receiver<(String, Health)>,
+    health_tx: mpsc::Sender<(String, Health)>,
+    /// Docker may have changed since the last list: a Docker event, a finished action, the
+    /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
+    /// alone plans against the last listing.
+    docker_changed: Arc<AtomicBool>,
+    status: watch::Sender<Arc<Snapshot>>,
+    /// Everything the loop remembers per project.
+    table: Table,
+    load_cache: LoadCache,
+    /// Jobs planned in the last pass and not dispatched yet (the concurrency cap).
+    pending: VecDeque<Job>,
+    /// Whether Docker answered the last call, and when to try again if not.
+    docker: Option<Retry>,
+    reconciled_once: bool,
+    listing: Vec<ContainerInfo>,
+    passes: u64,
+}
+
+impl<R: Runtime> Controller<R> {
+    pub fn new(runtime: Arc<R>, cfg: LoopConfig) -> (Controller<R>, Handle) {
+        let (wake_tx, wake_rx) = mpsc::channel(1);
+        let (health_tx, health_rx) = mpsc::channel(HEALTH_QUEUE);
+        let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let labels = owner_labels(&cfg.template.instance);
+        let handle = Handle::new(wake_tx.clone(), status_rx);
+        let controller = Controller {
+            runtime,
+            cfg: Arc::new(cfg),
+            labels,
+            wake_rx,
+            wake_tx,
+            health_rx,
+            health_tx,
+            docker_changed: Arc::new(AtomicBool::new(true)),
+            status,
+            table: Table::default(),
+            load_cache: LoadCache::default(),
+            pending: VecDeque::new(),
+            docker: Some(Retry::docker()),
+            reconciled_once: false,
+            listing: Vec::new(),
+            passes: 0,
+        };
+        (controller, handle)
+    }
+
+    /// Runs until `shutdown` completes, then lets in-flight actions finish (under a grace
+    /// timeout) and returns. Containers keep running.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let events = tokio::spawn(events::watch_docker_events(
+            self.runtime.clone(),
+            self.labels.clone(),
+            self.wake_tx.clone(),
+            self.health_tx.clone(),
+            self.docker_changed.clone(),
+        ));
+        match self.cfg.configs.loaded() {
+            Ok(loaded) => self.table = Table::with_loaded(loaded),
+            Err(e) => {
+                warn!(error = %e, "cannot read the records of loaded configs; every running container will be signalled once");
+            }
+        }
+
+        let mut actions: JoinSet<Done> = JoinSet::new();
+        let mut resync =
+            tokio::time::interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Start-up is the first trigger.
+        let mut pass_at: Option<Instant> = Some(Instant::now());
+        loop {
+            let wake_at = self.next_retry();
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(()) = self.wake_rx.recv() => {
+                    pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                }
+                Some(change) = self.health_rx.recv() => {
+                    // Health is shown, never acted on: patch the listing, no pass.
+                    self.set_health(change);
+                    while let Ok(change) = self.health_rx.try_recv() {
+                        self.set_health(change);
+                    }
+                    self.publish();
+                }
+                () = sleep_until(pass_at), if pass_at.is_some() => {
+                    pass_at = None;
+                    self.pass(&mut actions).await;
+                }
+                _ = resync.tick() => {
+                    self.table.forget_foreign();
+                    self.docker_changed.store(true, Ordering::SeqCst);
+                    pass_at = Some(Instant::now());
+                }
+                () = sleep_until(wake_at), if wake_at.is_some() => {
+                    pass_at = Some(Instant::now());
+                }
+                Some(done) = actions.join_next(), if !actions.is_empty() => {
+                    match done {
+                        Ok(done) => self.finish(done),
+                        Err(e) => error!(error = %e, "an action panicked"),
+                    }
+                    self.dispatch(&mut actions);
+                    // Level-triggered: once the queue drains, look again to confirm.
+                    if actions.is_empty() {
+                        pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                    }
+                    self.publish();
+                }
+            }
+        }
+
+        info!(
+            in_flight = actions.len(),
+            "shutting down; containers keep running"
+        );
+        let drain = async { while actions.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            warn!("in-flight actions did not finish within the grace period");
+        }
+        events.abort();
+    }
+
+    /// Applies a health change to the last listing. A container not listed yet gets its
+    /// health from the pass that lists it.
+    fn set_health(&mut self, (id, health): (String, Health)) {
+        if let Some(container) = self.listing.iter_mut().find(|c| c.id == id) {
+            container.health = health;
+        }
+    }
+
+    /// The earliest moment a held-back project or Docker itself may be tried again.
+    fn next_retry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let docker = self
+            .docker
+            .as_ref()
+            .map(|r| r.not_before)
+            .filter(|t| *t > now);
+        docker.into_iter().chain(self.table.next_retry(now)).min()
+    }
+
+    /// One full pass: read desired state, observe Docker, plan, dispatch.
+    async fn pass(&mut self, actions: &mut JoinSet<Done>) {
+        let state = self.cfg.state.clone();
+        let mut cache = std::mem::take(&mut self.load_cache);
+        let (loaded, cache) =
+            tokio::task::spawn_blocking(move || (state.load_cached(&mut cache), cache))
+                .await
+                .expect("loading never panics");
+        self.load_cache = cache;
+        match loaded {
+            // The usual resync: every file as it was, so every want as it was.
+            Ok(loaded) if loaded.unchanged && self.reconciled_once => {}
+            Ok(loaded) => self.table.absorb(loaded, &self.cfg.template),
+            Err(e) => {
+                error!(dir = %self.cfg.state.path().display(), error = %e, "cannot read the state directory");
+                return;
+            }
+        }
+
+        if !self.docker_reachable().await {
+            self.publish();
+            return;
+        }
+        // Cleared before listing, so a change during the call brings another list.
+        if self.docker_changed.swap(false, Ordering::SeqCst) {
+            match self.runtime.list(&self.labels).await {
+                Ok(listing) => self.listing = listing,
+                Err(e) => {
+                    self.docker_failed(&e);
+                    self.publish();
+                    return;
+                }
+            }
+        }
+        let configs = self.cfg.configs.clone();
+        let config_dirs = match tokio::task::spawn_blocking(move || configs.projects())
+            .await
+            .expect("never panics")
+        {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                error!(error = %e, "cannot read the config directory");
+                return;
+            }
+        };
+        let containers: Vec<plan::Container> = self.listing.iter().filter_map(ours).collect();
+        self.table.forget_unknown(&containers);
+        let observed = Observed {
+            containers,
+            foreign: self.table.foreign(),
+            config_dirs,
+            loaded: self.table.loaded(),
+        };
+        let plan = plan::plan(&self.table.projects, &observed);
+        debug!(actions = plan.actions.len(), "planned");
+
+        for conflict in plan.conflicts {
+            let error = ActionError::Foreign {
+                name: conflict.project.container_name(),
+                container: conflict.container,
+            };
+            self.table.record_error(&conflict.project, &error);
+        }
+        self.pending.clear();
+        for action in plan.actions {
+            let Some(project) = self.table.projects.get(action.project()) else {
+                // Not wanted and not remembered: a removal, which needs no rendering.
+                self.pending.extend(Job::new(action, None));
+                continue;
+            };
+            // Planned from a listing taken while its action runs: stale by definition.
+            if project.in_flight {
+                continue;
+            }
+            let rendered = project.good.as_ref().map(|g| &g.rendered);
+            match Job::new(action.clone(), rendered) {
+                Some(job) => self.pending.push_back(job),
+                None => {
+                    error!(project = %action.project(), ?action, "planned without a spec; skipped");
+                }
+            }
+        }
+        self.dispatch(actions);
+        self.passes += 1;
+        debug!(pass = self.passes, "pass finished");
+        if !self.reconciled_once && actions.is_empty() {
+            self.reconciled_once = true;
+            info!(
+                projects = self.table.projects.len(),
+                containers = self.listing.len(),
+                "first full reconcile done"
+            );
+        }
+        self.publish();
+    }
+
+    /// Checks (and after an outage re-establishes) the connection to Docker.
+    async fn docker_reachable(&mut self) -> bool {
+        let Some(retry) = &self.docker else {
+            return true;
+        };
+        if retry.waiting(Instant::now()) {
+            return false;
+        }
+        let result = match self.runtime.ping().await {
+            Ok(()) => {
+                self.runtime
+                    .ensure_network(&self.cfg.template.network)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if self.reconciled_once {
+                    info!("Docker is reachable again; resyncing everything");
+                }
+                self.docker = None;
+                true
+            }
+            Err(e) => {
+                self.docker_failed(&e);
+                false
+            }
+        }
+    }
+
+    fn docker_failed(&mut self, error: &RuntimeError) {
+        self.docker_changed.store(true, Ordering::SeqCst);
+        let first = self.docker.is_none();
+        let delay = self.docker.get_or_insert_with(Retry::docker).fail();
+        if first {
+            error!(error = %error, "Docker is unreachable; retrying with backoff");
+        } else {
+            debug!(error = %error, ?delay, "Docker still unreachable");
+        }
+    }
+
+    /// Starts pending jobs up to the concurrency cap, one per project.
+    fn dispatch(&mut self, actions: &mut JoinSet<Done>) {
+        if self.docker.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        while actions.len() < self.cfg.concurrency {
+            let Some(job) = self.pending.pop_front() else {
+                break;
+            };
+            let project = job.project().clone();
+            let record = self.table.projects.entry(project.clone()).or_default();
+            // Skipped, not kept: a finished action or the retry timer brings a new pass.
+            if record.in_flight || record.backing_off(now) {
+                continue;
+            }
+            record.in_flight = true;
+            let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
+            let span = info_span!("reconcile", project = %project);
+            actions.spawn(
+                async move { (project, apply(&*runtime, &cfg, job).await) }.instrument(span),
+            );
+        }
+    }
+
+    fn finish(&mut self, (project, result): Done) {
+        // Whatever the action did, or failed halfway through, is seen by listing again.
+        self.docker_changed.store(true, Ordering::SeqCst);
+        // Whatever was queued for this project was planned before this action changed it.
+        self.pending.retain(|job| job.project() != &project);
+        if let Some(unreachable) = self.table.finish(&project, result) {
+            self.docker_failed(&unreachable);
+        }
+    }
+
+    fn publish(&self) {
+        let snapshot = table::snapshot(
+            &self.table,
+            &self.listing,
+            self.reconciled_once,
+            self.docker.is_none(),
+            self.passes,
+        );
+        self.status.send_replace(Arc::new(snapshot));
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Our view of one of our containers, or `None` when its project label is not a valid id.
+fn ours(info: &ContainerInfo) -> Option<plan::Container> {
+    Some(plan::Container {
+        id: info.id.clone(),
+        project: info.project()?,
+        name: info.name.clone(),
+        state: info.state,
+        spec_hash: info.spec_hash().map(str::to_owned),
+    })
+}

@@ -1,0 +1,133 @@
+//! What the loop publishes after every pass and every finished action: per project, the spec it
+//! planned against, the container it sees, and what went wrong. The API and `/readyz` read it;
+//! nobody writes it but the loop.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::plan::{Desired, State};
+use crate::runtime::Health;
+use crate::spec::{DesiredState, ProjectId, Spec};
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The first full reconcile is done (and stays done).
+    pub reconciled_once: bool,
+    pub docker_reachable: bool,
+    pub projects: BTreeMap<ProjectId, ProjectStatus>,
+    /// `*.toml` files in the state directory whose name is not a valid project id.
+    pub misnamed: Vec<String>,
+    /// Passes that got as far as planning, counted from start-up. Tests wait on it to prove
+    /// that nothing happened across a pass (a resync included), instead of sleeping.
+    pub passes: u64,
+}
+
+impl Snapshot {
+    pub fn ready(&self) -> bool {
+        self.reconciled_once && self.docker_reachable
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectStatus {
+    /// The spec the loop plans against (the last good one while the file is invalid).
+    pub desired: Option<Arc<DesiredView>>,
+    /// Why the state file is currently rejected (the last good spec stays in force).
+    pub file_error: Option<String>,
+    pub container: Option<ContainerView>,
+    /// The last failed action or conflict; cleared by the next success.
+    pub last_error: Option<String>,
+    /// The container holding `postgrest-<id>` without this manager's labels, when that is
+    /// what the last error was about.
+    pub conflict: Option<String>,
+    pub last_reload: Option<SystemTime>,
+    /// Digest of the config the container is known to have loaded.
+    pub loaded_digest: Option<String>,
+}
+
+impl ProjectStatus {
+    /// Running, current and with the desired config loaded.
+    pub fn converged(&self) -> bool {
+        match (&self.desired, &self.container) {
+            (Some(d), Some(c)) if d.planned.enabled => {
+                c.state == State::Running
+                    && c.spec_hash.as_deref() == Some(&d.planned.spec_hash)
+                    && self.loaded_digest.as_deref() == Some(&d.planned.config_digest)
+            }
+            (Some(d), None) => !d.planned.enabled,
+            _ => false,
+        }
+    }
+
+    /// What the manager wants for the project.
+    pub fn desired_state(&self) -> DesiredState {
+        match (&self.desired, &self.file_error) {
+            (Some(d), _) => DesiredState::of(d.planned.enabled),
+            (None, Some(_)) => DesiredState::Invalid,
+            (None, None) => DesiredState::Absent,
+        }
+    }
+
+    /// Whether the loop plans against exactly `spec` (a writer waits for this before it
+    /// waits for convergence, so it never mistakes the old spec's convergence for its own).
+    pub fn plans_for(&self, spec: &Spec) -> bool {
+        self.desired.as_ref().is_some_and(|d| *d.spec == *spec)
+    }
+}
+
+/// The spec a project is planned against, and what the planner was asked for from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredView {
+    pub spec: Arc<Spec>,
+    pub planned: Desired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    pub health: Health,
+    pub ip: Option<IpAddr>,
+    pub spec_hash: Option<String>,
+}
+
+/// The outside world's handle on a running loop: wake it, read its status.
+#[derive(Clone)]
+pub struct Handle {
+    wake: mpsc::Sender<()>,
+    status: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl Handle {
+    pub(super) fn new(wake: mpsc::Sender<()>, status: watch::Receiver<Arc<Snapshot>>) -> Handle {
+        Handle { wake, status }
+    }
+
+    /// Asks for a pass soon. Never blocks: a pending wake-up already covers this one.
+    pub fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `done` holds for a published snapshot, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, Arc<Snapshot>> {
+        let mut status = self.status.clone();
+        let wait = async { status.wait_for(|s| done(s)).await.map(|s| s.clone()) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            _ => Err(self.snapshot()),
+        }
+    }
+}

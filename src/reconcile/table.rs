@@ -1,0 +1,341 @@
+//! The loop's memory, one record per project: the last good spec and its rendering, what the
+//! planner is asked for, which config the container has loaded, backoff and errors. All of a
+//! project's life is in one [`Project`], created when something is known about it and dropped
+//! when nothing is. Synchronous, no I/O: unit-tested without tokio.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::apply::{ActionError, Outcome};
+use super::retry::Retry;
+use super::snapshot::{ContainerView, DesiredView, ProjectStatus, Snapshot};
+use crate::plan::{self, Desired, Want, Wanted};
+use crate::render::{self, Rendered, Template};
+use crate::runtime::{ContainerInfo, RuntimeError};
+use crate::spec::ProjectId;
+use crate::state_dir::Loaded;
+
+#[derive(Debug, Default)]
+pub(super) struct Project {
+    /// The last valid spec, its rendering and the view of both, kept while the file is
+    /// invalid; redone only when the spec changes.
+    pub good: Option<Good>,
+    /// What the planner is asked for: from `good`, or `Frozen` for a broken first file.
+    pub want: Option<Want>,
+    /// Why the state file is rejected now.
+    pub file_error: Option<String>,
+    /// (container id, config digest) the container is known to have loaded.
+    pub loaded: Option<(String, String)>,
+    /// A container without our labels found holding the project's name.
+    pub foreign: Option<String>,
+    pub retry: Option<Retry>,
+    pub error: Option<RecordedError>,
+    pub last_reload: Option<SystemTime>,
+    pub in_flight: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Good {
+    pub rendered: Arc<Rendered>,
+    pub view: Arc<DesiredView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RecordedError {
+    pub message: String,
+    /// The foreign container, when the error is a name conflict.
+    pub conflict: Option<String>,
+}
+
+impl Wanted for Project {
+    fn want(&self) -> Option<&Want> {
+        self.want.as_ref()
+    }
+}
+
+impl Project {
+    /// Nothing left worth remembering.
+    fn is_empty(&self) -> bool {
+        self.good.is_none()
+            && self.want.is_none()
+            && self.file_error.is_none()
+            && self.loaded.is_none()
+            && self.error.is_none()
+            && self.retry.is_none()
+            && !self.in_flight
+    }
+
+    /// Held back by its backoff at `now`.
+    pub fn backing_off(&self, now: Instant) -> bool {
+        self.retry.as_ref().is_some_and(|r| r.waiting(now))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    pub projects: BTreeMap<ProjectId, Project>,
+    /// `*.toml` files whose name is not a valid project id.
+    pub misnamed: Vec<String>,
+}
+
+impl Table {
+    /// Seeds the records of which config each running container has loaded (kept on disk
+    /// across restarts of the manager).
+    pub fn with_loaded(loaded: BTreeMap<ProjectId, (String, String)>) -> Table {
+        let mut table = Table::default();
+        for (id, record) in loaded {
+            table.projects.entry(id).or_default().loaded = Some(record);
+        }
+        table
+    }
+
+    /// Takes in a fresh read of the state directory: valid specs replace the last good ones
+    /// (rendered once, when new or changed), invalid files keep theirs, removed files drop
+    /// them. Logs a file error when it appears or changes, not on every pass.
+    pub fn absorb(&mut self, loaded: Loaded, template: &Template) {
+        let Loaded {
+            specs,
+            invalid,
+            misnamed,
+            unchanged: _,
+        } = loaded;
+        for (id, project) in &mut self.projects {
+            let error = invalid.get(id).map(ToString::to_string);
+            match (&project.file_error, &error) {
+                (before, Some(now)) if before.as_ref() != Some(now) => {
+                    let kept = if project.good.is_some() {
+                        "the last good spec stays in force"
+                    } else {
+                        "no container until it is fixed"
+                    };
+                    error!(project = %id, error = %now, "invalid state file; {kept}");
+                }
+                (Some(_), None) if specs.contains_key(id) => {
+                    info!(project = %id, "state file valid again");
+                }
+                _ => {}
+            }
+            project.file_error = error;
+            if !specs.contains_key(id) && project.file_error.is_none() {
+                project.good = None;
+                project.want = None;
+            }
+        }
+        for (id, error) in invalid {
+            let project = self.projects.entry(id.clone()).or_default();
+            if project.file_error.is_none() {
+                let message = error.to_string();
+                error!(project = %id, error = %message, "invalid state file; no container until it is fixed");
+                project.file_error = Some(message);
+            }
+            if project.good.is_none() {
+                project.want = Some(Want::Frozen);
+            }
+        }
+        for (id, spec) in specs {
+            let project = self.projects.entry(id).or_default();
+            let current = project
+                .good
+                .as_ref()
+                .is_some_and(|g| Arc::ptr_eq(&g.view.spec, &spec) || *g.view.spec == *spec);
+            if current {
+                continue;
+            }
+            let rendered = Arc::new(render::render(&spec, template));
+            let planned = Desired {
+                enabled: spec.enabled,
+                spec_hash: rendered.spec_hash.clone(),
+                config_digest: rendered.config.digest.clone(),
+            };
+            project.want = Some(Want::Spec(planned.clone()));
+            project.good = Some(Good {
+                rendered,
+                view: Arc::new(DesiredView { spec, planned }),
+            });
+        }
+        let misnamed: Vec<String> = misnamed.iter().map(|p| p.display().to_string()).collect();
+        if misnamed != self.misnamed && !misnamed.is_empty() {
+            warn!(files = ?misnamed, "ignoring state files whose name is not a valid project id");
+        }
+        self.misnamed = misnamed;
+        self.projects.retain(|_, p| !p.is_empty());
+    }
+
+    /// Forgets backoff, errors and conflicts of projects that are neither wanted nor running,
+    /// so a deleted project does not linger in the status.
+    pub fn forget_unknown(&mut self, containers: &[plan::Container]) {
+        for (id, project) in &mut self.projects {
+            if project.want.is_none() && !containers.iter().any(|c| &c.project == id) {
+                project.retry = None;
+                project.error = None;
+                project.last_reload = None;
+                project.foreign = None;
+            }
+        }
+        self.projects.retain(|_, p| !p.is_empty());
+    }
+
+    /// Conflicts are re-checked now and then: whoever holds the name may be gone.
+    pub fn forget_foreign(&mut self) {
+        for project in self.projects.values_mut() {
+            project.foreign = None;
+        }
+    }
+
+    pub fn loaded(&self) -> BTreeMap<ProjectId, (String, String)> {
+        self.projects
+            .iter()
+            .filter_map(|(id, p)| Some((id.clone(), p.loaded.clone()?)))
+            .collect()
+    }
+
+    pub fn foreign(&self) -> BTreeMap<ProjectId, String> {
+        self.projects
+            .iter()
+            .filter(|(_, p)| p.want.is_some())
+            .filter_map(|(id, p)| Some((id.clone(), p.foreign.clone()?)))
+            .collect()
+    }
+
+    /// The earliest moment a held-back project may be tried again.
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.projects
+            .values()
+            .filter_map(|p| p.retry.as_ref().map(|r| r.not_before))
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Books a finished action. Returns the Docker error when Docker itself was unreachable
+    /// (the loop's concern, not the project's).
+    pub fn finish(
+        &mut self,
+        id: &ProjectId,
+        result: Result<Outcome, ActionError>,
+    ) -> Option<RuntimeError> {
+        let project = self.projects.entry(id.clone()).or_default();
+        project.in_flight = false;
+        match result {
+            Ok(outcome) => {
+                project.retry = None;
+                if project.error.take().is_some() {
+                    info!(project = %id, "recovered");
+                }
+                project.foreign = None;
+                match outcome {
+                    Outcome::Loaded {
+                        container,
+                        digest,
+                        reloaded,
+                    } => {
+                        if reloaded {
+                            project.last_reload = Some(SystemTime::now());
+                        }
+                        project.loaded = Some((container, digest));
+                    }
+                    Outcome::Removed => project.loaded = None,
+                }
+            }
+            Err(ActionError::Runtime(e @ RuntimeError::Unavailable(_))) => return Some(e),
+            Err(error) => {
+                if let ActionError::Foreign { container, .. } = &error {
+                    project.foreign = Some(container.clone());
+                }
+                project.retry.get_or_insert_with(Retry::project).fail();
+                self.record_error(id, &error);
+            }
+        }
+        self.projects.retain(|_, p| !p.is_empty());
+        None
+    }
+
+    /// Keeps the error for the status; logs it only when it changes, not on every retry.
+    pub fn record_error(&mut self, id: &ProjectId, error: &ActionError) {
+        let recorded = RecordedError {
+            message: error.to_string(),
+            conflict: match error {
+                ActionError::Foreign { container, .. } => Some(container.clone()),
+                _ => None,
+            },
+        };
+        let project = self.projects.entry(id.clone()).or_default();
+        if project.error.as_ref() != Some(&recorded) {
+            match error {
+                ActionError::Foreign { .. } => {
+                    error!(project = %id, error = %recorded.message, "conflict");
+                }
+                _ => {
+                    warn!(project = %id, error = %recorded.message, "action failed; retrying with backoff");
+                }
+            }
+            project.error = Some(recorded);
+        }
+    }
+
+    /// The published view: every project with a record or a container of ours.
+    pub fn snapshot(&self, listing: &[ContainerInfo]) -> BTreeMap<ProjectId, ProjectStatus> {
+        let mut projects: BTreeMap<ProjectId, ProjectStatus> = BTreeMap::new();
+        for (id, project) in &self.projects {
+            if project.want.is_none() && project.error.is_none() {
+                continue;
+            }
+            projects.insert(
+                id.clone(),
+                ProjectStatus {
+                    desired: project.good.as_ref().map(|g| g.view.clone()),
+                    file_error: project.file_error.clone(),
+                    container: None,
+                    last_error: project.error.as_ref().map(|e| e.message.clone()),
+                    conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
+                    last_reload: project.last_reload,
+                    loaded_digest: None,
+                },
+            );
+        }
+        for container in listing {
+            let Some(id) = container.serving_project() else {
+                continue;
+            };
+            let status = projects.entry(id.clone()).or_default();
+            status.container = Some(ContainerView {
+                id: container.id.clone(),
+                name: container.name.clone(),
+                state: container.state,
+                health: container.health,
+                ip: container.ip,
+                spec_hash: container.spec_hash().map(str::to_owned),
+            });
+            let Some(project) = self.projects.get(&id) else {
+                continue;
+            };
+            status.last_reload = project.last_reload;
+            if let Some((loaded_by, digest)) = &project.loaded {
+                if loaded_by == &container.id {
+                    status.loaded_digest = Some(digest.clone());
+                }
+            }
+        }
+        projects
+    }
+}
+
+/// Builds the whole snapshot.
+pub(super) fn snapshot(
+    table: &Table,
+    listing: &[ContainerInfo],
+    reconciled_once: bool,
+    docker_reachable: bool,
+    passes: u64,
+) -> Snapshot {
+    Snapshot {
+        reconciled_once,
+        docker_reachable,
+        projects: table.snapshot(listing),
+        misnamed: table.misnamed.clone(),
+        passes,
+    }
+}
