@@ -102,6 +102,16 @@ pub fn verify(
     Ok(claims)
 }
 
+/// Mints an HS256 token (for tests, here and in `tests/`; the double itself only verifies).
+pub fn mint(secret: &str, claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{header}.{payload}").as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{header}.{payload}.{sig}")
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -109,15 +119,7 @@ pub(crate) mod tests {
 
     pub const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    /// Mints an HS256 token, the way the tests' python snippet does.
-    pub fn mint(secret: &str, claims: &Value) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{header}.{payload}").as_bytes());
-        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{header}.{payload}.{sig}")
-    }
+    pub use super::mint;
 
     const NOW: f64 = 1_700_000_000.0;
 
