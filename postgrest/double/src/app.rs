@@ -256,9 +256,8 @@ impl Pool {
     pub fn run(&self, sql: &str) -> Result<Vec<Vec<Row>>, DbError> {
         let mut conn = self.acquire()?;
         let result = conn.simple_query(sql);
-        if matches!(result, Err(PgError::Client(_))) {
-            conn.broken = true;
-        } else if conn.tx_status != b'I' && conn.simple_query("ROLLBACK").is_err() {
+        let broken = matches!(result, Err(PgError::Client(_)));
+        if broken || (conn.tx_status != b'I' && conn.simple_query("ROLLBACK").is_err()) {
             conn.broken = true;
         }
         Ok(result?)
