@@ -45,7 +45,7 @@ pw_quoted="${pw//\\/\\\\}"
 pw_quoted="${pw_quoted//\'/\'\'}"
 
 docker exec -i "$container" sh -c \
-    'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 --no-password -U "${POSTGRES_USER:-postgres}" -d postgres' <<SQL
+    'PGPASSWORD="$POSTGRES_PASSWORD" PGOPTIONS="-c client_min_messages=warning" exec psql -X -q -v ON_ERROR_STOP=1 --no-password -U "${POSTGRES_USER:-postgres}" -d postgres' <<SQL
 \\set id '$id'
 \\set role '${id}_authenticator'
 \\set auth_user '$auth_user'

@@ -17,7 +17,7 @@ fi
 container="${LAUNCHDB_POSTGRES_CONTAINER:-launchdb-postgres}"
 
 docker exec -i "$container" sh -c \
-    'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -X -q -v ON_ERROR_STOP=1 --no-password -U "${POSTGRES_USER:-postgres}" -d postgres' <<SQL
+    'PGPASSWORD="$POSTGRES_PASSWORD" PGOPTIONS="-c client_min_messages=warning" exec psql -X -q -v ON_ERROR_STOP=1 --no-password -U "${POSTGRES_USER:-postgres}" -d postgres' <<SQL
 \\set id '$id'
 \\set role '${id}_authenticator'
 DROP DATABASE IF EXISTS :"id" WITH (FORCE);

@@ -29,6 +29,9 @@ CREATE ROLE anon NOLOGIN NOINHERIT;
 CREATE ROLE authenticated NOLOGIN NOINHERIT;
 CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
 CREATE ROLE :"auth_user" LOGIN NOINHERIT PASSWORD :'pw';
+-- Project authenticators may connect to their own database only (create-project-db.sh).
+REVOKE CONNECT, TEMPORARY ON DATABASE postgres, template1 FROM PUBLIC;
+GRANT CONNECT ON DATABASE postgres TO :"auth_user";
 SQL
 
 for db in template1 postgres; do
