@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// Database port for projects that do not set `db_port`.
     #[arg(long, env = "PGM_DB_PORT", default_value_t = 6432)]
     pub db_port: u16,
-    /// Public domain; when set, `openapi-server-proxy-uri` is `https://<DOMAIN>/<project_id>`.
+    /// Public domain; when set, `openapi-server-proxy-uri` is `https://<DOMAIN>/db/<project_id>`.
     #[arg(long, env = "DOMAIN")]
     pub domain: Option<String>,
     /// Memory limit of each container, in MiB.

@@ -178,6 +178,10 @@ fn keys(spec: &Spec, template: &Template) -> Vec<(&'static str, Value, Reload)> 
         ("db-pool", Value::Int(spec.db_pool.into()), Reload::No),
         // PgBouncer in transaction pooling mode cannot keep prepared statements.
         ("db-prepared-statements", Value::Bool(false), Reload::Yes),
+        // Nor a LISTEN session: `NOTIFY pgrst` can never arrive through it, and PostgREST
+        // v11 would wait for its listener before serving. The manager's signals (SIGUSR2
+        // config, SIGUSR1 schema) are the reload path.
+        ("db-channel-enabled", Value::Bool(false), Reload::Yes),
         (
             "jwt-secret",
             Value::Str(spec.jwt_secret.expose().to_owned()),
@@ -193,7 +197,9 @@ fn keys(spec: &Spec, template: &Template) -> Vec<(&'static str, Value, Reload)> 
         ),
     ];
     if let Some(domain) = &template.domain {
-        let uri = format!("https://{domain}/{}", spec.id);
+        // Caddy serves each project under /db/<id>/ (deploy/caddy), so PostgREST's OpenAPI
+        // links must carry that prefix.
+        let uri = format!("https://{domain}/db/{}", spec.id);
         keys.push(("openapi-server-proxy-uri", Value::Str(uri), Reload::No));
     }
     keys
@@ -331,6 +337,7 @@ db-schemas = \"public,storage\"
 db-anon-role = \"anon\"
 db-pool = 10
 db-prepared-statements = false
+db-channel-enabled = false
 jwt-secret = \"ssssssssssssssssssssssssssssssss-secret\"
 jwt-aud = \"authenticated\"
 max-rows = 1000
