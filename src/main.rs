@@ -61,7 +61,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         reload_signal: cfg.reload_signal.clone(),
         key: api.key.clone(),
         timeout: api.timeout,
-        live_port: ADMIN_PORT,
+        admin_port: ADMIN_PORT,
     });
     let (controller, handle) = Controller::new(Arc::new(docker), cfg);
     let _watch =

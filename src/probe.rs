@@ -1,7 +1,10 @@
-//! The liveness probe: one plain `GET /live` to a container's PostgREST admin port.
+//! PostgREST's health endpoints: one plain `GET /live` or `GET /ready` to a container's admin
+//! port.
 //!
-//! The API answers a spawn only once PostgREST itself says it is alive, not when Docker's
-//! healthcheck (every 30 s, a process per container) gets round to it. The request is a few
+//! The API answers a spawn only once PostgREST itself says it serves (`/ready`: logged in to
+//! its database, schema cache loaded), not when Docker's healthcheck (every 30 s, a process
+//! per container) gets round to it; the loop probes `/ready` to tell serving containers from
+//! the others. The request is a few
 //! bytes of HTTP/1.1 over a `TcpStream`; only the status line is read, so no HTTP client crate
 //! is needed for it.
 
@@ -27,10 +30,19 @@ pub enum ProbeError {
 /// The longest status line we read; PostgREST's is about 20 bytes.
 const MAX_STATUS_LINE: usize = 256;
 
-/// `Ok` when `http://<ip>:<port>/live` answers 200 within `timeout`.
+/// `Ok` when `http://<ip>:<port>/live` answers 200 within `timeout`: the process is up.
 pub async fn live(ip: IpAddr, port: u16, timeout: Duration) -> Result<(), ProbeError> {
+    ok(ip, port, "/live", timeout).await
+}
+
+/// `Ok` when `http://<ip>:<port>/ready` answers 200 within `timeout`: PostgREST serves.
+pub async fn ready(ip: IpAddr, port: u16, timeout: Duration) -> Result<(), ProbeError> {
+    ok(ip, port, "/ready", timeout).await
+}
+
+async fn ok(ip: IpAddr, port: u16, path: &str, timeout: Duration) -> Result<(), ProbeError> {
     let addr = SocketAddr::new(ip, port);
-    match tokio::time::timeout(timeout, get_status(addr)).await {
+    match tokio::time::timeout(timeout, get_status(addr, path)).await {
         Ok(Ok(200)) => Ok(()),
         Ok(Ok(status)) => Err(ProbeError::Status(addr, status)),
         Ok(Err(e)) => Err(e),
@@ -38,11 +50,11 @@ pub async fn live(ip: IpAddr, port: u16, timeout: Duration) -> Result<(), ProbeE
     }
 }
 
-async fn get_status(addr: SocketAddr) -> Result<u16, ProbeError> {
+async fn get_status(addr: SocketAddr, path: &str) -> Result<u16, ProbeError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| ProbeError::Connect(addr, e))?;
-    let request = format!("GET /live HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await

@@ -64,6 +64,8 @@ pub struct ContainerInfo {
     pub health: Health,
     /// The container's address on the manager's network, when it has one.
     pub ip: Option<IpAddr>,
+    /// The exit code of its last run, while it is exited or being restarted.
+    pub exit_code: Option<i64>,
 }
 
 impl ContainerInfo {
@@ -128,4 +130,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away,
     /// and the daemon does not replay what it missed.
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream;
+
+    /// The last `lines` lines the container wrote (stdout and stderr), to tell an operator why
+    /// it does not serve. Never called on a hot path.
+    fn logs(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
 }

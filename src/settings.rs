@@ -181,6 +181,7 @@ impl TryFrom<ServeArgs> for Settings {
                 resync: Duration::from_secs(args.resync_secs),
                 concurrency: args.concurrency,
                 reload_signal,
+                admin_port: crate::render::ADMIN_PORT,
             },
             docker_host: args.docker_host,
             api,

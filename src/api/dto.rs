@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::plan::State as ContainerState;
-use crate::reconcile::ProjectStatus;
+use crate::reconcile::{ProjectStatus, Readiness};
 use crate::render::SERVER_PORT;
 use crate::spec::{DesiredState, ProjectId, Secret};
 
@@ -108,6 +108,10 @@ pub struct ProjectView {
     /// Docker's health check: `starting`, `healthy`, `unhealthy` or `none`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Whether PostgREST serves (its `/ready`: logged in, schema cache loaded), as the
+    /// manager's probe last found; absent until the first probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
     /// Why the project is not as desired, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -135,6 +139,12 @@ impl ProjectView {
         let desired = status.desired_state();
         let container = status.container.as_ref();
         let converged = status.converged();
+        let ready = container.and_then(|c| match c.ready {
+            Readiness::Unknown => None,
+            Readiness::Ready => Some(true),
+            Readiness::NotReady { .. } => Some(false),
+        });
+        let serving = converged && (desired != DesiredState::Enabled || ready == Some(true));
         ProjectView {
             project_id: id.to_string(),
             container_name: id.container_name(),
@@ -144,7 +154,8 @@ impl ProjectView {
             converged,
             docker_id: container.map(|c| c.id.clone()),
             health: container.map(|c| c.health.to_string()),
-            reason: (!converged).then(|| reason(status, desired)),
+            ready,
+            reason: (!serving).then(|| reason(status, desired)),
             file_error: status.file_error.clone(),
             last_error: status.last_error.clone(),
             last_reload: status.last_reload.map(rfc3339),
@@ -174,9 +185,20 @@ pub(super) fn reason(status: &ProjectStatus, desired: DesiredState) -> String {
             "the container is being recreated with a new spec".into()
         }
         _ if container.state != ContainerState::Running => {
-            format!("the container is {}", container.state)
+            let state = match container.exit_code {
+                Some(code) => format!("the container is {} (exit code {code})", container.state),
+                None => format!("the container is {}", container.state),
+            };
+            match &container.ready {
+                Readiness::NotReady { reason } => format!("{state}: {reason}"),
+                _ => state,
+            }
         }
-        _ => "waiting for the config to be reloaded".into(),
+        _ if !status.converged() => "waiting for the config to be reloaded".into(),
+        _ => match &container.ready {
+            Readiness::NotReady { reason } => format!("PostgREST does not serve yet: {reason}"),
+            _ => "waiting for PostgREST to answer /ready".into(),
+        },
     }
 }
 

@@ -60,8 +60,8 @@ pub struct ApiConfig {
     pub key: Secret,
     /// How long a write waits for convergence before answering 504.
     pub timeout: Duration,
-    /// The port probed for `/live`: PostgREST's admin port, or a test server's.
-    pub live_port: u16,
+    /// The port probed for `/ready`: PostgREST's admin port, or a test server's.
+    pub admin_port: u16,
 }
 
 /// Shared by every request.

@@ -72,6 +72,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         resync: Duration::from_secs(30),
         concurrency: 4,
         reload_signal: "SIGUSR2".into(),
+        admin_port: live_port,
     };
     let fake = FakeRuntime::new();
     let (controller, handle) = Controller::new(Arc::new(fake.clone()), loop_config);
@@ -82,7 +83,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         reload_signal: "SIGUSR2".into(),
         key: Secret::new(KEY),
         timeout,
-        live_port,
+        admin_port: live_port,
     };
     Harness {
         app: router(cfg, handle, stop_rx),
@@ -555,6 +556,7 @@ async fn foreign_container_is_409() {
         state: crate::plan::State::Running,
         health: Health::None,
         ip: None,
+        exit_code: None,
     });
     let (status, body) = h
         .call(
@@ -663,7 +665,15 @@ async fn shutdown_answers_waiting_requests_at_once() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request has written the state and the container runs: it now waits for a /live
+    // that never answers.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.fake.containers().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the container is created");
     assert!(!waiting.is_finished());
     let started = std::time::Instant::now();
     h.stop.send(true).unwrap();

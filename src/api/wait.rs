@@ -12,11 +12,11 @@ use tracing::warn;
 
 use super::{ApiError, Ctx};
 use crate::probe;
-use crate::reconcile::{ContainerView, ProjectStatus, Snapshot};
+use crate::reconcile::{ContainerView, ProjectStatus, Readiness, Snapshot};
 use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
 use crate::state_dir::{EditError, Edited};
 
-/// Between two liveness probes of a starting container: short at first (the test double and a
+/// Between two readiness probes of a starting container: short at first (the test double and a
 /// PostgREST with a warm pool answer within milliseconds of the start), doubling up to the max
 /// for one that takes its time connecting to the database.
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
@@ -123,7 +123,8 @@ impl Ctx {
         .await
     }
 
-    /// [`Ctx::wait_converged`], then until PostgREST answers its liveness check.
+    /// [`Ctx::wait_converged`], then until PostgREST serves (`/ready`: logged in to its
+    /// database, schema cache loaded).
     pub(super) async fn wait_running(&self, spec: &Spec) -> Result<ContainerView, ApiError> {
         let deadline = Instant::now() + self.cfg.timeout;
         self.wait_converged(spec).await?;
@@ -136,7 +137,7 @@ impl Ctx {
                 .and_then(|p| p.container.clone());
             if let Some(container) = container {
                 if let Some(ip) = container.ip {
-                    if probe::live(ip, self.cfg.live_port, PROBE_TIMEOUT)
+                    if probe::ready(ip, self.cfg.admin_port, PROBE_TIMEOUT)
                         .await
                         .is_ok()
                     {
@@ -145,7 +146,7 @@ impl Ctx {
                 }
             }
             if Instant::now() + interval >= deadline {
-                return Err(self.timed_out(&spec.id, "PostgREST did not answer /live"));
+                return Err(self.timed_out(&spec.id, "PostgREST did not become ready"));
             }
             tokio::select! {
                 () = tokio::time::sleep(interval) => interval = (interval * 2).min(PROBE_INTERVAL_MAX),
@@ -198,7 +199,13 @@ impl Ctx {
             .snapshot()
             .projects
             .get(id)
-            .and_then(|p| p.last_error.clone().or(p.file_error.clone()))
+            .and_then(|p| {
+                let not_ready = p.container.as_ref().and_then(|c| match &c.ready {
+                    Readiness::NotReady { reason } => Some(format!("PostgREST: {reason}")),
+                    _ => None,
+                });
+                p.last_error.clone().or(p.file_error.clone()).or(not_ready)
+            })
             .map(|e| format!(" Last error: {e}."))
             .unwrap_or_default();
         warn!(project = %id, "{what} within {:?}", self.cfg.timeout);

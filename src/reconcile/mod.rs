@@ -13,13 +13,14 @@
 
 mod apply;
 mod events;
+mod ready;
 mod retry;
 mod snapshot;
 mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +30,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-pub use snapshot::{ContainerView, DesiredView, Handle, ProjectStatus, Snapshot};
+pub use snapshot::{ContainerView, DesiredView, Handle, ProjectStatus, Readiness, Snapshot};
 
 use crate::configs::ConfigDir;
 use crate::plan::{self, Observed};
 use crate::render::{owner_labels, Template};
-use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError};
+use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError, State};
 use crate::spec::ProjectId;
 use crate::state_dir::{LoadCache, StateDir};
 use apply::{apply, ActionError, Job, Outcome};
@@ -59,6 +60,8 @@ pub struct LoopConfig {
     pub resync: Duration,
     pub concurrency: usize,
     pub reload_signal: String,
+    /// PostgREST's admin port, probed for `/ready`.
+    pub admin_port: u16,
 }
 
 type Done = (ProjectId, Result<Outcome, ActionError>);
@@ -72,6 +75,11 @@ pub struct Controller<R: Runtime> {
     /// Health changes from Docker's events: (container id, health).
     health_rx: mpsc::Receiver<(String, Health)>,
     health_tx: mpsc::Sender<(String, Health)>,
+    /// Running containers for the readiness probe, and what it found, by container id.
+    ready_targets: watch::Sender<Vec<ready::Target>>,
+    ready_rx: mpsc::Receiver<(String, Readiness)>,
+    ready_tx: mpsc::Sender<(String, Readiness)>,
+    readiness: HashMap<String, Readiness>,
     /// Docker may have changed since the last list: a Docker event, a finished action, the
     /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
     /// alone plans against the last listing.
@@ -93,6 +101,7 @@ impl<R: Runtime> Controller<R> {
     pub fn new(runtime: Arc<R>, cfg: LoopConfig) -> (Controller<R>, Handle) {
         let (wake_tx, wake_rx) = mpsc::channel(1);
         let (health_tx, health_rx) = mpsc::channel(HEALTH_QUEUE);
+        let (ready_tx, ready_rx) = mpsc::channel(HEALTH_QUEUE);
         let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
         let labels = owner_labels(&cfg.template.instance);
         let handle = Handle::new(wake_tx.clone(), status_rx);
@@ -104,6 +113,10 @@ impl<R: Runtime> Controller<R> {
             wake_tx,
             health_rx,
             health_tx,
+            ready_targets: watch::channel(Vec::new()).0,
+            ready_rx,
+            ready_tx,
+            readiness: HashMap::new(),
             docker_changed: Arc::new(AtomicBool::new(true)),
             status,
             table: Table::default(),
@@ -127,6 +140,12 @@ impl<R: Runtime> Controller<R> {
             self.wake_tx.clone(),
             self.health_tx.clone(),
             self.docker_changed.clone(),
+        ));
+        let readiness = tokio::spawn(ready::watch_readiness(
+            self.runtime.clone(),
+            self.cfg.admin_port,
+            self.ready_targets.subscribe(),
+            self.ready_tx.clone(),
         ));
         match self.cfg.configs.loaded() {
             Ok(loaded) => self.table = Table::with_loaded(loaded),
@@ -153,6 +172,13 @@ impl<R: Runtime> Controller<R> {
                     self.set_health(change);
                     while let Ok(change) = self.health_rx.try_recv() {
                         self.set_health(change);
+                    }
+                    self.publish();
+                }
+                Some((id, readiness)) = self.ready_rx.recv() => {
+                    self.readiness.insert(id, readiness);
+                    while let Ok((id, readiness)) = self.ready_rx.try_recv() {
+                        self.readiness.insert(id, readiness);
                     }
                     self.publish();
                 }
@@ -192,6 +218,7 @@ impl<R: Runtime> Controller<R> {
             warn!("in-flight actions did not finish within the grace period");
         }
         events.abort();
+        readiness.abort();
     }
 
     /// Applies a health change to the last listing. A container not listed yet gets its
@@ -239,7 +266,10 @@ impl<R: Runtime> Controller<R> {
         // Cleared before listing, so a change during the call brings another list.
         if self.docker_changed.swap(false, Ordering::SeqCst) {
             match self.runtime.list(&self.labels).await {
-                Ok(listing) => self.listing = listing,
+                Ok(listing) => {
+                    self.listing = listing;
+                    self.listed();
+                }
                 Err(e) => {
                     self.docker_failed(&e);
                     self.publish();
@@ -307,6 +337,30 @@ impl<R: Runtime> Controller<R> {
             );
         }
         self.publish();
+    }
+
+    /// After a new listing: the probe follows the running containers, and what it knew of
+    /// containers that are gone is forgotten.
+    fn listed(&mut self) {
+        let targets: Vec<ready::Target> = self
+            .listing
+            .iter()
+            .filter(|c| c.serving_project().is_some())
+            .map(|c| ready::Target {
+                id: c.id.clone(),
+                ip: c.ip.filter(|_| c.state == State::Running),
+            })
+            .collect();
+        let listing = &self.listing;
+        self.readiness
+            .retain(|id, _| listing.iter().any(|c| &c.id == id));
+        self.ready_targets.send_if_modified(|current| {
+            let changed = *current != targets;
+            if changed {
+                *current = targets;
+            }
+            changed
+        });
     }
 
     /// Checks (and after an outage re-establishes) the connection to Docker.
@@ -390,6 +444,7 @@ impl<R: Runtime> Controller<R> {
         let snapshot = table::snapshot(
             &self.table,
             &self.listing,
+            &self.readiness,
             self.reconciled_once,
             self.docker.is_none(),
             self.passes,

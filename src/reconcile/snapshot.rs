@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
+pub use super::ready::Readiness;
 use crate::plan::{Desired, State};
 use crate::runtime::Health;
 use crate::spec::{DesiredState, ProjectId, Spec};
@@ -94,6 +95,10 @@ pub struct ContainerView {
     pub health: Health,
     pub ip: Option<IpAddr>,
     pub spec_hash: Option<String>,
+    /// Whether PostgREST in it serves, as the loop's probe of `/ready` last found.
+    pub ready: Readiness,
+    /// The exit code of its last run, while it is exited or being restarted.
+    pub exit_code: Option<i64>,
 }
 
 /// The outside world's handle on a running loop: wake it, read its status.

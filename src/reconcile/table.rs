@@ -3,7 +3,7 @@
 //! project's life is in one [`Project`], created when something is known about it and dropped
 //! when nothing is. Synchronous, no I/O: unit-tested without tokio.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use super::apply::{ActionError, Outcome};
 use super::retry::Retry;
-use super::snapshot::{ContainerView, DesiredView, ProjectStatus, Snapshot};
+use super::snapshot::{ContainerView, DesiredView, ProjectStatus, Readiness, Snapshot};
 use crate::plan::{self, Desired, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError};
@@ -277,7 +277,11 @@ impl Table {
     }
 
     /// The published view: every project with a record or a container of ours.
-    pub fn snapshot(&self, listing: &[ContainerInfo]) -> BTreeMap<ProjectId, ProjectStatus> {
+    pub fn snapshot(
+        &self,
+        listing: &[ContainerInfo],
+        readiness: &HashMap<String, Readiness>,
+    ) -> BTreeMap<ProjectId, ProjectStatus> {
         let mut projects: BTreeMap<ProjectId, ProjectStatus> = BTreeMap::new();
         for (id, project) in &self.projects {
             if project.want.is_none() && project.error.is_none() {
@@ -308,6 +312,8 @@ impl Table {
                 health: container.health,
                 ip: container.ip,
                 spec_hash: container.spec_hash().map(str::to_owned),
+                ready: readiness.get(&container.id).cloned().unwrap_or_default(),
+                exit_code: container.exit_code,
             });
             let Some(project) = self.projects.get(&id) else {
                 continue;
@@ -327,6 +333,7 @@ impl Table {
 pub(super) fn snapshot(
     table: &Table,
     listing: &[ContainerInfo],
+    readiness: &HashMap<String, Readiness>,
     reconciled_once: bool,
     docker_reachable: bool,
     passes: u64,
@@ -334,7 +341,7 @@ pub(super) fn snapshot(
     Snapshot {
         reconciled_once,
         docker_reachable,
-        projects: table.snapshot(listing),
+        projects: table.snapshot(listing, readiness),
         misnamed: table.misnamed.clone(),
         passes,
     }

@@ -1,5 +1,7 @@
 //! Reconcile-loop tests against the in-memory runtime: real files in a temp dir, real timers
-//! (the loop's debounce is 5 ms, so each test takes a fraction of a second).
+//! (the loop's debounce is 5 ms, so each test takes a fraction of a second). No test sleeps to
+//! prove that something did not happen: it waits for passes of the loop instead (the snapshot
+//! counts them), and a pass that nothing changed makes no Docker call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,8 @@ impl Env {
             resync: Duration::from_secs(3600),
             concurrency: 2,
             reload_signal: "SIGUSR2".into(),
+            // Nothing listens there: every container is "not ready", which no test here needs.
+            admin_port: 1,
         };
         cfg.state.ensure().unwrap();
         cfg.configs.ensure().unwrap();
@@ -103,6 +107,19 @@ async fn gone(handle: &Handle, id: &str) {
         })
         .await
         .unwrap_or_else(|s| panic!("{id} is not gone: {:?}", s.projects.get(&id)));
+}
+
+/// Wakes the loop and waits until `n` more passes have finished, one at a time. Whatever the
+/// loop would do by itself (a confirming pass after an action) is done by then too.
+async fn passes(handle: &Handle, n: u64) {
+    for _ in 0..n {
+        let before = handle.snapshot().passes;
+        handle.wake();
+        handle
+            .wait_for(WAIT, |s| s.passes > before)
+            .await
+            .expect("the loop makes a pass when woken");
+    }
 }
 
 fn container_id(snapshot: &Snapshot, id: &str) -> String {
@@ -329,6 +346,7 @@ async fn conflicts_are_reported_and_never_removed() {
         state: State::Running,
         health: Health::None,
         ip: None,
+        exit_code: None,
     });
     env.write("p1", |_| {});
     let (handle, _stop, _task) = env.start();
@@ -348,10 +366,7 @@ async fn conflicts_are_reported_and_never_removed() {
     );
 
     // Several more passes: still there, and no hot loop of create attempts.
-    for _ in 0..5 {
-        handle.wake();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+    passes(&handle, 5).await;
     let calls = env.fake.take_calls();
     let creates = calls
         .iter()
@@ -387,6 +402,7 @@ async fn containers_of_other_instances_are_invisible() {
         state: State::Running,
         health: Health::None,
         ip: None,
+        exit_code: None,
     });
     let (handle, _stop, _task) = env.start();
     handle.wake();
@@ -420,6 +436,95 @@ async fn many_projects_converge_under_the_concurrency_cap() {
     assert_eq!(creates, 20, "{calls:?}");
 }
 
+/// Waits until exactly `n` calls are held in the fake.
+async fn in_flight(fake: &FakeRuntime, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while fake.in_flight() != n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never {n} calls in flight"));
+}
+
+#[tokio::test]
+async fn at_most_the_cap_in_flight_and_never_two_for_one_project() {
+    let env = Env::new(); // concurrency 2
+    for i in 0..6 {
+        env.write(&format!("p{i}"), |_| {});
+    }
+    let gate = env.fake.hold();
+    let (handle, _stop, _task) = env.start();
+    in_flight(&env.fake, 2).await;
+
+    // Two actions are held. Passes come and go (p0's file changes meanwhile, so the planner
+    // has something new for a project that is in flight): nothing else is started.
+    env.write("p0", |f| f.jwt_secret = Secret::new(SECRET_B));
+    passes(&handle, 3).await;
+    assert_eq!(env.fake.in_flight(), 2);
+    assert_eq!(env.fake.overlaps(), 0);
+
+    // One call through: its project's next call or another project's takes the slot.
+    gate.add_permits(1);
+    in_flight(&env.fake, 2).await;
+    assert_eq!(env.fake.max_in_flight(), 2);
+
+    // Open the gate: everything converges, never more than two at once, never two calls on
+    // one container at once.
+    gate.add_permits(1_000);
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects.len() == 6 && s.projects.values().all(ProjectStatus::converged)
+        })
+        .await
+        .expect("all converge");
+    converged(&env, &handle, "p0").await;
+    assert_eq!(env.fake.max_in_flight(), 2);
+    assert_eq!(env.fake.overlaps(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_reload_signal_is_retried_and_reported() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    let before = converged(&env, &handle, "p1").await;
+    let container = container_id(&before, "p1");
+
+    env.fake.fail_signals(true);
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    handle.wake();
+    let failed = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot kill"))
+        })
+        .await
+        .expect("the failed signal shows as the project's error");
+    // The container keeps running with the old config; nobody claims the new one is loaded.
+    let status = &failed.projects[&pid("p1")];
+    assert!(!status.converged(), "{status:?}");
+    assert_eq!(status.container.as_ref().unwrap().id, container);
+
+    // Once signals go through again, the backoff brings the reload; the error is cleared.
+    env.fake.fail_signals(false);
+    let after = converged(&env, &handle, "p1").await;
+    assert_eq!(container_id(&after, "p1"), container);
+    assert_eq!(after.projects[&pid("p1")].last_error, None);
+    let creates = env
+        .fake
+        .take_calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Create(_) | Call::Remove(_)))
+        .count();
+    assert_eq!(
+        creates, 1,
+        "only the first create; a failed reload never recreates"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_leaves_containers_running() {
     let env = Env::new();
@@ -442,7 +547,7 @@ async fn health_changes_show_without_a_pass() {
     let (handle, _stop, _task) = env.start();
     converged(&env, &handle, "p1").await;
     // Let the loop's confirming pass after the create go by, then watch the calls.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    passes(&handle, 1).await;
     env.fake.take_calls();
 
     env.fake.set_health("postgrest-p1", Health::Healthy);
@@ -456,7 +561,7 @@ async fn health_changes_show_without_a_pass() {
         })
         .await
         .expect("the snapshot shows the new health");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    passes(&handle, 1).await;
     assert_eq!(
         env.fake.take_calls(),
         vec![],
@@ -475,7 +580,7 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
     env.write("p1", |_| {});
     let (handle, _stop, _task) = env.start();
     converged(&env, &handle, "p1").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    passes(&handle, 1).await;
     let container = container_id(&handle.snapshot(), "p1");
     env.fake.take_calls();
 
@@ -483,7 +588,7 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
     // only the confirming pass after it lists again.
     env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
     converged(&env, &handle, "p1").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    passes(&handle, 1).await;
     assert_eq!(
         env.fake.take_calls(),
         vec![Call::Signal(container, "SIGUSR2".into()), Call::List]
@@ -493,4 +598,74 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
     env.fake.remove_by_hand("postgrest-p1");
     let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+}
+
+/// Answers `GET /ready` like PostgREST's admin server: 200 while `ready` is set, else 503.
+async fn ready_server(ready: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                let _ = socket.read(&mut buf).await;
+                let status = if ready.load(std::sync::atomic::Ordering::SeqCst) {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn readiness_comes_from_postgrest_with_its_own_reason() {
+    let mut env = Env::new();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    env.cfg.admin_port = ready_server(ready.clone()).await;
+    env.write("p1", |_| {});
+    env.fake.set_logs(
+        "postgrest-p1",
+        "Attempting to connect to the database...\n\
+         {\"code\":\"PGRST000\",\"details\":\"FATAL:  SASL authentication failed\",\"hint\":null,\"message\":\"Database connection error. Retrying the connection.\"}\n",
+    );
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let id = pid("p1");
+    let readiness = |s: &Snapshot| {
+        s.projects[&id]
+            .container
+            .as_ref()
+            .map(|c| c.ready.clone())
+            .unwrap_or_default()
+    };
+    let not_ready = handle
+        .wait_for(WAIT, |s| matches!(readiness(s), Readiness::NotReady { .. }))
+        .await
+        .expect("the probe finds PostgREST not ready");
+    let Readiness::NotReady { reason } = readiness(&not_ready) else {
+        panic!("matched above")
+    };
+    assert!(reason.contains("SASL authentication failed"), "{reason}");
+    // Not ready is no reason to touch the container: converged stays true.
+    assert!(not_ready.projects[&id].converged());
+
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    handle
+        .wait_for(WAIT, |s| readiness(s) == Readiness::Ready)
+        .await
+        .expect("the probe sees PostgREST serve");
+    let creates = env
+        .fake
+        .take_calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count();
+    assert_eq!(creates, 1);
 }

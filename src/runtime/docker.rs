@@ -14,7 +14,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -166,8 +166,21 @@ fn info(summary: ContainerSummary) -> ContainerInfo {
         labels: summary.labels.unwrap_or_default().into_iter().collect(),
         state: state(summary.state.as_ref()),
         health: health(summary.status.as_deref()),
+        exit_code: exit_code(summary.status.as_deref()),
         ip,
     }
+}
+
+/// The list's status text carries the last exit code: `Exited (1) 3 seconds ago`,
+/// `Restarting (1) 2 seconds ago`.
+fn exit_code(status: Option<&str>) -> Option<i64> {
+    let status = status?;
+    if !(status.starts_with("Exited (") || status.starts_with("Restarting (")) {
+        return None;
+    }
+    let (_, rest) = status.split_once('(')?;
+    let (code, _) = rest.split_once(')')?;
+    code.parse().ok()
 }
 
 fn label_filters(labels: &BTreeMap<String, String>) -> Vec<String> {
@@ -309,6 +322,20 @@ impl Runtime for DockerRuntime {
             .map_err(map_error)
     }
 
+    async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker()?.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            out.push_str(&chunk.map_err(map_error)?.to_string());
+        }
+        Ok(out)
+    }
+
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
         // `kill` is left out on purpose: every reload signal is one, and it is not a death.
         let filters = HashMap::from([
@@ -368,6 +395,15 @@ mod tests {
         );
         assert_eq!(event_of(message("die", Some("abc"))), Event::Changed);
         assert_eq!(event_of(message("destroy", Some("abc"))), Event::Changed);
+    }
+
+    #[test]
+    fn exit_codes_from_status_text() {
+        assert_eq!(exit_code(Some("Exited (1) 3 seconds ago")), Some(1));
+        assert_eq!(exit_code(Some("Restarting (137) 1 second ago")), Some(137));
+        assert_eq!(exit_code(Some("Up 3 seconds (healthy)")), None);
+        assert_eq!(exit_code(Some("Created")), None);
+        assert_eq!(exit_code(None), None);
     }
 
     #[test]

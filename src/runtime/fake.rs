@@ -2,13 +2,14 @@
 //!
 //! It is not a model of Docker's every behaviour, only of what the loop relies on: names are
 //! unique, removal of a missing container is `NotFound`, and the whole engine can be made
-//! unreachable to test outages.
+//! unreachable to test outages. Calls that change a container can be held behind a gate, so
+//! a test can see how many are in flight at once, and for which containers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 
 use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
 use crate::render::ContainerSpec;
@@ -30,7 +31,35 @@ struct Inner {
     containers: BTreeMap<String, ContainerInfo>,
     calls: Vec<Call>,
     unavailable: bool,
+    failing_signals: bool,
+    /// What each container "wrote", by name.
+    logs: BTreeMap<String, String>,
     next_id: u64,
+    /// Held calls wait for a permit here.
+    gate: Option<Arc<Semaphore>>,
+    /// Container name -> calls on it in flight (entered, not returned).
+    in_flight: BTreeMap<String, usize>,
+    max_in_flight: usize,
+    /// Times a call started on a container that already had one in flight.
+    overlaps: usize,
+}
+
+/// A call in flight; leaves the count when dropped.
+struct Ticket {
+    inner: Arc<Mutex<Inner>>,
+    name: String,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(n) = inner.in_flight.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                inner.in_flight.remove(&self.name);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -115,6 +144,74 @@ impl FakeRuntime {
         }
     }
 
+    /// From now on every create, start, signal and remove waits for a permit of the returned
+    /// semaphore (`add_permits(n)` lets `n` through).
+    pub fn hold(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        self.inner.lock().unwrap().gate = Some(gate.clone());
+        gate
+    }
+
+    /// Calls that change a container, in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().unwrap().in_flight.values().sum()
+    }
+
+    /// The most calls that were ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().unwrap().max_in_flight
+    }
+
+    /// How often a call started on a container that already had one in flight.
+    pub fn overlaps(&self) -> usize {
+        self.inner.lock().unwrap().overlaps
+    }
+
+    /// Sets what a container has written to its log.
+    pub fn set_logs(&self, name: &str, text: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .logs
+            .insert(name.to_owned(), text.to_owned());
+    }
+
+    /// Makes every reload signal fail, as when the daemon refuses the kill call.
+    pub fn fail_signals(&self, failing: bool) {
+        self.inner.lock().unwrap().failing_signals = failing;
+    }
+
+    /// Counts a call on container `key` (an id or a name) as in flight, and waits at the
+    /// gate while one is set.
+    async fn begin(&self, key: &str) -> Ticket {
+        let gate = {
+            let mut inner = self.inner.lock().unwrap();
+            let name = inner
+                .containers
+                .get(key)
+                .map_or_else(|| key.to_owned(), |c| c.name.clone());
+            let count = inner.in_flight.entry(name.clone()).or_default();
+            *count += 1;
+            if *count > 1 {
+                inner.overlaps += 1;
+            }
+            let total = inner.in_flight.values().sum();
+            inner.max_in_flight = inner.max_in_flight.max(total);
+            (inner.gate.clone(), name)
+        };
+        let (gate, name) = gate;
+        if let Some(gate) = gate {
+            gate.acquire()
+                .await
+                .expect("the gate is never closed")
+                .forget();
+        }
+        Ticket {
+            inner: self.inner.clone(),
+            name,
+        }
+    }
+
     fn enter(&self, call: Call) -> Result<std::sync::MutexGuard<'_, Inner>, RuntimeError> {
         let mut inner = self.inner.lock().unwrap();
         inner.calls.push(call);
@@ -154,6 +251,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let _ticket = self.begin(&spec.name).await;
         let mut inner = self.enter(Call::Create(spec.name.clone()))?;
         if inner.containers.values().any(|c| c.name == spec.name) {
             return Err(RuntimeError::Conflict(format!(
@@ -170,12 +268,14 @@ impl Runtime for FakeRuntime {
             state: State::Created,
             health: Health::None,
             ip: None,
+            exit_code: None,
         };
         inner.containers.insert(id.clone(), info);
         Ok(id)
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ticket = self.begin(id).await;
         let mut inner = self.enter(Call::Start(id.into()))?;
         let container = inner.containers.get_mut(id).ok_or(RuntimeError::NotFound)?;
         container.state = State::Running;
@@ -184,7 +284,11 @@ impl Runtime for FakeRuntime {
     }
 
     async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        let _ticket = self.begin(id).await;
         let inner = self.enter(Call::Signal(id.into(), signal.into()))?;
+        if inner.failing_signals {
+            return Err(RuntimeError::Other(format!("cannot kill container {id}")));
+        }
         match inner.containers.get(id) {
             Some(c) if c.state == State::Running => Ok(()),
             Some(_) => Err(RuntimeError::Conflict(format!(
@@ -195,12 +299,30 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ticket = self.begin(id).await;
         let mut inner = self.enter(Call::Remove(id.into()))?;
         inner
             .containers
             .remove(id)
             .map(drop)
             .ok_or(RuntimeError::NotFound)
+    }
+
+    async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+        // Read-only and not a change: not recorded, so call-list assertions stay about what
+        // the loop did to containers.
+        let inner = self.inner.lock().unwrap();
+        if inner.unavailable {
+            return Err(RuntimeError::Unavailable("fake daemon is down".into()));
+        }
+        let name = inner
+            .containers
+            .get(id)
+            .map(|c| c.name.clone())
+            .ok_or(RuntimeError::NotFound)?;
+        let text = inner.logs.get(&name).cloned().unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        Ok(tail.into_iter().rev().map(|l| format!("{l}\n")).collect())
     }
 
     fn events(&self, _labels: &BTreeMap<String, String>) -> EventStream {
