@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod args;
+pub mod caddy;
 pub mod cli;
 pub mod configs;
 pub mod plan;
