@@ -10,10 +10,9 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,228 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-/// The key every test manager is started with: 40 characters.
-const KEY: &str = "test-internal-api-key-0123456789abcdefgh";
-
-// ---------------------------------------------------------------------------------------------
-// A manager serving the API, and a tiny HTTP/1.1 client
-
-/// `postgrest-manager serve` with the API on a free local port, its output in a log file.
-/// The harness's `Manager` always runs `--no-api`, so this starts its own; containers are
-/// removed by the [`TestEnv`] (by instance label) and the process is killed on drop.
-struct ApiManager {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
-}
-
-#[derive(Default)]
-struct ApiOpts {
-    timeout_secs: Option<u64>,
-    image: Option<String>,
-    docker_host: Option<String>,
-    wait_ready: bool,
-    /// Appended after the standard arguments.
-    args: Vec<String>,
-}
-
-impl ApiManager {
-    fn start(env: &TestEnv) -> ApiManager {
-        ApiManager::start_with(
-            env,
-            ApiOpts {
-                wait_ready: true,
-                ..ApiOpts::default()
-            },
-        )
-    }
-
-    fn start_with(env: &TestEnv, opts: ApiOpts) -> ApiManager {
-        // A free port: bound and released; the manager binds it a moment later.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log_path = env.root().join(format!("api-manager-{}.log", addr.port()));
-        let log = fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
-        cmd.arg("serve")
-            .arg("--state-dir")
-            .arg(&env.state_dir)
-            .arg("--config-dir")
-            .arg(&env.config_dir)
-            .args(["--instance", &env.instance])
-            .args(["--network", &env.network])
-            .args(["--image", opts.image.as_deref().unwrap_or(IMAGE)])
-            .args(["--listen", &addr.to_string()])
-            .args([
-                "--api-timeout-secs",
-                &opts.timeout_secs.unwrap_or(120).to_string(),
-            ])
-            .args(&opts.args)
-            .env("INTERNAL_API_KEY", KEY)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        match &opts.docker_host {
-            Some(host) => cmd.env("DOCKER_HOST", host),
-            None => cmd.env_remove("DOCKER_HOST"),
-        };
-        let child = cmd.spawn().expect("postgrest-manager starts");
-        let manager = ApiManager {
-            child,
-            addr,
-            log_path,
-        };
-        let wanted = if opts.wait_ready {
-            "/readyz"
-        } else {
-            "/healthz"
-        };
-        wait_until(&format!("the API to answer 200 on {wanted}"), || {
-            let response = manager.try_request("GET", wanted, None, None, &[]).ok()?;
-            (response.status == 200).then_some(())
-        });
-        manager
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
-        let body = body.map(|b| b.to_string());
-        self.request(
-            method,
-            path,
-            Some(KEY),
-            body.as_deref().map(str::as_bytes),
-            &[],
-        )
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&[u8]>,
-        headers: &[(&str, &str)],
-    ) -> Response {
-        self.try_request(method, path, key, body, headers)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    /// One request on a fresh connection (`Connection: close`), read to the end.
-    fn try_request(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&[u8]>,
-        headers: &[(&str, &str)],
-    ) -> std::io::Result<Response> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        if let Some(key) = key {
-            head.push_str(&format!("X-Internal-Key: {key}\r\n"));
-        }
-        if let Some(body) = body {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-            if !headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            {
-                head.push_str("Content-Type: application/json\r\n");
-            }
-        }
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body.unwrap_or_default());
-        // The server may answer (413, 431) and close before reading everything we send; the
-        // answer is what counts, so a failed write is not an error by itself.
-        let _ = stream.write_all(&request);
-        let mut raw = Vec::new();
-        let read = stream.read_to_end(&mut raw);
-        if raw.is_empty() {
-            read?;
-        }
-        Response::parse(&raw)
-    }
-}
-
-impl Drop for ApiManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Response {
-    fn parse(raw: &[u8]) -> std::io::Result<Response> {
-        let text = String::from_utf8_lossy(raw);
-        let bad = || std::io::Error::other(format!("not an HTTP response: {text:.200}"));
-        let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        let headers: BTreeMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let body = if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (status {})", self.body, self.status))
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Every file in the state directory, with its content: to prove a request changed nothing.
-/// Every file in the state directory with its content, but the writers' (empty) lock file.
+/// Every file in the state directory with its content, but the writers' (empty) lock file:
+/// to prove a request changed nothing.
 fn state_snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
         .unwrap()
@@ -278,7 +57,7 @@ fn reloads(container: &str) -> usize {
 #[test]
 fn seed_sequence_with_exact_codes_and_bodies() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
     let id = env.project_id();
     let (jwt_secret, password) = (secret("jwt"), secret("pw"));
     let name = env.container(&id);
@@ -313,7 +92,7 @@ fn seed_sequence_with_exact_codes_and_bodies() {
         "/internal/postgrest/spawn",
         Some(json!({"projectId": id})),
     );
-    assert_eq!((again.status, again.json()), (201, body.clone()));
+    assert_eq!((again.status, again.json()), (201, body));
 
     let list = api.call("GET", "/internal/postgrest", None);
     assert_eq!(list.status, 200);
@@ -368,11 +147,21 @@ fn seed_sequence_with_exact_codes_and_bodies() {
 }
 
 /// Restart is a reload: the same container (id and start time) takes up a new JWT secret,
-/// the old one stops working, and PostgREST logged one more reload for the restart.
+/// the old one stops working, and the restart adds exactly one reload to what the loop did on
+/// its own. The loop reloads an edited file by itself, so the test first waits for that reload
+/// (the new secret accepted, PostgREST's log), lets the loop settle over a resync, and only
+/// then counts: otherwise the loop's own reload could pass for the restart's.
 #[test]
 fn restart_reloads_the_same_container_with_the_new_secret() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            resync_secs: Some(1),
+            ..ManagerOpts::default()
+        },
+    );
     let id = env.project_id();
     let (old_secret, new_secret, password) = (secret("old"), secret("new"), secret("pw"));
     let spawn = api.call(
@@ -383,15 +172,27 @@ fn restart_reloads_the_same_container_with_the_new_secret() {
     assert_eq!(spawn.status, 201, "{}", spawn.body);
     let before = inspect(&env.container(&id)).unwrap();
     wait_jwt_status(&before, &old_secret, "authenticated", 200);
+    let reloads_at_spawn = reloads(&before.name);
 
-    // The seed's step 7: the operator edits the project's configuration (the state file).
+    // The seed's step 7: the operator edits the project's configuration (the state file),
+    // which the loop applies by itself, with a reload of its own.
     env.write_state(&id, &state_toml(&new_secret, &password));
-    // Whatever the loop did on its own by now, restart answers once the new config is loaded.
-    thread::sleep(Duration::from_millis(300));
+    wait_jwt_status(&before, &new_secret, "authenticated", 200);
+    wait_until("PostgREST to log the file's own reload", || {
+        (reloads(&before.name) > reloads_at_spawn).then_some(())
+    });
+    api.wait_passes(3);
     let reloads_before = reloads(&before.name);
+
     let restart = api.call("POST", &format!("/internal/postgrest/{id}/restart"), None);
     assert_eq!(restart.status, 200, "{}", restart.body);
     assert_eq!(restart.json()["dockerId"], json!(before.id));
+    wait_until("PostgREST to log the restart's reload", || {
+        (reloads(&before.name) > reloads_before).then_some(())
+    });
+    // Exactly one: nothing more after the loop went over it again, resync included.
+    api.wait_passes(3);
+    assert_eq!(reloads(&before.name), reloads_before + 1);
 
     let after = inspect(&env.container(&id)).unwrap();
     assert_eq!(after.id, before.id, "restart recreated the container");
@@ -408,9 +209,6 @@ fn restart_reloads_the_same_container_with_the_new_secret() {
         http_get(ip, "/", Some(&jwt(&old_secret, "authenticated"))).unwrap(),
         401
     );
-    wait_until("PostgREST to log the restart's reload", || {
-        (reloads(&after.name) > reloads_before).then_some(())
-    });
 
     let missing = api.call(
         "POST",
@@ -427,14 +225,13 @@ fn restart_reloads_the_same_container_with_the_new_secret() {
 #[test]
 fn health_follows_dockers_events() {
     let env = TestEnv::new();
-    let api = ApiManager::start_with(
+    let api = Manager::start_with(
         &env,
-        ApiOpts {
-            wait_ready: true,
-            args: ["--healthcheck-secs", "2", "--resync-secs", "3600"]
-                .map(String::from)
-                .to_vec(),
-            ..ApiOpts::default()
+        ManagerOpts {
+            api: Api::Ready,
+            resync_secs: Some(3600),
+            args: ["--healthcheck-secs", "2"].map(String::from).to_vec(),
+            ..ManagerOpts::default()
         },
     );
     let id = env.project_id();
@@ -457,7 +254,7 @@ fn health_follows_dockers_events() {
 #[test]
 fn put_reloads_secrets_and_recreates_for_a_new_password() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
     let id = env.project_id();
     let uri = format!("/internal/postgrest/{id}");
     let (secret_1, secret_2, password_1, password_2) =
@@ -528,7 +325,7 @@ fn put_reloads_secrets_and_recreates_for_a_new_password() {
 #[test]
 fn fifty_concurrent_spawns_all_succeed() {
     let env = TestEnv::new();
-    let api = Arc::new(ApiManager::start(&env));
+    let api = Arc::new(Manager::start_api(&env));
     let ids: Vec<String> = (0..50).map(|_| env.project_id()).collect();
     let jwt_secret = secret("fifty");
     let started = Instant::now();
@@ -568,7 +365,7 @@ fn fifty_concurrent_spawns_all_succeed() {
 #[test]
 fn twenty_concurrent_puts_leave_one_whole_request() {
     let env = TestEnv::new();
-    let api = Arc::new(ApiManager::start(&env));
+    let api = Arc::new(Manager::start_api(&env));
     let id = env.project_id();
     let requests: Vec<(String, String, u32)> = (0..20)
         .map(|n| (secret(&format!("s{n}x")), secret(&format!("p{n}x")), n + 1))
@@ -620,7 +417,7 @@ fn twenty_concurrent_puts_leave_one_whole_request() {
 #[test]
 fn hostile_requests_are_refused_and_change_nothing() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
     let id = env.project_id();
     let (jwt_secret, password) = (secret("hostile"), secret("pw"));
     let spawn = api.call(
@@ -631,7 +428,8 @@ fn hostile_requests_are_refused_and_change_nothing() {
     assert_eq!(spawn.status, 201, "{}", spawn.body);
     let before = state_snapshot(&env.state_dir);
 
-    let wrong_key = "x".repeat(KEY.len());
+    let key = api.key().to_owned();
+    let wrong_key = "x".repeat(key.len());
     let ten_mb = format!(
         r#"{{"projectId": "{id}", "jwtSecret": "{}"}}"#,
         "a".repeat(10 << 20)
@@ -655,7 +453,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         what,
         method,
         path: path.to_owned(),
-        key: Some(KEY),
+        key: Some(&key),
         body,
         headers: vec![],
         expected,
@@ -668,7 +466,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
         Case { key: None, ..case("no key for the OpenAPI document", "GET", "/internal/openapi.json", None, 401) },
         case("path traversal in restart", "POST", "/internal/postgrest/..%2F..%2Fetc%2Fpasswd/restart", None, 400),
         case("path traversal in delete", "DELETE", "/internal/postgrest/..%2Fstate%2Fx", None, 400),
-        case("path traversal in put", "PUT", "/internal/postgrest/..%2F..%2Ftmp%2Fevil", Some(valid_put.clone()), 400),
+        case("path traversal in put", "PUT", "/internal/postgrest/..%2F..%2Ftmp%2Fevil", Some(valid_put), 400),
         case("dot-dot id", "GET", "/internal/postgrest/..", None, 400),
         case("traversal in the body", "POST", spawn_path, Some(r#"{"projectId": "../../etc/passwd", "jwtSecret": "x", "authenticatorPassword": "y"}"#.into()), 400),
         case("shell metacharacters in the path", "DELETE", "/internal/postgrest/a%3Brm%20-rf%20%2F", None, 400),
@@ -734,7 +532,7 @@ fn hostile_requests_are_refused_and_change_nothing() {
 #[test]
 fn conflict_timeout_and_docker_down() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
 
     // 409: someone else's container named postgrest-<id> (labelled with our instance only so
     // the env removes it; without managed-by it is not ours).
@@ -776,13 +574,13 @@ fn conflict_timeout_and_docker_down() {
     drop(api);
 
     // 504: an image that does not exist never runs; the desired state stays saved.
-    let slow = ApiManager::start_with(
+    let slow = Manager::start_with(
         &env,
-        ApiOpts {
-            timeout_secs: Some(2),
+        ManagerOpts {
+            api: Api::Ready,
+            api_timeout_secs: Some(2),
             image: Some("launchdb/does-not-exist:never".into()),
-            wait_ready: true,
-            ..ApiOpts::default()
+            ..ManagerOpts::default()
         },
     );
     let id = env.project_id();
@@ -805,12 +603,13 @@ fn conflict_timeout_and_docker_down() {
     drop(slow);
 
     // 503: Docker unreachable; nothing written.
-    let down = ApiManager::start_with(
+    let down = Manager::start_with(
         &env,
-        ApiOpts {
+        ManagerOpts {
+            api: Api::Serving,
             // A closed port: bollard refuses a missing socket file at start-up, not a dead address.
             docker_host: Some("tcp://127.0.0.1:1".into()),
-            ..ApiOpts::default()
+            ..ManagerOpts::default()
         },
     );
     let other = env.project_id();
@@ -826,12 +625,84 @@ fn conflict_timeout_and_docker_down() {
     assert_eq!(ready.status, 503);
 }
 
-/// `serve` refuses to start its API without a key, with a short key, or on a taken address.
+/// A state file that does not parse or validate is a conflict the caller must resolve: spawn
+/// (without secrets) and restart answer 409 naming the way out (PUT), write nothing, and a PUT
+/// replaces the file and brings the project up.
+#[test]
+fn invalid_state_file_is_409_until_replaced() {
+    let env = TestEnv::new();
+    let api = Manager::start_api(&env);
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    // Valid TOML, invalid spec (no password), and a second file that is not TOML at all.
+    let invalid = format!("jwt_secret = {}\n", toml_string(&jwt_secret));
+    env.write_state(&id, &invalid);
+    let broken = env.project_id();
+    env.write_state(&broken, "jwt_secret = \"unterminated\n");
+    let before = state_snapshot(&env.state_dir);
+
+    for (method, path, body) in [
+        (
+            "POST",
+            "/internal/postgrest/spawn".to_owned(),
+            Some(json!({"projectId": id})),
+        ),
+        ("POST", format!("/internal/postgrest/{id}/restart"), None),
+        (
+            "POST",
+            "/internal/postgrest/spawn".to_owned(),
+            Some(json!({"projectId": broken})),
+        ),
+        (
+            "POST",
+            format!("/internal/postgrest/{broken}/restart"),
+            None,
+        ),
+    ] {
+        let response = api.call(method, &path, body.clone());
+        assert_eq!(
+            response.status, 409,
+            "{method} {path} {body:?}: {}",
+            response.body
+        );
+        let error = response.json();
+        assert_eq!(error["error"], "conflict", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("invalid") && message.contains("PUT"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        state_snapshot(&env.state_dir),
+        before,
+        "a 409 changed the state directory"
+    );
+    assert!(inspect(&env.container(&id)).is_none());
+
+    let put = api.call(
+        "PUT",
+        &format!("/internal/postgrest/{id}"),
+        Some(json!({"jwtSecret": jwt_secret, "authenticatorPassword": password})),
+    );
+    assert!(matches!(put.status, 200 | 201), "{}", put.body);
+    assert_eq!(put.json()["status"], "running", "{}", put.body);
+    assert!(inspect(&env.container(&id)).is_some_and(|c| c.running));
+    assert_no_secrets(&api.log(), &[&jwt_secret, &password]);
+}
+
+/// `serve` refuses to start its API without a key or with a short key (exit 2), and binds the
+/// API before the loop starts: on a taken address it exits non-zero at once with a message,
+/// before it created anything for the valid project waiting in its state directory (no
+/// container, no network, no rendered config).
 #[test]
 fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
     let env = TestEnv::new();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
     let run = |key: Option<&str>, listen: String| {
+        let log = env.root().join(format!("refused-{}.log", unique_id()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
         cmd.arg("serve")
             .arg("--state-dir")
@@ -839,30 +710,58 @@ fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
             .arg("--config-dir")
             .arg(&env.config_dir)
             .args(["--instance", &env.instance, "--network", &env.network])
+            .args(["--image", &image()])
             .args(["--listen", &listen])
             .env_remove("INTERNAL_API_KEY")
-            .stdin(Stdio::null());
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
         if let Some(key) = key {
             cmd.env("INTERNAL_API_KEY", key);
         }
-        let out = cmd.output().unwrap();
+        let started = Instant::now();
+        let process = env.spawn(&mut cmd);
+        let status = process
+            .wait_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("serve did not exit with {key:?} on {listen}"));
         (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            status.code(),
+            fs::read_to_string(&log).unwrap(),
+            started.elapsed(),
         )
     };
-    let (code, stderr) = run(None, "127.0.0.1:0".into());
+    let (code, stderr, _) = run(None, "127.0.0.1:0".into());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("INTERNAL_API_KEY"), "{stderr}");
-    let (code, stderr) = run(Some("too-short"), "127.0.0.1:0".into());
+    let (code, stderr, _) = run(Some("too-short"), "127.0.0.1:0".into());
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         !stderr.contains("too-short"),
         "the key was printed: {stderr}"
     );
-    let (code, stderr) = run(Some(KEY), taken.local_addr().unwrap().to_string());
+    let key = launch::api_key();
+    let (code, stderr, took) = run(Some(&key), taken.local_addr().unwrap().to_string());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("binding the API"), "{stderr}");
+    assert!(!stderr.contains(&key), "the key was printed: {stderr}");
+    // At once: well before a first pass could have created and started a container.
+    assert!(took < Duration::from_secs(10), "exited only after {took:?}");
+    assert!(
+        !stderr.contains("postgrest-manager started") && !stderr.contains("pass finished"),
+        "the loop ran before the API was bound:\n{stderr}"
+    );
+    assert!(
+        inspect(&env.container(&id)).is_none(),
+        "a container was created"
+    );
+    assert!(
+        !docker(&["network", "inspect", &env.network])
+            .status
+            .success(),
+        "the network was created"
+    );
+    assert!(!env.config_dir.join(&id).exists(), "a config was rendered");
 }
 
 /// SIGTERM stops the API and the loop together: the process exits 0, the port closes, and
@@ -870,7 +769,7 @@ fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
 #[test]
 fn sigterm_stops_the_api_and_keeps_containers() {
     let env = TestEnv::new();
-    let mut api = ApiManager::start(&env);
+    let mut api = Manager::start_api(&env);
     let id = env.project_id();
     let spawn = api.call(
         "POST",
@@ -878,10 +777,7 @@ fn sigterm_stops_the_api_and_keeps_containers() {
         Some(spawn_body(&id, &secret("term"), "pw")),
     );
     assert_eq!(spawn.status, 201, "{}", spawn.body);
-    signal(api.child.id(), "TERM");
-    let status = wait_until("the manager to exit after SIGTERM", || {
-        api.child.try_wait().ok().flatten()
-    });
+    let status = api.terminate();
     assert!(status.success(), "{status:?}\n{}", api.log());
     assert!(api.try_request("GET", "/healthz", None, None, &[]).is_err());
     assert!(inspect(&env.container(&id)).is_some_and(|c| c.running));
@@ -898,7 +794,7 @@ fn sigterm_stops_the_api_and_keeps_containers() {
 #[test]
 fn seed_end_to_end_from_the_scripts() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/scripts");
     let script = |name: &str, args: &[&str]| {
         let out = Command::new("bash")
@@ -918,7 +814,7 @@ fn seed_end_to_end_from_the_scripts() {
         )
     };
     let curl = |args: &[&str]| {
-        let url_base = format!("http://{}", api.addr);
+        let url_base = format!("http://{}", api.addr());
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace("http://localhost:9000", &url_base))
@@ -932,7 +828,7 @@ fn seed_end_to_end_from_the_scripts() {
         let (body, code) = text.rsplit_once('\n').unwrap();
         (code.parse::<u16>().unwrap(), body.to_owned())
     };
-    let key_header = format!("X-Internal-Key: {KEY}");
+    let key_header = format!("X-Internal-Key: {}", api.key());
     let id = env.project_id();
     let name = env.container(&id);
     let (jwt_secret, password) = ("test_jwt_secret_32_chars_minimum", "test_db_password");
@@ -1095,7 +991,7 @@ fn cli_status(env: &TestEnv, id: &str) -> (String, String) {
 #[test]
 fn spawn_latency() {
     let env = TestEnv::new();
-    let api = ApiManager::start(&env);
+    let api = Manager::start_api(&env);
     let jwt_secret = secret("lat");
     let mut times = Vec::new();
     for _ in 0..5 {

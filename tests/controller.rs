@@ -76,10 +76,43 @@ fn new_state_file_runs_a_hardened_container() {
     assert_eq!(mode_and_uid(&own), (0o700, 1000));
     assert_eq!(mode_and_uid(&env.config_file(&a)), (0o600, 1000));
 
-    assert_no_secrets(
-        &manager.log(),
-        &[&secret_a, &password_a, &secret_b, &password_b],
+    // No published ports: reachable on the network only.
+    for (what, ports) in [
+        ("HostConfig.PortBindings", &c.port_bindings),
+        ("NetworkSettings.Ports", &c.ports),
+    ] {
+        let published = ports.as_object().is_some_and(|ports| {
+            ports
+                .values()
+                .any(|bindings| bindings.as_array().is_some_and(|b| !b.is_empty()))
+        });
+        assert!(!published, "{what} publishes a port: {ports}");
+    }
+    assert!(
+        c.port_bindings.as_object().is_none_or(|p| p.is_empty()),
+        "port bindings requested: {}",
+        c.port_bindings
     );
+
+    // The secrets reach PostgREST only through the mounted file: not through the container's
+    // environment, command, entrypoint or arguments, and PostgREST's output does not show them.
+    let secrets = [&secret_a[..], &password_a, &secret_b, &password_b];
+    for c in [&c, &inspect(&env.container(&b)).unwrap()] {
+        let seen = [&c.env, &c.cmd, &c.entrypoint, &c.args]
+            .map(|v| v.join("\n"))
+            .join("\n");
+        assert_no_secrets_in(
+            "the container's env, cmd, entrypoint and args",
+            &seen,
+            &secrets,
+        );
+        let logs = docker(&["logs", &c.name]);
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned()
+            + &String::from_utf8_lossy(&logs.stderr);
+        assert_no_secrets_in("docker logs", &logs, &secrets);
+    }
+
+    assert_no_secrets(&manager.log(), &secrets);
 }
 
 /// A new `jwt_secret` is a reload: the same container, never restarted, and requests are
@@ -249,7 +282,7 @@ fn deleting_the_state_file_removes_container_and_config() {
 #[test]
 fn disabling_and_enabling_a_project() {
     let env = TestEnv::new();
-    let manager = Manager::start(&env);
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
     let id = env.project_id();
     let (jwt_secret, password) = (secret("jwt"), secret("pw"));
     let spec = state_toml(&jwt_secret, &password);
@@ -262,8 +295,9 @@ fn disabling_and_enabling_a_project() {
         env.config_file(&id).exists(),
         "the config went with the container"
     );
-    // Still nothing after a while: the loop does not bring it back.
-    thread::sleep(Duration::from_secs(2));
+    // Still nothing after the loop went over it again, a resync included: it does not bring
+    // the container back.
+    manager.wait_passes(3);
     assert!(inspect(&env.container(&id)).is_none());
 
     env.write_state(&id, &format!("{spec}enabled = true\n"));
@@ -280,7 +314,7 @@ fn disabling_and_enabling_a_project() {
 #[test]
 fn broken_toml_keeps_the_container_until_fixed() {
     let env = TestEnv::new();
-    let manager = Manager::start(&env);
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
     let id = env.project_id();
     let (old, typo, new, password) = (
         secret("jwtold"),
@@ -307,8 +341,8 @@ fn broken_toml_keeps_the_container_until_fixed() {
         line.contains(&id),
         "the error does not name the project: {line}"
     );
-    // Give the loop time to act on the broken file, if it wrongly would.
-    thread::sleep(Duration::from_secs(2));
+    // Let the loop go over the broken file, a resync included, to act on it if it wrongly would.
+    manager.wait_passes(3);
     let during = inspect(&before.name).expect("the container is gone");
     assert_eq!(during.id, before.id);
     assert!(during.running);
@@ -497,6 +531,7 @@ fn hostile_secrets_render_to_exactly_those_values() {
                 "db-anon-role",
                 "db-pool",
                 "db-prepared-statements",
+                "db-channel-enabled",
                 "jwt-secret",
                 "jwt-aud",
                 "max-rows",
@@ -532,7 +567,7 @@ fn two_managers_never_touch_each_others_containers() {
     let (only_a, only_b, shared) = (env.project_id(), env.project_id(), env.project_id());
     let (secret_a, secret_b, password) = (secret("jwta"), secret("jwtb"), secret("pw"));
 
-    let manager_a = Manager::start(&env);
+    let manager_a = Manager::start_with(&env, ManagerOpts::quick_resync());
     env.write_state(&only_a, &state_toml(&secret_a, &password));
     env.write_state(&shared, &state_toml(&secret_a, &password));
     let a = env.wait_serving(&only_a);
@@ -543,8 +578,8 @@ fn two_managers_never_touch_each_others_containers() {
         ManagerOpts {
             instance: Some(other_instance.clone()),
             state_dir: Some(other_state.clone()),
-            config_dir: Some(other_configs.clone()),
-            ..Default::default()
+            config_dir: Some(other_configs),
+            ..ManagerOpts::quick_resync()
         },
     );
     for id in [&only_b, &shared] {
@@ -567,8 +602,16 @@ fn two_managers_never_touch_each_others_containers() {
         .to_owned();
     assert!(conflict.contains(&shared), "{conflict}");
 
-    // Let both loops run a while (both see each other's containers on the network).
-    thread::sleep(Duration::from_secs(3));
+    // Let both loops go over everything, a resync included (both see each other's containers
+    // on the network): nobody signals, stops or removes the shared container.
+    let since = docker_now();
+    manager_a.wait_passes(3);
+    manager_b.wait_passes(3);
+    assert_eq!(
+        container_events(&shared_before.id, &since),
+        Vec::<String>::new(),
+        "the shared container was touched"
+    );
     let shared_after = inspect(&shared_before.name).expect("the shared container was removed");
     assert_eq!(shared_after.id, shared_before.id);
     assert_eq!(shared_after.labels, shared_before.labels);
@@ -581,8 +624,15 @@ fn two_managers_never_touch_each_others_containers() {
     fs::remove_file(other_state.join(format!("{shared}.toml"))).unwrap();
     fs::remove_file(other_state.join(format!("{only_b}.toml"))).unwrap();
     env.wait_gone(&only_b);
-    thread::sleep(Duration::from_secs(1));
+    let since = docker_now();
+    manager_a.wait_passes(3);
+    manager_b.wait_passes(3);
     assert_eq!(inspect(&shared_before.name).unwrap().id, shared_before.id);
+    assert_eq!(
+        container_events(&shared_before.id, &since),
+        Vec::<String>::new(),
+        "the shared container was touched"
+    );
     assert_eq!(inspect(&a.name).unwrap().id, a.id);
 
     for log in [manager_a.log(), manager_b.log()] {
@@ -686,7 +736,10 @@ fn docker_outage_is_survived_and_resynced() {
     env.write_state(&b, &state_toml(&old, &password));
     env.write_state(&a, &state_toml(&new, &password));
     manager.wait_log("Docker is unreachable");
-    thread::sleep(Duration::from_secs(3));
+    // Passes keep coming (each reads the new files, then finds Docker still gone): wait for
+    // three more of them, then nothing may have happened and the manager must still run.
+    let retries = manager.log().matches("Docker still unreachable").count();
+    manager.wait_log_lines("Docker still unreachable", retries + 3);
     assert!(manager.running(), "the manager gave up:\n{}", manager.log());
     assert!(inspect(&env.container(&b)).is_none());
     assert_eq!(
@@ -705,7 +758,8 @@ fn docker_outage_is_survived_and_resynced() {
 
     let log = manager.log();
     let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
-    assert_eq!(lines("Docker is unreachable"), 1, "{log}");
+    // The outage once (its retries are DEBUG lines of their own), the recovery once.
+    assert_eq!(lines("Docker is unreachable; retrying"), 1, "{log}");
     assert_eq!(lines("Docker is reachable again"), 1, "{log}");
     assert_no_secrets(&log, &[&old, &new, &password]);
 }
@@ -741,7 +795,7 @@ fn docker_reports_the_container_healthy() {
 #[test]
 fn junk_and_invalid_files_never_stop_the_others() {
     let env = TestEnv::new();
-    let manager = Manager::start(&env);
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
     let (good, invalid) = (env.project_id(), env.project_id());
     let (jwt_secret, password) = (secret("jwt"), secret("pw"));
     let spec = state_toml(&jwt_secret, &password);
@@ -764,8 +818,8 @@ fn junk_and_invalid_files_never_stop_the_others() {
     env.wait_serving(&good);
     manager.wait_log("invalid state file");
     manager.wait_log("not a valid project id");
-    // Give the loop time to act on the rest, if it wrongly would.
-    thread::sleep(Duration::from_secs(2));
+    // Let the loop go over the rest, a resync included, to act on it if it wrongly would.
+    manager.wait_passes(3);
     assert_eq!(env.containers(), vec![env.container(&good)]);
     assert!(!env.config_dir.join(&invalid).exists());
     let log = manager.log();
@@ -872,7 +926,7 @@ fn stopped_container_is_started_again() {
 #[test]
 fn rapid_same_size_edits_in_place_converge_to_the_last() {
     let env = TestEnv::new();
-    let manager = Manager::start(&env);
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
     let id = env.project_id();
     let password = secret("pw");
     let secrets: Vec<String> = (0..6)
@@ -888,8 +942,14 @@ fn rapid_same_size_edits_in_place_converge_to_the_last() {
     }
     let last = secrets.last().unwrap();
     wait_jwt_status(&c, last, "authenticated", 200);
-    // And it stays there: nothing later reverts to an intermediate edit.
-    thread::sleep(Duration::from_secs(3));
+    // And it stays there: nothing later reverts to an intermediate edit, also once the loader
+    // trusts the file's stamp (2 s after the last change) and the passes after that.
+    let path = env.state_file(&id);
+    wait_until("the state file to settle (2 s unchanged)", || {
+        let changed = fs::metadata(&path).ok()?.modified().ok()?;
+        (changed.elapsed().ok()? > Duration::from_millis(2500)).then_some(())
+    });
+    manager.wait_passes(3);
     let ip = c.ip.unwrap();
     assert_eq!(
         http_get(ip, "/", Some(&jwt(last, "authenticated"))).unwrap(),

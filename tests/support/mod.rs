@@ -1,12 +1,21 @@
 //! The shared real-Docker test harness: a per-test environment (instance id, network, temp
-//! state and config dirs), the manager binary as a child process with its log captured, Docker
-//! inspection through the `docker` CLI, HS256 JWT minting and tiny HTTP probes.
+//! state and config dirs), the manager binary as a child process with its log captured
+//! (`manager.rs`, started through `launch.rs`, which the benches share), the CLI with a
+//! timeout, Docker inspection through the `docker` CLI, HS256 JWT minting and tiny HTTP probes.
 //!
 //! Every test gets its own instance label and network, and its `Drop` removes exactly the
-//! containers carrying that label (also on panic), so parallel tests and concurrent runs never
-//! see or touch each other's containers.
+//! containers carrying that label, its network and its directory, and kills every process it
+//! started (also on panic), so parallel tests and concurrent runs never see or touch each
+//! other's containers. Everything a test creates on the daemon is named after its id
+//! (`pgmt<pid>x<n>`: containers `postgrest-pgmt…` or `pgmt…`, network `pgmt…net`), which is
+//! what `.ci/run`'s leftover check looks for.
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
+
+pub mod launch;
+mod manager;
+
+pub use manager::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +23,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -26,6 +35,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// The image every test container runs: the PostgREST test double behind the real wrapper.
+/// `PGM_TEST_IMAGE` overrides it (e.g. an image built from another revision of the double).
 pub const IMAGE: &str = "launchdb/postgrest:v1-test";
 /// A plain busybox image, for a client on the containers' network.
 pub const CLIENT_IMAGE: &str = "launchdb/busybox-base:local";
@@ -38,6 +48,11 @@ pub const POLL: Duration = Duration::from_millis(50);
 const LABEL_INSTANCE: &str = "launchdb.instance";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The image the managers of the tests run: [`IMAGE`] unless `PGM_TEST_IMAGE` is set.
+pub fn image() -> String {
+    std::env::var("PGM_TEST_IMAGE").unwrap_or_else(|_| IMAGE.to_owned())
+}
 
 /// A fresh id, unique within this host for this process: `pgmt<pid>x<n>`. It is a valid
 /// project-id prefix (lowercase letter first, then letters and digits).
@@ -56,7 +71,8 @@ pub struct TestEnv {
     pub config_dir: PathBuf,
     /// Every instance a manager of this env ran as; cleanup removes their containers.
     instances: Mutex<Vec<String>>,
-    /// Managers started through this env, killed on drop even if the test leaked them.
+    /// Every process started through this env (managers, CLI runs, lock holders), killed and
+    /// reaped on drop even if the test leaked or forgot them.
     children: Mutex<Vec<Arc<Mutex<Child>>>>,
     projects: AtomicUsize,
     dir: Option<tempfile::TempDir>,
@@ -85,6 +101,74 @@ impl TestEnv {
         }
     }
 
+    /// Registers a child process: the env kills and reaps it on drop.
+    pub fn register(&self, child: Arc<Mutex<Child>>) {
+        lock(&self.children).push(child);
+    }
+
+    /// Starts `command` as a child registered with this env (stdin closed unless the command
+    /// says otherwise).
+    pub fn spawn(&self, command: &mut Command) -> Process {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        self.register(Arc::clone(&child));
+        Process { child, pid }
+    }
+
+    /// `postgrest-manager <args>` (a state-editing or status subcommand) against this env's
+    /// state directory and instance, run to completion (at most [`TIMEOUT`]), with `stdin`
+    /// as its standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> CliRun {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let (out_path, err_path) = (
+            self.root().join(format!("cli-{n}.out")),
+            self.root().join(format!("cli-{n}.err")),
+        );
+        let process = self.spawn(
+            self.cli_command(args)
+                .stdin(Stdio::piped())
+                .stdout(fs::File::create(&out_path).unwrap())
+                .stderr(fs::File::create(&err_path).unwrap()),
+        );
+        if let Some(mut pipe) = lock(&process.child).stdin.take() {
+            let _ = pipe.write_all(stdin.as_bytes());
+        }
+        let status = process.wait_timeout(TIMEOUT).unwrap_or_else(|| {
+            panic!("postgrest-manager {args:?} did not finish within {TIMEOUT:?}")
+        });
+        let read = |path: &Path| String::from_utf8_lossy(&fs::read(path).unwrap()).into_owned();
+        CliRun {
+            code: status.code(),
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+        }
+    }
+
+    /// Like [`TestEnv::cli_with_stdin`], with nothing on standard input.
+    pub fn cli(&self, args: &[&str]) -> CliRun {
+        self.cli_with_stdin(args, "")
+    }
+
+    /// The CLI command against this env (`PGM_STATE_DIR`, `PGM_INSTANCE`), not started.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PGM_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(args)
+            .env("PGM_STATE_DIR", &self.state_dir)
+            .env("PGM_INSTANCE", &self.instance)
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null());
+        command
+    }
+
     /// The temp dir everything of this env lives in.
     pub fn root(&self) -> &Path {
         self.dir.as_ref().expect("not dropped").path()
@@ -103,7 +187,7 @@ impl TestEnv {
             self.instance,
             self.projects.fetch_add(1, Ordering::SeqCst)
         );
-        self.instances.lock().unwrap().push(name.clone());
+        lock(&self.instances).push(name.clone());
         name
     }
 
@@ -167,9 +251,12 @@ impl TestEnv {
     // The name says where the request comes from, not a conversion.
     #[allow(clippy::wrong_self_convention)]
     pub fn from_network(&self, url: &str) -> Result<String, String> {
+        let name = self.helper_name();
         let out = docker(&[
             "run",
             "--rm",
+            "--name",
+            &name,
             "--label",
             &format!("{LABEL_INSTANCE}={}", self.instance),
             "--network",
@@ -189,10 +276,21 @@ impl TestEnv {
         }
     }
 
+    /// A name for a helper container (a client, a foreign container): `<instance>h<n>`, so a
+    /// leftover is recognisable as the tests'. Label it with the env's instance too, so the
+    /// env removes it.
+    pub fn helper_name(&self) -> String {
+        format!(
+            "{}h{}",
+            self.instance,
+            self.projects.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+
     /// Containers of this env's instances, by name.
     pub fn containers(&self) -> Vec<String> {
         let mut names = Vec::new();
-        for instance in self.instances.lock().unwrap().iter() {
+        for instance in lock(&self.instances).iter() {
             let out = docker(&[
                 "ps",
                 "-a",
@@ -219,12 +317,14 @@ impl Default for TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        for child in self.children.lock().unwrap().drain(..) {
-            let mut child = child.lock().unwrap();
+        let children: Vec<_> = lock(&self.children).drain(..).collect();
+        for child in children {
+            let mut child = lock(&child);
             let _ = child.kill();
             let _ = child.wait();
         }
-        for instance in self.instances.lock().unwrap().iter() {
+        let instances = lock(&self.instances).clone();
+        for instance in &instances {
             let out = docker(&[
                 "ps",
                 "-aq",
@@ -241,167 +341,80 @@ impl Drop for TestEnv {
                 let _ = docker(&args);
             }
         }
-        let _ = docker(&["network", "rm", &self.network]);
+        // The daemon may still be detaching the last endpoints: try for a while.
+        for _ in 0..20 {
+            let gone = docker(&["network", "rm", &self.network]).status.success()
+                || !docker(&["network", "inspect", &self.network])
+                    .status
+                    .success();
+            if gone {
+                break;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }
     }
 }
 
-/// A running `postgrest-manager serve`, its stdout and stderr captured into one log file.
-pub struct Manager {
+/// A mutex guard even if a panicking thread poisoned it: cleanup must still run.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A process a test started through [`TestEnv::spawn`]: killed and reaped when dropped, and
+/// by the env's drop if the test leaked it.
+pub struct Process {
     child: Arc<Mutex<Child>>,
     pub pid: u32,
-    log_path: PathBuf,
-    readers: Vec<JoinHandle<()>>,
 }
 
-/// How to start a manager; [`ManagerOpts::default`] is the env's instance, dirs and network.
-#[derive(Default, Clone)]
-pub struct ManagerOpts {
-    /// Instead of the env's instance.
-    pub instance: Option<String>,
-    /// Instead of the env's state dir.
-    pub state_dir: Option<PathBuf>,
-    /// Instead of the env's config dir.
-    pub config_dir: Option<PathBuf>,
-    /// Instead of 30.
-    pub resync_secs: Option<u64>,
-    /// Appended after the standard arguments.
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-impl Manager {
-    /// Starts a manager with the env's settings.
-    pub fn start(env: &TestEnv) -> Manager {
-        Manager::start_with(env, ManagerOpts::default())
+impl Process {
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        lock(&self.child).try_wait().ok().flatten()
     }
 
-    pub fn start_with(env: &TestEnv, opts: ManagerOpts) -> Manager {
-        let log_name = format!("manager-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst));
-        let log_path = env.root().join(log_name);
-        let instance = opts.instance.unwrap_or_else(|| env.instance.clone());
-        let state_dir = opts.state_dir.unwrap_or_else(|| env.state_dir.clone());
-        let config_dir = opts.config_dir.unwrap_or_else(|| env.config_dir.clone());
-        let resync = opts.resync_secs.unwrap_or(30).to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
-        cmd.arg("serve")
-            .arg("--no-api")
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--config-dir")
-            .arg(&config_dir)
-            .args(["--instance", &instance])
-            .args(["--network", &env.network])
-            .args(["--image", IMAGE])
-            .args(["--resync-secs", &resync])
-            .args(&opts.args)
-            .env("RUST_LOG", "info")
-            .env_remove("INTERNAL_API_KEY")
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("postgrest-manager starts");
-        let log = Arc::new(Mutex::new(fs::File::create(&log_path).expect("a log file")));
-        let mut readers = Vec::new();
-        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        for mut pipe in [stdout, stderr] {
-            let log = Arc::clone(&log);
-            readers.push(thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let _ = log.lock().unwrap().write_all(&buf[..n]);
-                }
-            }));
-        }
-        let pid = child.id();
-        let child = Arc::new(Mutex::new(child));
-        env.children.lock().unwrap().push(Arc::clone(&child));
-        Manager {
-            child,
-            pid,
-            log_path,
-            readers,
+    /// Waits up to `timeout` for it to exit; `None` if it is still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Everything the manager printed so far, without terminal colour codes.
-    pub fn log(&self) -> String {
-        let raw = fs::read(&self.log_path).unwrap_or_default();
-        strip_ansi(&String::from_utf8_lossy(&raw))
-    }
-
-    /// Waits until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str) {
-        wait_until(&format!("manager log containing {needle:?}"), || {
-            self.log().contains(needle).then_some(())
-        });
-    }
-
-    /// SIGKILL, then reap; returns once its output is fully captured.
-    pub fn kill(&mut self) {
-        {
-            let mut child = self.child.lock().unwrap();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.join_readers();
-    }
-
-    /// SIGTERM, then wait (up to [`TIMEOUT`]) for it to exit; returns its exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        signal(self.pid, "TERM");
-        let status = wait_until("manager to exit after SIGTERM", || {
-            self.child.lock().unwrap().try_wait().ok().flatten()
-        });
-        self.join_readers();
-        status
-    }
-
-    /// Whether the process is still running.
-    pub fn running(&self) -> bool {
-        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
-    }
-
-    fn join_readers(&mut self) {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
+    /// SIGKILL, then reap.
+    pub fn kill(&self) -> ExitStatus {
+        let mut child = lock(&self.child);
+        let _ = child.kill();
+        child.wait().expect("reaping a child")
     }
 }
 
-impl Drop for Manager {
+impl Drop for Process {
     fn drop(&mut self) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = lock(&self.child);
         let _ = child.kill();
         let _ = child.wait();
     }
 }
 
-/// Removes ANSI escape sequences (`ESC [ ... letter`), so tests match `key=value` text.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
+/// What a CLI run printed, and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Sends `signal` (a name like `TERM`) to a host process.
@@ -414,7 +427,8 @@ pub fn signal(pid: u32, signal: &str) {
 }
 
 /// Polls `check` every [`POLL`] until it returns `Some`, for at most [`TIMEOUT`]; panics with
-/// `what` otherwise.
+/// `what` otherwise, and at once (with its log's tail) if a manager this thread started and
+/// still expects to run has exited.
 pub fn wait_until<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     wait_until_for(what, TIMEOUT, check)
 }
@@ -425,6 +439,7 @@ pub fn wait_until_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
         if let Some(value) = check() {
             return value;
         }
+        check_managers_alive(what);
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
@@ -463,6 +478,34 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Now, as a `docker events --since/--until` timestamp (seconds with a fraction).
+pub fn docker_now() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+/// The actions Docker recorded for a container from `since` ([`docker_now`]) until now, but
+/// the health check's own (`exec_*`, `health_status`): `kill` (any signal, a reload too),
+/// `stop`, `die`, `start`, `destroy`, ... Empty means nobody touched it.
+pub fn container_events(container: &str, since: &str) -> Vec<String> {
+    let out = docker_ok(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &docker_now(),
+        "--filter",
+        &format!("container={container}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    out.lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.starts_with("exec_") && !a.starts_with("health_status"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What `docker inspect` says about a container, the parts the tests look at.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -488,6 +531,16 @@ pub struct Container {
     pub has_healthcheck: bool,
     /// `State.Health.Status`: `starting`, `healthy`, `unhealthy`, or empty without a check.
     pub health: String,
+    /// `Config.Env`, `Config.Cmd`, `Config.Entrypoint` and `Args`: everything a process in
+    /// the container (or anyone with `docker inspect`) sees besides the mounted files.
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub args: Vec<String>,
+    /// `HostConfig.PortBindings` and `NetworkSettings.Ports`, as JSON (`null` or `{}` when
+    /// nothing is published).
+    pub port_bindings: serde_json::Value,
+    pub ports: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,6 +605,12 @@ pub fn inspect(name: &str) -> Option<Container> {
         user: s(&v["Config"]["User"]),
         has_healthcheck: !v["Config"]["Healthcheck"].is_null(),
         health: s(&v["State"]["Health"]["Status"]),
+        env: strings(&v["Config"]["Env"]),
+        cmd: strings(&v["Config"]["Cmd"]),
+        entrypoint: strings(&v["Config"]["Entrypoint"]),
+        args: strings(&v["Args"]),
+        port_bindings: v["HostConfig"]["PortBindings"].clone(),
+        ports: v["NetworkSettings"]["Ports"].clone(),
     })
 }
 
@@ -657,9 +716,15 @@ pub fn wait_jwt_status(c: &Container, secret: &str, aud: &str, expected: u16) {
     });
 }
 
-/// Panics if any secret (at least 8 characters, to avoid trivial matches) appears in `log`,
-/// raw or in the forms the config file and the db-uri use.
+/// Panics if any secret (at least 8 characters, to avoid trivial matches) appears in the
+/// manager's `log`, raw or in the forms the config file and the db-uri use.
 pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
+    assert_no_secrets_in("the manager's log", log, secrets);
+}
+
+/// Panics if any secret appears in `text` (described by `what`), raw or in the forms the
+/// config file and the db-uri use.
+pub fn assert_no_secrets_in(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
         assert!(
             secret.len() >= 8,
@@ -681,10 +746,7 @@ pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
             })
             .collect();
         for form in [secret.to_string(), escaped, encoded] {
-            assert!(
-                !log.contains(&form),
-                "a secret appears in the manager's log:\n{log}"
-            );
+            assert!(!text.contains(&form), "a secret appears in {what}:\n{text}");
         }
     }
 }
