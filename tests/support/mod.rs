@@ -341,6 +341,18 @@ impl Drop for TestEnv {
                 let _ = docker(&args);
             }
         }
+        // Whatever is still attached to the env's own network (a shared fixture a test
+        // connected, a container of a foreign instance) is disconnected, not removed.
+        let attached = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .Containers}}{{.Name}} {{end}}",
+            &self.network,
+        ]);
+        for container in String::from_utf8_lossy(&attached.stdout).split_whitespace() {
+            let _ = docker(&["network", "disconnect", "-f", &self.network, container]);
+        }
         // The daemon may still be detaching the last endpoints: try for a while.
         for _ in 0..20 {
             let gone = docker(&["network", "rm", &self.network]).status.success()
