@@ -58,9 +58,12 @@ impl HttpCaddy {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| map_transport(&e))?;
+                .map_err(|e| map_transport(&self.base, &e))?;
             let (parts, body) = response.into_parts();
-            let collected = body.collect().await.map_err(|e| map_transport(&e))?;
+            let collected = body
+                .collect()
+                .await
+                .map_err(|e| map_transport(&self.base, &e))?;
             let trailers = collected.trailers().cloned();
             Ok(Answer {
                 status: parts.status,
@@ -183,9 +186,9 @@ pub(crate) fn map_status(status: StatusCode, body: &[u8]) -> CaddyError {
 }
 
 /// A request that got no whole answer: refused, unresolved, reset, cut mid-body.
-fn map_transport(error: &(dyn std::error::Error + 'static)) -> CaddyError {
+fn map_transport(base: &AdminUrl, error: &(dyn std::error::Error + 'static)) -> CaddyError {
     // hyper's own message ("client error (Connect)") names only the stage; the sources say why.
-    let mut message = error.to_string();
+    let mut message = format!("{base}: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
         message.push_str(": ");
