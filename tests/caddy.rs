@@ -213,15 +213,17 @@ async fn routes_follow_the_desired_list_through_real_caddy() {
         return;
     }
 
-    let pid = std::process::id();
-    let network = format!("pgm-caddy-test-{pid}");
-    let caddy_name = format!("pgm-caddy-test-{pid}-caddy");
-    let upstream_name = format!("pgm-caddy-test-{pid}-upstream");
+    // Named like tests/support's resources (`pgmt<pid>x<n>`), so CI's leftover check sees them.
+    let test_id = format!("pgmt{}x0", std::process::id());
+    let network = format!("{test_id}net");
+    let caddy_name = format!("{test_id}caddy");
+    let upstream_name = format!("{test_id}up");
     let _cleanup = Cleanup {
         containers: vec![caddy_name.clone(), upstream_name.clone()],
         network: network.clone(),
     };
-    let label = "launchdb.test=tests/caddy.rs";
+    let label = format!("launchdb.instance={test_id}");
+    let label = label.as_str();
     docker_ok(&["network", "create", "--label", label, &network]);
 
     // The project `up`'s PostgREST: answers `/` and `/items`, by the name Caddy dials.
