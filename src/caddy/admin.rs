@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use super::{AdminUrl, CaddyAdmin, CaddyError, Etag, Routes, SLOT_ID};
 
-/// The longest wait for one whole answer (connect, send, read the body).
+/// The longest wait for one whole answer (connect, send, read the body) by default. A sync
+/// makes at most four requests (GET, PATCH, and again after a 412), so it can take up to four
+/// times this while Caddy hangs (a refused connection fails at once).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most of Caddy's error message kept in a [`CaddyError::Rejected`].
@@ -30,12 +32,19 @@ const MAX_MESSAGE: usize = 300;
 pub struct HttpCaddy {
     client: Client<HttpConnector, Full<Bytes>>,
     base: AdminUrl,
+    timeout: Duration,
 }
 
 impl HttpCaddy {
+    /// Each request bounded by [`REQUEST_TIMEOUT`].
     pub fn new(base: &AdminUrl) -> HttpCaddy {
+        HttpCaddy::with_timeout(base, REQUEST_TIMEOUT)
+    }
+
+    /// Each request (connect, send, read the whole answer) bounded by `timeout`.
+    pub fn with_timeout(base: &AdminUrl, timeout: Duration) -> HttpCaddy {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
+        connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
         // The manager talks to Caddy a few times a minute: one idle connection is plenty.
         let client = Client::builder(TokioExecutor::new())
@@ -44,6 +53,7 @@ impl HttpCaddy {
         HttpCaddy {
             client,
             base: base.clone(),
+            timeout,
         }
     }
 
@@ -51,7 +61,7 @@ impl HttpCaddy {
         format!("{}/id/{SLOT_ID}", self.base)
     }
 
-    /// Sends `request` and reads the whole answer, within [`REQUEST_TIMEOUT`].
+    /// Sends `request` and reads the whole answer, within the timeout.
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, CaddyError> {
         let exchange = async {
             let response: Response<Incoming> = self
@@ -72,12 +82,12 @@ impl HttpCaddy {
                 body: collected.to_bytes(),
             })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| {
                 CaddyError::Unavailable(format!(
-                    "no answer from {} within {REQUEST_TIMEOUT:?}",
-                    self.base
+                    "{}: no answer within {:?}",
+                    self.base, self.timeout
                 ))
             })?
     }

@@ -197,6 +197,17 @@ mod tests {
         }
     }
 
+    /// The loop may run a sync in a spawned task.
+    #[test]
+    fn a_sync_can_be_spawned() {
+        fn send<T: Send + 'static>(_: T) {}
+        let desired = Routes::default();
+        send(async move {
+            let mut sync = RouteSync::new(FakeCaddy::new());
+            sync.sync(&desired, true).await
+        });
+    }
+
     #[tokio::test]
     async fn applies_once_then_stays_quiet() {
         let caddy = FakeCaddy::new();
