@@ -26,6 +26,9 @@ mod env;
 mod fleet;
 #[path = "scenarios/http.rs"]
 mod http;
+/// How to start the manager, shared with the integration tests' harness.
+#[path = "../tests/support/launch.rs"]
+mod launch;
 #[path = "scenarios/live.rs"]
 mod live;
 #[path = "scenarios/manager.rs"]

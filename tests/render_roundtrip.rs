@@ -54,17 +54,9 @@ struct Case {
 fn generated_secrets_survive_toml_rendering_and_postgrest_parsing() {
     let env = TestEnv::new();
     let template = Template {
-        instance: env.instance.clone(),
         image: image(),
         network: env.network.clone(),
-        host_config_dir: env.config_dir.clone(),
-        db_host: "pgbouncer".into(),
-        db_port: 6432,
-        domain: None,
-        uid: 1000,
-        memory_bytes: 256 << 20,
-        pids_limit: 512,
-        healthcheck_interval_secs: 30,
+        ..Template::for_tests(&env.instance, env.config_dir.clone(), 1000)
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut cases = vec![Case {

@@ -17,27 +17,17 @@ use postgrest_manager::spec::{ProjectId, Secret, Spec, SpecFile};
 use crate::env::{Bench, Who};
 use crate::manager::secret;
 
-/// The manager's defaults (settings.rs), as the bench starts it.
+/// The UID PostgREST runs as (the manager's default), owner of the rendered configs.
 const UID: u32 = 1000;
-const MEMORY_MB: i64 = 256;
-const PIDS_LIMIT: i64 = 512;
-const HEALTHCHECK_SECS: u64 = 30;
 
-/// The template the manager builds from its settings, for one method's instance and config
-/// directory.
+/// The template the manager builds from its settings (the tests' fixture: the manager's
+/// defaults), for one method's instance and config directory, with the bench's image and
+/// network.
 pub fn template(bench: &Bench, who: Who, config_dir: &Path) -> Template {
     Template {
-        instance: bench.instance(who),
         image: bench.image.clone(),
         network: bench.network.clone(),
-        host_config_dir: config_dir.to_owned(),
-        db_host: "pgbouncer".into(),
-        db_port: 6432,
-        domain: None,
-        uid: UID,
-        memory_bytes: MEMORY_MB << 20,
-        pids_limit: PIDS_LIMIT,
-        healthcheck_interval_secs: HEALTHCHECK_SECS,
+        ..Template::for_tests(&bench.instance(who), config_dir, UID)
     }
 }
 
@@ -63,8 +53,10 @@ pub struct Floor {
 }
 
 impl Floor {
-    pub async fn new() -> Floor {
-        let runtime = DockerRuntime::new(None);
+    /// The floor's Docker client: at `docker_host` (the counting proxy, when the manager it is
+    /// compared with goes through it too), or the local socket.
+    pub async fn new(docker_host: Option<&str>) -> Floor {
+        let runtime = DockerRuntime::new(docker_host);
         runtime.ping().await.expect("Docker answers");
         Floor { runtime }
     }

@@ -13,7 +13,7 @@ use crate::baseline;
 use crate::env::{command_output, Bench, Who};
 use crate::live::LiveWatch;
 use crate::manager::{secret, state_text, Manager, ManagerConfig, FIRST_RECONCILE};
-use crate::stats::{num, Summary};
+use crate::stats::{num, thousands, Summary};
 use crate::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,15 +105,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
             .iter()
             .map(|(m, s)| (*m, Summary::of(s).expect("runs > 0")))
             .collect();
-        let (best, best_summary) = summaries
+        let (best_c, best_summary) = summaries
             .iter()
-            .filter(|(m, _)| matches!(m, Method::Manager(_)))
+            .filter_map(|(m, s)| match m {
+                Method::Manager(c) => Some((*c, *s)),
+                _ => None,
+            })
             .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
-            .map(|(m, s)| (*m, *s))
             .expect("a manager method");
-        let Method::Manager(best_c) = best else {
-            unreachable!()
-        };
         if index == 0 {
             ctx.best_concurrency = Some(best_c);
         }
@@ -163,7 +162,13 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
          |---|---|---|---|---|\n{rows}\n{notes}",
         ctx.provenance()
     );
-    Ok(("2. Bulk, cold: 50 and 200 projects".into(), body))
+    let sizes: Vec<String> = ctx.opts.bulk.iter().map(|&n| thousands(n)).collect();
+    let sizes = match sizes.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Ok((format!("2. Bulk, cold: {sizes} projects"), body))
 }
 
 /// One timed run of one method; leaves nothing behind.
@@ -201,7 +206,7 @@ async fn by_manager(
         concurrency,
         resync_secs: 30,
         docker_host: None,
-        api: None,
+        api_key: None,
         log_file: bench.root.join("bulk/manager.log"),
     };
     let mut manager = Manager::start(bench, &cfg).await?;

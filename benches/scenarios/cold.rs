@@ -32,7 +32,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
         concurrency: 4,
         resync_secs: 30,
         docker_host: None,
-        api: None,
+        api_key: None,
         log_file: bench.root.join("cold/manager.log"),
     };
     let mut manager = Manager::start(bench, &cfg).await?;
@@ -42,7 +42,8 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
         (Method::Api, LiveWatch::start(bench, Who::Floor)),
         (Method::Cli, LiveWatch::start(bench, Who::Cli)),
     ]);
-    let floor = Floor::new().await;
+    // Neither the manager nor the floor goes through a proxy here.
+    let floor = Floor::new(None).await;
     let api_template = baseline::template(bench, Who::Floor, &floor_dir);
     let cli_template = baseline::template(bench, Who::Cli, &floor_dir);
     let mut samples: BTreeMap<Method, Vec<f64>> = BTreeMap::new();

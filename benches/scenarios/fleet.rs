@@ -1,5 +1,8 @@
 //! Scenarios 3 to 6 on a fleet: `--fleet` (200) running projects under one manager that talks
-//! to Docker through the counting proxy and serves its API on loopback.
+//! to Docker through the counting proxy and serves its API on loopback. Where a scenario
+//! compares the manager with a floor (the same work done by hand through the Docker API), the
+//! floor goes through the same proxy, so both pay the same hop, and the two alternate which
+//! goes first, run by run.
 //!
 //! 3 `reload`: one file's `jwt_secret` changed -> a token signed with the new secret accepted.
 //! 4 `adoption`: the manager restarted -> its first full reconcile done, nothing recreated.
@@ -20,7 +23,7 @@ use crate::manager::{
     cpu_time, secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE,
 };
 use crate::proxy::{Calls, Proxy};
-use crate::stats::{num, quantile, Summary};
+use crate::stats::{cpus, num, quantile, thousands, Summary};
 use crate::Ctx;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,18 +47,14 @@ impl Fleet {
         let state = bench.dir("fleet/state");
         let proxy =
             Proxy::start(&bench.root.join("docker.sock")).map_err(|e| format!("proxy: {e}"))?;
-        let api = free_port()?;
-        let key = format!(
-            "bench-key-{}-0123456789abcdef0123456789",
-            std::process::id()
-        );
+        let key = crate::launch::api_key();
         let cfg = ManagerConfig {
             state_dir: state.clone(),
             config_dir: bench.dir("fleet/config"),
             concurrency,
             resync_secs: 30,
             docker_host: Some(proxy.docker_host()),
-            api: Some((api, key.clone())),
+            api_key: Some(key.clone()),
             log_file: bench.root.join("fleet/manager.log"),
         };
         let projects: Vec<String> = (0..size)
@@ -63,6 +62,7 @@ impl Fleet {
             .collect();
         let mut manager = Manager::start(bench, &cfg).await?;
         manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;
+        let api = manager.api.expect("the fleet's manager serves its API");
         let mut watch = LiveWatch::start(bench, Who::Manager);
         let t0 = Instant::now();
         for project in &projects {
@@ -113,6 +113,8 @@ impl Fleet {
         let mut manager = Manager::start(bench, &self.cfg).await?;
         let started = manager.started;
         let reconciled = manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;
+        // A new process, a new port.
+        self.api = manager.api.expect("the fleet's manager serves its API");
         self.manager = Some(manager);
         Ok((started, reconciled))
     }
@@ -128,11 +130,6 @@ impl Fleet {
             ("Content-Type", "application/json"),
         ]
     }
-}
-
-fn free_port() -> Result<SocketAddr, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener.local_addr().map_err(|e| e.to_string())
 }
 
 /// The fleet, started on first use.
@@ -169,7 +166,7 @@ fn changed(
             Some((id2, _, _)) if id2 != id => recreated += 1,
             None => recreated += 1,
             Some((_, started2, restarts2)) if started2 != started || restarts2 != restarts => {
-                restarted += 1
+                restarted += 1;
             }
             Some(_) => {}
         }
@@ -203,8 +200,9 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
     let before = inventory(bench).await;
 
     // The floor: the same reload without the manager, on a container of its own: rewrite the
-    // rendered config atomically and send SIGUSR2 through the Docker API.
-    let floor = Floor::new().await;
+    // rendered config atomically and send SIGUSR2 through the Docker API, through the same
+    // counting proxy as the manager.
+    let floor = Floor::new(Some(&fleet.proxy.docker_host())).await;
     let floor_dir = bench.dir("reload/floor");
     let template = baseline::template(bench, Who::Floor, &floor_dir);
     let floor_project = format!("{}_rf", bench.tag);
@@ -216,46 +214,58 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
     let mut manager_ms = Vec::new();
     let mut floor_ms = Vec::new();
     let mut calls_per_reload = Vec::new();
+    let mut floor_calls = Vec::new();
     let mut reloaded_ids = BTreeSet::new();
     let mut touched = BTreeSet::new();
     let mut example = Calls::default();
     fleet.proxy.take();
     for run in 0..=runs {
         let version = run as u32 + 2;
-        // The manager: edit one file of the fleet.
         let project = fleet.projects[(run * 37 + 11) % fleet.projects.len()].clone();
-        let new_secret = secret(&project, version);
-        let token = http::token(&new_secret);
-        let ip = fleet.ips[&project];
-        let text = state_text(&project, &new_secret, true);
-        fleet.proxy.take();
-        let t0 = Instant::now();
-        write_state(&fleet.cfg.state_dir, &project, &text);
-        if !live::wait_accepted(ip, &token, TIMEOUT).await {
-            return Err(format!("{project} never accepted its new secret"));
+        // Alternate which goes first, so neither always runs on a daemon the other just woke.
+        let manager_first = run % 2 == 0;
+        let (mut elapsed, mut calls) = (Duration::ZERO, Calls::default());
+        let (mut floor_elapsed, mut floor_run_calls) = (Duration::ZERO, Calls::default());
+        for manager_turn in [manager_first, !manager_first] {
+            if manager_turn {
+                // The manager: edit one file of the fleet.
+                let new_secret = secret(&project, version);
+                let token = http::token(&new_secret);
+                let ip = fleet.ips[&project];
+                let text = state_text(&project, &new_secret, true);
+                fleet.proxy.take();
+                let t0 = Instant::now();
+                write_state(&fleet.cfg.state_dir, &project, &text);
+                if !live::wait_accepted(ip, &token, TIMEOUT).await {
+                    return Err(format!("{project} never accepted its new secret"));
+                }
+                elapsed = t0.elapsed();
+                // Let the loop finish its confirming pass, then read the calls of this reload.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                calls = fleet.proxy.take();
+            } else {
+                let floor_secret = secret(&floor_project, version);
+                let floor_token = http::token(&floor_secret);
+                fleet.proxy.take();
+                let t1 = Instant::now();
+                baseline::prepare(&template, &floor_dir, &floor_project, version);
+                floor.signal(&floor_container, "SIGUSR2").await?;
+                if !live::wait_accepted(floor_ip, &floor_token, TIMEOUT).await {
+                    return Err("the floor container never accepted its new secret".into());
+                }
+                floor_elapsed = t1.elapsed();
+                floor_run_calls = fleet.proxy.take();
+            }
         }
-        let elapsed = t0.elapsed();
-        // Let the loop finish its confirming pass, then read the calls of this reload.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let calls = fleet.proxy.take();
-
-        // The floor.
-        let floor_secret = secret(&floor_project, version);
-        let floor_token = http::token(&floor_secret);
-        let t1 = Instant::now();
-        baseline::prepare(&template, &floor_dir, &floor_project, version);
-        floor.signal(&floor_container, "SIGUSR2").await?;
-        if !live::wait_accepted(floor_ip, &floor_token, TIMEOUT).await {
-            return Err("the floor container never accepted its new secret".into());
-        }
-        let floor_elapsed = t1.elapsed();
 
         eprintln!(
-            "bench: reload run {run}: manager {:.1} ms ({} Docker calls: {}), floor {:.1} ms",
+            "bench: reload run {run} ({} first): manager {:.1} ms ({} Docker calls: {}), floor {:.1} ms ({} calls)",
+            if manager_first { "manager" } else { "floor" },
             elapsed.as_secs_f64() * 1000.0,
             calls.total(),
             calls.describe(),
-            floor_elapsed.as_secs_f64() * 1000.0
+            floor_elapsed.as_secs_f64() * 1000.0,
+            floor_run_calls.total(),
         );
         if run == 0 {
             continue;
@@ -263,6 +273,7 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
         manager_ms.push(elapsed.as_secs_f64() * 1000.0);
         floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
         calls_per_reload.push(calls.total() as f64);
+        floor_calls.push(floor_run_calls.total() as f64);
         if let Some((id, _, _)) = before.get(&project) {
             reloaded_ids.insert(id.clone());
         }
@@ -276,17 +287,19 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
     let mgr = Summary::of(&manager_ms).expect("runs > 0");
     let flo = Summary::of(&floor_ms).expect("runs > 0");
     let calls = Summary::of(&calls_per_reload).expect("runs > 0");
+    let flo_calls = Summary::of(&floor_calls).expect("runs > 0");
     let body = format!(
         "{provenance}\n\
          One of {n} running projects gets a new `jwt_secret` in its state file; the clock stops \
          when PostgREST accepts a token signed with the new secret (`GET /` polled every 5 ms). \
          The floor does the same reload by hand on a container of its own: rewrite the rendered \
-         config atomically, `POST /containers/{{id}}/kill?signal=SIGUSR2`. Milliseconds, median \
+         config atomically, `POST /containers/{{id}}/kill?signal=SIGUSR2`. Both reach Docker \
+         through the same counting proxy, and alternate which goes first. Milliseconds, median \
          (min–max, n); one warm-up run not counted.\n\n\
          | method | ms to new secret in force | Docker API calls per reload |\n\
          |---|---|---|\n\
          | manager (state file edited) | {mgr} | {calls} |\n\
-         | floor (config rewritten + kill -s USR2 via the API) | {flo} | 1 |\n\n\
+         | floor (config rewritten + kill -s USR2 via the API) | {flo} | {flo_calls} |\n\n\
          Overhead over the floor: {} ms. Calls of the last reload, through the counting proxy \
          (1 s window after the new secret was in force): {}.\n\n\
          Other containers touched: **{}** of {} — writes went only to the reloaded \
@@ -301,7 +314,10 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
         n = fleet.projects.len(),
     );
     Ok((
-        "3. Reload: one secret changed among 200 projects".into(),
+        format!(
+            "3. Reload: one secret changed among {} projects",
+            thousands(fleet.projects.len())
+        ),
         body,
     ))
 }
@@ -359,7 +375,10 @@ pub async fn adoption(ctx: &mut Ctx) -> Result<(String, String), String> {
         n = fleet.projects.len(),
     );
     Ok((
-        "4. Adoption: manager restarted with 200 running".into(),
+        format!(
+            "4. Adoption: manager restarted with {} running",
+            thousands(fleet.projects.len())
+        ),
         body,
     ))
 }
@@ -380,8 +399,10 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
     }
     let headers = fleet.headers();
 
-    // Spawn latency, interleaved with the Docker floor for the same container.
-    let floor = Floor::new().await;
+    // Spawn latency, interleaved with the Docker floor for the same container. The floor's
+    // calls go through the same counting proxy as the manager's, and the two alternate which
+    // goes first.
+    let floor = Floor::new(Some(&fleet.proxy.docker_host())).await;
     let floor_dir = bench.dir("api/floor");
     let template = baseline::template(bench, Who::Floor, &floor_dir);
     let mut floor_watch = LiveWatch::start(bench, Who::Floor);
@@ -390,73 +411,83 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
     let (mut spawn_phases, mut floor_phases, mut answer_after_live) =
         (Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
-        let project = format!("{}_a{run}", bench.tag);
-        let body = serde_json::json!({
-            "projectId": project,
-            "jwtSecret": secret(&project, 1),
-            "authenticatorPassword": format!("pw-{project}"),
-        })
-        .to_string();
-        let mut conn = Conn::connect(fleet.api).await.map_err(|e| e.to_string())?;
-        let (t0, wall0) = (Instant::now(), SystemTime::now());
-        let (status, response) = conn
-            .request(
-                "POST",
-                "/internal/postgrest/spawn",
-                &headers,
-                Some(body.as_bytes()),
-            )
-            .await
-            .map_err(|e| format!("spawn: {e}"))?;
-        let answered = Instant::now();
-        let elapsed = answered - t0;
-        if status != 201 {
-            return Err(format!(
-                "spawn answered {status}: {}",
-                String::from_utf8_lossy(&response)
-            ));
-        }
-        // The bench's own view of the same container, for the breakdown.
-        let live = manager_watch.wait_one(&project, TIMEOUT).await?;
-        let (status, _) = conn
-            .request(
-                "DELETE",
-                &format!("/internal/postgrest/{project}"),
-                &headers,
-                None,
-            )
-            .await
-            .map_err(|e| format!("delete: {e}"))?;
-        if status != 200 {
-            return Err(format!("delete answered {status}"));
-        }
-
-        let floor_project = format!("{}_af{run}", bench.tag);
-        let rendered = baseline::prepare(&template, &floor_dir, &floor_project, 1);
-        let (t1, wall1) = (Instant::now(), SystemTime::now());
-        floor.create_start(&rendered.container).await?;
-        let floor_live = floor_watch.wait_one(&floor_project, TIMEOUT).await?;
-        let floor_elapsed = floor_live.at - t1;
-        bench.remove_all(Who::Floor).await;
-        eprintln!(
-            "bench: api spawn run {run}: {:.0} ms (floor {:.0} ms)",
-            elapsed.as_secs_f64() * 1000.0,
-            floor_elapsed.as_secs_f64() * 1000.0
-        );
-        if run > 0 {
-            spawn_ms.push(elapsed.as_secs_f64() * 1000.0);
-            floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
-            spawn_phases.push(Phases::of(t0, wall0, &live));
-            floor_phases.push(Phases::of(t1, wall1, &floor_live));
-            // Positive: the 201 came after the bench saw /live answer.
-            let after = if answered >= live.at {
-                (answered - live.at).as_secs_f64()
+        let manager_first = run % 2 == 0;
+        for manager_turn in [manager_first, !manager_first] {
+            if manager_turn {
+                let project = format!("{}_a{run}", bench.tag);
+                let body = serde_json::json!({
+                    "projectId": project,
+                    "jwtSecret": secret(&project, 1),
+                    "authenticatorPassword": format!("pw-{project}"),
+                })
+                .to_string();
+                let mut conn = Conn::connect(fleet.api).await.map_err(|e| e.to_string())?;
+                let (t0, wall0) = (Instant::now(), SystemTime::now());
+                let (status, response) = conn
+                    .request(
+                        "POST",
+                        "/internal/postgrest/spawn",
+                        &headers,
+                        Some(body.as_bytes()),
+                    )
+                    .await
+                    .map_err(|e| format!("spawn: {e}"))?;
+                let answered = Instant::now();
+                let elapsed = answered - t0;
+                if status != 201 {
+                    return Err(format!(
+                        "spawn answered {status}: {}",
+                        String::from_utf8_lossy(&response)
+                    ));
+                }
+                // The bench's own view of the same container, for the breakdown.
+                let live = manager_watch.wait_one(&project, TIMEOUT).await?;
+                let (status, _) = conn
+                    .request(
+                        "DELETE",
+                        &format!("/internal/postgrest/{project}"),
+                        &headers,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| format!("delete: {e}"))?;
+                if status != 200 {
+                    return Err(format!("delete answered {status}"));
+                }
+                eprintln!(
+                    "bench: api spawn run {run}: {:.0} ms",
+                    elapsed.as_secs_f64() * 1000.0
+                );
+                if run > 0 {
+                    spawn_ms.push(elapsed.as_secs_f64() * 1000.0);
+                    spawn_phases.push(Phases::of(t0, wall0, &live));
+                    // Positive: the 201 came after the bench saw /live answer.
+                    let after = if answered >= live.at {
+                        (answered - live.at).as_secs_f64()
+                    } else {
+                        -(live.at - answered).as_secs_f64()
+                    };
+                    answer_after_live.push(after * 1000.0);
+                }
             } else {
-                -(live.at - answered).as_secs_f64()
-            };
-            answer_after_live.push(after * 1000.0);
+                let floor_project = format!("{}_af{run}", bench.tag);
+                let rendered = baseline::prepare(&template, &floor_dir, &floor_project, 1);
+                let (t1, wall1) = (Instant::now(), SystemTime::now());
+                floor.create_start(&rendered.container).await?;
+                let floor_live = floor_watch.wait_one(&floor_project, TIMEOUT).await?;
+                let floor_elapsed = floor_live.at - t1;
+                bench.remove_all(Who::Floor).await;
+                eprintln!(
+                    "bench: api floor run {run}: {:.0} ms",
+                    floor_elapsed.as_secs_f64() * 1000.0
+                );
+                if run > 0 {
+                    floor_ms.push(floor_elapsed.as_secs_f64() * 1000.0);
+                    floor_phases.push(Phases::of(t1, wall1, &floor_live));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     // Throughput of the list.
@@ -519,10 +550,11 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
          With {n} projects running under the manager. Spawn: `POST /internal/postgrest/spawn` \
          with a new project's secrets, until its 201 (the manager answers once the container \
          runs and PostgREST answers `/live`), then `DELETE` (not timed); interleaved with the \
-         Docker floor for the same container (create + start via the API, then `/live`). \
+         Docker floor for the same container (create + start via the API, then `/live`), both \
+         through the same counting proxy to Docker, alternating which goes first. \
          List: `GET /internal/postgrest` ({} bytes, {listed} projects) over {conns} keep-alive \
-         connections from a load generator in the bench process on loopback (it shares the 2 \
-         CPUs with the manager), {requests} requests per run after {} warm-up requests.\n\n\
+         connections from a load generator in the bench process on loopback (it shares the \
+         {} with the manager), {requests} requests per run after {} warm-up requests.\n\n\
          | measure | median (min–max, n) |\n\
          |---|---|\n\
          | spawn, ms to 201 | {spawn} |\n\
@@ -538,6 +570,7 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
          | spawn | {} | {} | {} | {} |\n\
          | floor | {} | {} | {} | — |\n",
         body.len(),
+        cpus(),
         requests / 10,
         num(spawn.median - flo.median),
         spawn.median / flo.median,
@@ -660,5 +693,8 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
             c.as_secs_f64() / elapsed.as_secs_f64() * 100.0
         )),
     );
-    Ok(("5. Idle cost with 1,000 project files".into(), body))
+    Ok((
+        format!("5. Idle cost with {} project files", thousands(files)),
+        body,
+    ))
 }

@@ -1,4 +1,5 @@
-//! The manager under test: `target/release/postgrest-manager serve` as a child process, its
+//! The manager under test: `target/release/postgrest-manager serve` as a child process,
+//! started with the command line the integration tests use (`tests/support/launch.rs`), its
 //! log lines (stderr) kept with the instant each arrived, and its cost read from /proc.
 
 use std::net::SocketAddr;
@@ -12,9 +13,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
 use crate::env::{Bench, Who};
+use crate::launch::{self, Serve};
 
 /// The line the manager logs (at INFO) once its first full pass planned nothing left to do.
-pub const FIRST_RECONCILE: &str = "first full reconcile done";
+pub const FIRST_RECONCILE: &str = launch::FIRST_RECONCILE;
 
 /// How a manager is started.
 #[derive(Debug, Clone)]
@@ -25,8 +27,9 @@ pub struct ManagerConfig {
     pub resync_secs: u64,
     /// `DOCKER_HOST`, e.g. the counting proxy; the local socket when `None`.
     pub docker_host: Option<String>,
-    /// The API's address and key; `--no-api` when `None`.
-    pub api: Option<(SocketAddr, String)>,
+    /// The API's key: the API listens on a port of the kernel's choosing on loopback, read
+    /// back from the manager's log; `--no-api` when `None`.
+    pub api_key: Option<String>,
     pub log_file: PathBuf,
 }
 
@@ -42,47 +45,31 @@ pub struct Manager {
     log: Arc<Log>,
     cleanup: crate::env::Cleanup,
     pub started: Instant,
+    /// Where the API listens, when it is on.
+    pub api: Option<SocketAddr>,
 }
 
 impl Manager {
     pub async fn start(bench: &Bench, cfg: &ManagerConfig) -> Result<Manager, String> {
-        let mut command = Command::new(&bench.binary);
-        command
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&cfg.state_dir)
-            .arg("--config-dir")
-            .arg(&cfg.config_dir)
-            .args(["--instance", &bench.instance(Who::Manager)])
-            .args(["--network", &bench.network])
-            .args(["--image", &bench.image])
-            .args(["--concurrency", &cfg.concurrency.to_string()])
-            .args(["--resync-secs", &cfg.resync_secs.to_string()])
-            .env("RUST_LOG", "info")
-            .env_remove("DOCKER_HOST")
-            .env_remove("INTERNAL_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PGM_") {
-                command.env_remove(key);
-            }
-        }
-        if let Some(host) = &cfg.docker_host {
-            command.env("DOCKER_HOST", host);
-        }
-        match &cfg.api {
-            Some((listen, key)) => {
-                command
-                    .args(["--listen", &listen.to_string()])
-                    .env("INTERNAL_API_KEY", key);
-            }
-            None => {
-                command.arg("--no-api");
-            }
-        }
+        let serve = Serve {
+            binary: bench.binary.clone(),
+            state_dir: cfg.state_dir.clone(),
+            config_dir: cfg.config_dir.clone(),
+            instance: bench.instance(Who::Manager),
+            network: bench.network.clone(),
+            image: bench.image.clone(),
+            resync_secs: cfg.resync_secs,
+            concurrency: Some(cfg.concurrency),
+            api_key: cfg.api_key.clone(),
+            api_timeout_secs: None,
+            docker_host: cfg.docker_host.clone(),
+            // INFO only: the loop's DEBUG lines would cost the idle scenario a little CPU.
+            log_filter: "info".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        };
+        let mut command = Command::from(serve.command());
+        command.stdout(Stdio::null()).kill_on_drop(true);
         let started = Instant::now();
         let mut child = command
             .spawn()
@@ -110,13 +97,35 @@ impl Manager {
             }
             sink.more.notify_waiters();
         });
-        Ok(Manager {
+        let mut manager = Manager {
             child,
             pid,
             log,
             cleanup: bench.cleanup.clone(),
             started,
-        })
+            api: None,
+        };
+        if cfg.api_key.is_some() {
+            manager
+                .wait_log(launch::API_LISTENING, Duration::from_secs(60))
+                .await?;
+            let line = manager.find_line(launch::API_LISTENING).unwrap_or_default();
+            let addr = launch::listen_addr(&launch::strip_ansi(&line))
+                .ok_or_else(|| format!("no address in the manager's line {line:?}"))?;
+            manager.api = Some(addr);
+        }
+        Ok(manager)
+    }
+
+    /// The first log line containing `needle`.
+    fn find_line(&self, needle: &str) -> Option<String> {
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, line)| line.contains(needle))
+            .map(|(_, line)| line.clone())
     }
 
     pub fn pid(&self) -> u32 {

@@ -65,3 +65,24 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
 }
+
+/// A count with thousands separators: `1000` -> `1,000`, as headings write it.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// "1 CPU", "2 CPUs": this machine's, as the text around a measurement names it.
+pub fn cpus() -> String {
+    match std::thread::available_parallelism().map_or(0, |n| n.get()) {
+        1 => "1 CPU".into(),
+        n => format!("{n} CPUs"),
+    }
+}
