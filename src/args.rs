@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Docker daemon address (as for the docker CLI); the local socket when unset.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Caddy's admin API (`http://<host>:<port>`): when set, the manager keeps one route per
+    /// project there (`/db/<id>/` -> `postgrest-<id>:3000`). Unset: no Caddy calls at all.
+    #[arg(long, env = "PGM_CADDY_ADMIN_URL")]
+    pub caddy_admin_url: Option<String>,
     /// Address of the HTTP API.
     #[arg(long, env = "PGM_LISTEN", default_value = "0.0.0.0:9000")]
     pub listen: SocketAddr,

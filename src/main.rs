@@ -11,7 +11,7 @@ use postgrest_manager::reconcile::Controller;
 use postgrest_manager::render::ADMIN_PORT;
 use postgrest_manager::runtime::docker::DockerRuntime;
 use postgrest_manager::settings::Settings;
-use postgrest_manager::{cli, telemetry, watch};
+use postgrest_manager::{caddy, cli, telemetry, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,13 +56,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let docker = DockerRuntime::new(settings.docker_host.as_deref());
     let state_dir = cfg.state.path().to_owned();
+    // Why Caddy's routes are not in place (None while they are); only with Caddy configured.
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(None::<String>);
+    let routes = settings.caddy.as_ref().map(|_| routes_rx);
     let api_config = settings.api.as_ref().map(|api| ApiConfig {
         state: cfg.state.clone(),
         reload_signal: cfg.reload_signal.clone(),
         key: api.key.clone(),
         timeout: api.timeout,
         admin_port: ADMIN_PORT,
+        routes: routes.clone(),
     });
+    let resync = cfg.resync;
     let (controller, handle) = Controller::new(Arc::new(docker), cfg);
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;
@@ -76,6 +81,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    if let Some(admin) = &settings.caddy {
+        tracing::info!(caddy = %admin, "keeping project routes in Caddy");
+        let sync = caddy::RouteSync::new(caddy::HttpCaddy::new(admin));
+        tokio::spawn(caddy::keep_in_step(
+            handle.clone(),
+            sync,
+            resync,
+            routes_tx,
+            stopped(stop_rx.clone()),
+        ));
+    }
     let server = match (listener, api_config) {
         (Some(listener), Some(api_config)) => {
             let app = api::router(api_config, handle.clone(), stop_rx.clone());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::args::ServeArgs;
+use crate::caddy::AdminUrl;
 use crate::configs::ConfigDir;
 use crate::reconcile::LoopConfig;
 use crate::render::Template;
@@ -25,6 +26,8 @@ pub struct Settings {
     pub reconcile: LoopConfig,
     pub docker_host: Option<String>,
     pub api: Option<ApiSettings>,
+    /// Caddy's admin API, when the manager keeps the routes there.
+    pub caddy: Option<AdminUrl>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +176,12 @@ impl TryFrom<ServeArgs> for Settings {
             pids_limit: args.pids_limit,
             healthcheck_interval_secs: args.healthcheck_secs,
         };
+        let caddy = args
+            .caddy_admin_url
+            .as_deref()
+            .map(str::parse::<AdminUrl>)
+            .transpose()
+            .map_err(|e| invalid("PGM_CADDY_ADMIN_URL", e.to_string()))?;
         Ok(Settings {
             reconcile: LoopConfig {
                 state: StateDir::new(args.state.state_dir),
@@ -185,6 +194,7 @@ impl TryFrom<ServeArgs> for Settings {
             },
             docker_host: args.docker_host,
             api,
+            caddy,
         })
     }
 }
@@ -230,6 +240,10 @@ mod tests {
             (vec!["--host-config-dir", "relative"], "HOST_CONFIG_DIR"),
             (vec![], "INTERNAL_API_KEY"),
             (vec!["--internal-api-key", "short"], "INTERNAL_API_KEY"),
+            (
+                vec!["--caddy-admin-url", "https://caddy:2019"],
+                "PGM_CADDY_ADMIN_URL",
+            ),
         ] {
             let mut args = args;
             if setting != "INTERNAL_API_KEY" {

@@ -698,6 +698,8 @@ fn invalid_state_file_is_409_until_replaced() {
 #[test]
 fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
     let env = TestEnv::new();
+    // A network of its own that nobody creates in advance, to see whether the loop ran.
+    let network = format!("{}9net", env.instance);
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let id = env.project_id();
     env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
@@ -709,7 +711,7 @@ fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
             .arg(&env.state_dir)
             .arg("--config-dir")
             .arg(&env.config_dir)
-            .args(["--instance", &env.instance, "--network", &env.network])
+            .args(["--instance", &env.instance, "--network", &network])
             .args(["--image", &image()])
             .args(["--listen", &listen])
             .env_remove("INTERNAL_API_KEY")
@@ -756,9 +758,7 @@ fn serve_refuses_a_missing_or_short_key_and_a_taken_address() {
         "a container was created"
     );
     assert!(
-        !docker(&["network", "inspect", &env.network])
-            .status
-            .success(),
+        !docker(&["network", "inspect", &network]).status.success(),
         "the network was created"
     );
     assert!(!env.config_dir.join(&id).exists(), "a config was rendered");

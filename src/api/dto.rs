@@ -112,6 +112,10 @@ pub struct ProjectView {
     /// manager's probe last found; absent until the first probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    /// With Caddy configured, for an enabled project: `in place`, or `pending: <why>` while
+    /// the manager cannot bring Caddy's routes in step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Why the project is not as desired, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -155,12 +159,26 @@ impl ProjectView {
             docker_id: container.map(|c| c.id.clone()),
             health: container.map(|c| c.health.to_string()),
             ready,
+            route: None,
             reason: (!serving).then(|| reason(status, desired)),
             file_error: status.file_error.clone(),
             last_error: status.last_error.clone(),
             last_reload: status.last_reload.map(rfc3339),
             reload_token: status.desired.as_ref().map(|d| d.spec.reload_token),
         }
+    }
+}
+
+impl ProjectView {
+    /// Adds the state of Caddy's routes: `pending` is why they are not in place, if they are not.
+    pub fn with_route(mut self, pending: Option<&Option<String>>) -> ProjectView {
+        if self.desired == DesiredState::Enabled {
+            self.route = pending.map(|pending| match pending {
+                None => "in place".to_owned(),
+                Some(why) => format!("pending: {why}"),
+            });
+        }
+        self
     }
 }
 

@@ -206,7 +206,7 @@ pub(super) async fn list(State(ctx): State<Shared>) -> Json<ListResponse> {
     let containers = snapshot
         .projects
         .iter()
-        .map(|(id, status)| ProjectView::new(id, status))
+        .map(|(id, status)| ctx.view(id, status))
         .collect();
     Json(ListResponse { containers })
 }
@@ -230,7 +230,7 @@ pub(super) async fn get_project(
 ) -> Result<Json<ProjectView>, ApiError> {
     let snapshot = ctx.handle.snapshot();
     if let Some(status) = snapshot.projects.get(&id) {
-        return Ok(Json(ProjectView::new(&id, status)));
+        return Ok(Json(ctx.view(&id, status)));
     }
     // Written a moment ago and not loaded yet: say so rather than 404.
     match ctx.read_file(&id).await {
@@ -297,7 +297,7 @@ pub(super) async fn put_project(
         ctx.wait_converged(&spec).await?;
     }
     let snapshot = ctx.handle.snapshot();
-    let view = ProjectView::new(
+    let view = ctx.view(
         &id,
         snapshot.projects.get(&id).unwrap_or(&Default::default()),
     );

@@ -62,6 +62,8 @@ pub struct ApiConfig {
     pub timeout: Duration,
     /// The port probed for `/ready`: PostgREST's admin port, or a test server's.
     pub admin_port: u16,
+    /// With Caddy configured: why its routes are not in place (`None` while they are).
+    pub routes: Option<watch::Receiver<Option<String>>>,
 }
 
 /// Shared by every request.

@@ -84,6 +84,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         key: Secret::new(KEY),
         timeout,
         admin_port: live_port,
+        routes: None,
     };
     Harness {
         app: router(cfg, handle, stop_rx),

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::{ApiError, Ctx};
+use super::{ApiError, Ctx, ProjectView};
 use crate::probe;
 use crate::reconcile::{ContainerView, ProjectStatus, Readiness, Snapshot};
 use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
@@ -62,6 +62,12 @@ pub(super) fn invalid_spec(error: SpecError) -> ApiError {
 }
 
 impl Ctx {
+    /// A project's view, with the state of Caddy's routes when the manager keeps them.
+    pub(super) fn view(&self, id: &ProjectId, status: &ProjectStatus) -> ProjectView {
+        let pending = self.cfg.routes.as_ref().map(|rx| rx.borrow().clone());
+        ProjectView::new(id, status).with_route(pending.as_ref())
+    }
+
     pub(super) async fn read_file(&self, id: &ProjectId) -> Result<Option<SpecFile>, ApiError> {
         let (state, target) = (self.cfg.state.clone(), id.clone());
         let read = tokio::task::spawn_blocking(move || state.read_file(&target))

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod fake;
+mod keep;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use serde_json::{json, Value};
 use crate::spec::ProjectId;
 
 pub use admin::HttpCaddy;
+pub use keep::{desired_routes, keep_in_step};
 pub use sync::{RouteSync, SyncStatus};
 
 /// The `@id` of the static route whose subroute holds the project routes.

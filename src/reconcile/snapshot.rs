@@ -118,6 +118,11 @@ impl Handle {
         let _ = self.wake.try_send(());
     }
 
+    /// Waits until a new snapshot is published; `false` once the loop is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.status.changed().await.is_ok()
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.status.borrow().clone()
     }

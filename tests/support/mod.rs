@@ -89,7 +89,7 @@ impl TestEnv {
         let config_dir = dir.path().join("configs");
         fs::create_dir_all(&state_dir).unwrap();
         fs::create_dir_all(&config_dir).unwrap();
-        TestEnv {
+        let env = TestEnv {
             network: format!("{id}net"),
             instances: Mutex::new(vec![id.clone()]),
             instance: id,
@@ -98,7 +98,10 @@ impl TestEnv {
             children: Mutex::new(Vec::new()),
             projects: AtomicUsize::new(0),
             dir: Some(dir),
-        }
+        };
+        // After the env exists, so its drop removes the network even if connecting fails.
+        connect_database(&env.network);
+        env
     }
 
     /// Registers a child process: the env kills and reaps it on drop.
@@ -307,6 +310,25 @@ impl TestEnv {
         }
         names
     }
+}
+
+/// The name the test database's PgBouncer answers to on every test network: the manager's
+/// default `PGM_DB_HOST`, so projects need no `db_host`.
+pub const DB_HOST: &str = "pgbouncer";
+
+/// Creates the env's network up front and connects the run's PgBouncer to it as
+/// [`DB_HOST`], so every PostgREST the env's managers start can log in. The database is
+/// started by `tests/db.sh up` (`bash tests/run.sh` does it), which names its PgBouncer in
+/// `PGMT_PGBOUNCER`.
+fn connect_database(network: &str) {
+    let Ok(bouncer) = std::env::var("PGMT_PGBOUNCER") else {
+        panic!(
+            "PGMT_PGBOUNCER is not set: the tests need their database. Run them with \
+             `bash tests/run.sh`, or `eval \"$(bash tests/db.sh up)\"` first."
+        );
+    };
+    docker_ok(&["network", "create", network]);
+    docker_ok(&["network", "connect", "--alias", DB_HOST, network, &bouncer]);
 }
 
 impl Default for TestEnv {

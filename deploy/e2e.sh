@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# e2e.sh: the seed's "End-to-End Test (Spawn -> Reload -> Destroy)" against a running stack
+# (bash deploy/up.sh), through Caddy on 127.0.0.1:$LAUNCHDB_HTTP_PORT and the manager's API on
+# 127.0.0.1:$PGM_API_PORT, plus what a rotation means for a user:
+#
+#   1. the platform creates the project's database, authenticator and a table;
+#   2. the seed's add-project script (docker exec into the manager), then POST spawn: 201;
+#   3. through Caddy: the OpenAPI listing shows the table to `authenticated`, a row is read
+#      with its JWT, `anon` is refused;
+#   4. JWT rotation (PUT a new secret): the old token 401, the new one 200, same container;
+#   5. password rotation (ALTER ROLE, then PUT): serves again with the new password, from a
+#      new container; a wrong password is never a 201, and the status says why;
+#   6. the seed's reload script reloads; DELETE removes it and Caddy answers 404 JSON.
+#
+# With --up it brings the stack up first and takes it down (with --volumes) at the end, also
+# when a step fails; that is how .ci/run calls it. Every check waits on a condition with a
+# generous bound, never a fixed sleep. Exit 0 when every step passed.
+set -euo pipefail
+deploy="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
+
+own_stack=0
+if [ "${1:-}" = "--up" ]; then own_stack=1; fi
+
+id="e2e_$(od -An -tx1 -N4 /dev/urandom | tr -d ' \n')"
+step() { echo "e2e: == $*" >&2; }
+fail() {
+    echo "e2e: FAILED: $*" >&2
+    exit 1
+}
+
+cleanup() {
+    local rc=$?
+    if [ -n "$body_file" ]; then rm -f "$body_file"; fi
+    if [ "$rc" -ne 0 ]; then
+        echo "e2e: manager log (tail):" >&2
+        docker logs --tail 40 launchdb-postgrest-manager 2>&1 | sed 's/^/    /' >&2 || true
+        docker logs --tail 20 "postgrest-$id" 2>&1 | sed 's/^/    postgrest: /' >&2 || true
+    fi
+    curl -s -o /dev/null -X DELETE -H "X-Internal-Key: ${INTERNAL_API_KEY:-}" "$api/internal/postgrest/$id" || true
+    "$deploy/scripts/drop-project-db.sh" "$id" >/dev/null 2>&1 || true
+    if [ "$own_stack" = 1 ]; then bash "$deploy/down.sh" --volumes >&2 || rc=1; fi
+    exit "$rc"
+}
+
+body_file=""
+api="http://127.0.0.1:${PGM_API_PORT:-9000}"
+if [ "$own_stack" = 1 ]; then
+    trap cleanup EXIT
+    # Short API waits, so the wrong-password step answers 504 in seconds, not a minute.
+    PGM_API_TIMEOUT_SECS="${PGM_API_TIMEOUT_SECS:-15}" bash "$deploy/up.sh" >&2
+fi
+load_env
+api="http://127.0.0.1:${PGM_API_PORT:-9000}"
+web="http://127.0.0.1:${LAUNCHDB_HTTP_PORT:-8080}"
+body_file="$(mktemp)"
+trap cleanup EXIT
+
+# --- helpers ------------------------------------------------------------------------------
+
+# Prints the HTTP status, and the body into $body_file.
+http() { # method url [token] [json]
+    local args=(-s -o "$body_file" -w '%{http_code}' -X "$1" --max-time 120)
+    if [ -n "${3:-}" ]; then args+=(-H "Authorization: Bearer $3"); fi
+    if [ -n "${4:-}" ]; then args+=(-H 'Content-Type: application/json' --data-binary "$4"); fi
+    curl "${args[@]}" "$2"
+}
+manager() { # method path [json]: the manager's API with the key (kept out of argv via a file)
+    local key_file args
+    key_file="$(mktemp)"
+    printf 'header = "X-Internal-Key: %s"\n' "$INTERNAL_API_KEY" >"$key_file"
+    args=(-s -o "$body_file" -w '%{http_code}' -X "$1" --max-time 120 -K "$key_file")
+    if [ -n "${3:-}" ]; then args+=(-H 'Content-Type: application/json' --data-binary "$3"); fi
+    curl "${args[@]}" "$api$2"
+    rm -f "$key_file"
+}
+body() { cat "$body_file"; }
+
+# An HS256 JWT for `role`, signed with the secret in $JWT_KEY (from the environment, so the
+# secret is never in a process's arguments).
+jwt() { # role
+    ROLE="$1" python3 -c '
+import base64, hashlib, hmac, json, os, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = {"role": os.environ["ROLE"], "aud": "authenticated", "exp": int(time.time()) + 3600}
+body = b64(json.dumps(claims).encode())
+sig = hmac.new(os.environ["JWT_KEY"].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(sig)}")'
+}
+
+# Waits (up to $2 seconds) until the command in $1 succeeds.
+wait_for() { # description seconds command...
+    local what="$1" secs="$2" deadline
+    shift 2
+    deadline=$(($(date +%s) + secs))
+    until "$@"; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within ${secs}s"
+        sleep 0.2
+    done
+}
+status_is() { [ "$(http GET "$2" "${3:-}")" = "$1" ]; }
+container_id() { docker inspect -f '{{.Id}}' "postgrest-$id" 2>/dev/null || true; }
+db() { # sql: as the superuser, in the project's database
+    docker exec -i launchdb-postgres sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" psql -v ON_ERROR_STOP=1 -qAt -U postgres -d "$0"' "$id" <<<"$1"
+}
+secret() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+
+jwt_a="$(secret)"
+jwt_b="$(secret)"
+pw_a="pw-$(secret)"
+pw_b="pw-\$\"'@:/?#%-$(secret)" # every character the db-uri must percent-encode
+
+# --- 1. the project's database -------------------------------------------------------------
+step "1. database $id, its authenticator and a table"
+printf '%s\n' "$pw_a" | "$deploy/scripts/create-project-db.sh" "$id" >/dev/null
+db "CREATE TABLE public.todos (id int PRIMARY KEY, task text);
+    INSERT INTO public.todos VALUES (1, 'reach the database through PgBouncer');
+    GRANT SELECT ON public.todos TO authenticated;"
+
+# --- 2. the seed's add-project, then spawn ---------------------------------------------------
+step "2. postgrest-add-project.sh through docker exec, then POST spawn"
+docker exec -e PGM_WAIT_SECS=0 launchdb-postgrest-manager \
+    /scripts/postgrest-add-project.sh "$id" "$jwt_a" "$pw_a" >/dev/null
+code=$(manager POST /internal/postgrest/spawn "{\"projectId\":\"$id\"}")
+[ "$code" = 201 ] || fail "spawn answered $code: $(body)"
+[ "$(body | jq -r .containerName)" = "postgrest-$id" ] || fail "spawn body: $(body)"
+first_container="$(container_id)"
+
+# --- 3. through Caddy ------------------------------------------------------------------------
+step "3. through Caddy: listing, a row with a JWT, anon refused"
+auth_a="$(JWT_KEY="$jwt_a" jwt authenticated)"
+wait_for "the route to $id" 10 status_is 200 "$web/db/$id/" "$auth_a"
+body | jq -e '.paths | has("/todos")' >/dev/null || fail "the listing lacks /todos: $(body)"
+code=$(http GET "$web/db/$id/todos" "$auth_a")
+[ "$code" = 200 ] || fail "GET /todos as authenticated answered $code: $(body)"
+[ "$(body | jq -r '.[0].task')" = "reach the database through PgBouncer" ] || fail "rows: $(body)"
+code=$(http GET "$web/db/$id/todos")
+[ "$code" = 401 ] || fail "GET /todos as anon answered $code (want 401): $(body)"
+code=$(http GET "$web/db/nosuch_project/")
+[ "$code" = 404 ] || fail "an unknown project answered $code (want 404)"
+body | jq -e '.error == "not_found"' >/dev/null || fail "404 body: $(body)"
+
+# --- 4. JWT rotation -------------------------------------------------------------------------
+step "4. JWT rotation: PUT a new secret, same container"
+code=$(manager PUT "/internal/postgrest/$id" "{\"jwtSecret\":\"$jwt_b\",\"authenticatorPassword\":\"$pw_a\"}")
+[ "$code" = 200 ] || fail "PUT (new secret) answered $code: $(body)"
+auth_b="$(JWT_KEY="$jwt_b" jwt authenticated)"
+code=$(http GET "$web/db/$id/todos" "$auth_a")
+[ "$code" = 401 ] || fail "the old token answered $code after the rotation (want 401)"
+code=$(http GET "$web/db/$id/todos" "$auth_b")
+[ "$code" = 200 ] || fail "the new token answered $code after the rotation: $(body)"
+[ "$(container_id)" = "$first_container" ] || fail "a JWT rotation recreated the container"
+
+# --- 5. password rotation --------------------------------------------------------------------
+step "5. password rotation: ALTER ROLE, then PUT; a wrong password is never a 201"
+printf '%s\n' "$pw_b" | "$deploy/scripts/create-project-db.sh" "$id" >/dev/null
+put_b="$(jq -cn --arg s "$jwt_b" --arg p "$pw_b" '{jwtSecret: $s, authenticatorPassword: $p}')"
+code=$(manager PUT "/internal/postgrest/$id" "$put_b")
+[ "$code" = 200 ] || fail "PUT (new password) answered $code: $(body)"
+code=$(http GET "$web/db/$id/todos" "$auth_b")
+[ "$code" = 200 ] || fail "after the password rotation GET answered $code: $(body)"
+second_container="$(container_id)"
+[ "$second_container" != "$first_container" ] || fail "a password rotation kept the container"
+
+wrong="$(jq -cn --arg s "$jwt_b" '{jwtSecret: $s, authenticatorPassword: "not-the-password"}')"
+code=$(manager PUT "/internal/postgrest/$id" "$wrong")
+case "$code" in 200 | 201) fail "a wrong password answered $code" ;; esac
+not_ready() {
+    [ "$(manager GET "/internal/postgrest/$id")" = 200 ] &&
+        body | jq -e '.ready == false and (.reason | test("authentication failed"))' >/dev/null
+}
+wait_for "status to show the wrong password" 30 not_ready
+code=$(manager PUT "/internal/postgrest/$id" "$put_b")
+[ "$code" = 200 ] || fail "PUT (password fixed) answered $code: $(body)"
+wait_for "serving again" 30 status_is 200 "$web/db/$id/todos" "$auth_b"
+
+# --- 6. reload, destroy ------------------------------------------------------------------------
+step "6. postgrest-reload.sh, then DELETE"
+before="$(container_id)"
+docker exec launchdb-postgrest-manager /scripts/postgrest-reload.sh "$id" >/dev/null
+reloaded() { docker logs "postgrest-$id" 2>&1 | grep -c 'Config reloaded' | awk '$1 >= 2 {ok=1} END {exit !ok}'; }
+wait_for "the reload to reach PostgREST" 30 reloaded
+[ "$(container_id)" = "$before" ] || fail "a reload recreated the container"
+code=$(manager DELETE "/internal/postgrest/$id")
+[ "$code" = 200 ] || fail "DELETE answered $code: $(body)"
+[ -z "$(container_id)" ] || fail "the container is still there after DELETE"
+wait_for "Caddy to answer 404 for $id" 10 status_is 404 "$web/db/$id/todos" "$auth_b"
+
+echo "e2e: all steps passed for $id" >&2

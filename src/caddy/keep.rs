@@ -1,0 +1,197 @@
+//! Keeps Caddy's routes in step with the loop: a task that reads the loop's published
+//! snapshot, derives one route per enabled project (proxied once PostgREST serves, a JSON 503
+//! before), and hands the list to [`RouteSync`], which sends it only when Caddy differs. It is
+//! level-triggered like the loop: every snapshot change recomputes the whole list, the
+//! resync tick asks Caddy what it holds (a restarted Caddy has forgotten the routes), and a
+//! failure is retried with backoff while the containers keep converging.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{CaddyAdmin, RouteSync, RouteTarget, Routes, SyncStatus};
+use crate::plan::State;
+use crate::reconcile::{Handle, Readiness, Snapshot};
+
+/// What the public sees for a project that is not ready. Stable on purpose: every change of
+/// a route is a reload of Caddy's whole config, and the details (log lines, host names) are
+/// for the operator's status, not for the internet.
+const NOT_READY: &str = "the project is starting or cannot reach its database; retry shortly";
+
+/// The routes the snapshot asks for: every enabled project, proxied while its container runs
+/// and PostgREST serves (or has not been probed yet: a manager that restarts must not turn
+/// serving projects into 503s), a 503 otherwise. Disabled and unknown projects get none:
+/// Caddy's static catch-all answers 404.
+pub fn desired_routes(snapshot: &Snapshot) -> Routes {
+    Routes::new(snapshot.projects.iter().filter_map(|(id, status)| {
+        if !status.desired.as_ref()?.planned.enabled {
+            return None;
+        }
+        let serves = status.container.as_ref().is_some_and(|c| {
+            c.state == State::Running && matches!(c.ready, Readiness::Ready | Readiness::Unknown)
+        });
+        let target = if serves {
+            RouteTarget::Ready
+        } else {
+            RouteTarget::NotReady {
+                reason: NOT_READY.to_owned(),
+            }
+        };
+        Some((id.clone(), target))
+    }))
+}
+
+/// Runs until `shutdown` completes. `pending` carries why the routes are not in place, or
+/// `None` while they are.
+pub async fn keep_in_step<C: CaddyAdmin>(
+    mut handle: Handle,
+    mut sync: RouteSync<C>,
+    resync: Duration,
+    pending: watch::Sender<Option<String>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(resync);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut check_caddy = false;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => check_caddy = true,
+            changed = handle.changed() => if !changed { return },
+            () = sleep_until(sync.retry_at()) => {}
+        }
+        let snapshot = handle.snapshot();
+        // Before the first full reconcile the snapshot knows no project yet: sending its
+        // empty list would take every route down.
+        if !snapshot.reconciled_once {
+            continue;
+        }
+        let status = sync
+            .sync(&desired_routes(&snapshot), std::mem::take(&mut check_caddy))
+            .await;
+        let reason = match status {
+            SyncStatus::InSync | SyncStatus::Applied => None,
+            SyncStatus::Pending { reason } => Some(reason),
+        };
+        pending.send_if_modified(|current| {
+            let changed = *current != reason;
+            *current = reason;
+            changed
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::caddy::fake::FakeCaddy;
+    use crate::configs::ConfigDir;
+    use crate::reconcile::{Controller, LoopConfig};
+    use crate::render::Template;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::spec::{ProjectId, Secret, SpecFile};
+    use crate::state_dir::StateDir;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Waits until the fake Caddy's slot satisfies `done`.
+    async fn caddy_holds(caddy: &FakeCaddy, done: impl Fn(&serde_json::Value) -> bool) {
+        tokio::time::timeout(WAIT, async {
+            while !done(&caddy.routes()) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("Caddy never held that: {}", caddy.routes()));
+    }
+
+    fn ids(routes: &serde_json::Value) -> Vec<String> {
+        routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["@id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn routes_follow_the_projects_and_come_back_after_a_caddy_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
+        let cfg = LoopConfig {
+            state: StateDir::new(tmp.path().join("state")),
+            configs: ConfigDir::new(tmp.path().join("configs"), uid),
+            template: Template::for_tests("routes", tmp.path().join("configs"), uid),
+            resync: Duration::from_secs(3600),
+            concurrency: 2,
+            reload_signal: "SIGUSR2".into(),
+            admin_port: 1,
+        };
+        cfg.state.ensure().unwrap();
+        cfg.configs.ensure().unwrap();
+        let write = |id: &str, enabled: bool| {
+            let mut file = SpecFile::new(Secret::new("s".repeat(32)), Secret::new("pw"));
+            if !enabled {
+                file.disable();
+            }
+            cfg.state
+                .write(&ProjectId::parse(id).unwrap(), &file)
+                .unwrap();
+        };
+        write("on", true);
+        write("off", false);
+        let (controller, handle) = Controller::new(Arc::new(FakeRuntime::new()), cfg.clone());
+        tokio::spawn(controller.run(std::future::pending()));
+        let caddy = FakeCaddy::new();
+        let (pending_tx, pending) = watch::channel(Some("not yet".to_owned()));
+        tokio::spawn(keep_in_step(
+            handle.clone(),
+            RouteSync::new(caddy.clone()),
+            Duration::from_millis(50),
+            pending_tx,
+            std::future::pending(),
+        ));
+
+        // Only the enabled project is routed. Nothing listens on its admin port, so once the
+        // probe has looked it is a 503 for the public, with the stable text.
+        caddy_holds(&caddy, |r| ids(r) == ["launchdb-project-on"]).await;
+        caddy_holds(&caddy, |r| r[0]["handle"][0]["status_code"] == 503).await;
+        assert!(caddy.routes().to_string().contains("retry shortly"));
+        assert_eq!(*pending.borrow(), None);
+
+        // A restarted Caddy has forgotten the routes: the resync tick puts them back.
+        caddy.restart();
+        caddy_holds(&caddy, |r| ids(r) == ["launchdb-project-on"]).await;
+
+        // Caddy down: the routes are pending, with why; back up, they are in place again.
+        caddy.set_unavailable(true);
+        caddy.restart();
+        let mut rx = pending.clone();
+        tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+            .await
+            .expect("pending within the wait")
+            .unwrap();
+        caddy.set_unavailable(false);
+        caddy_holds(&caddy, |r| ids(r) == ["launchdb-project-on"]).await;
+        tokio::time::timeout(WAIT, rx.wait_for(Option::is_none))
+            .await
+            .expect("in place within the wait")
+            .unwrap();
+
+        // A project that goes away loses its route.
+        std::fs::remove_file(cfg.state.file(&ProjectId::parse("on").unwrap())).unwrap();
+        handle.wake();
+        caddy_holds(&caddy, |r| ids(r).is_empty()).await;
+    }
+}

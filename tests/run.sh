@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# tests/run.sh: the whole test suite, as README's "Test it" and .ci/run call it.
+#
+#   1. images, built offline from package registries only: the PostgREST test image
+#      (postgrest/build-test-image.sh) and the stack's (deploy/build-local-images.sh: Debian
+#      base, PostgreSQL 15, PgBouncer 1.18, Caddy 2.6.2, and the manager from this checkout);
+#   2. the tests' database (tests/db.sh up): a real PostgreSQL behind a real PgBouncer, which
+#      the harness connects to every test's network; removed again on exit, pass or fail;
+#   3. cargo test --workspace: unit tests, then integration tests against the real Docker
+#      daemon (and the double's own test against PostgreSQL);
+#   4. deploy/e2e.sh --up: the seed's end-to-end test against the whole stack, brought up and
+#      taken down (with its volumes) around it.
+#
+# Extra arguments go to cargo test (e.g. `bash tests/run.sh --test api`); with arguments the
+# end-to-end test is skipped unless PGM_E2E=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "tests/run.sh: $*" >&2; }
+
+log "images"
+bash postgrest/build-test-image.sh
+FORCE=1 bash deploy/build-local-images.sh
+
+log "the tests' database"
+trap 'bash tests/db.sh down' EXIT
+eval "$(bash tests/db.sh up)"
+
+log "cargo test --workspace $*"
+cargo test --workspace "$@"
+
+if [ "$#" -eq 0 ] || [ "${PGM_E2E:-0}" = 1 ]; then
+    log "end-to-end: deploy/e2e.sh --up"
+    bash deploy/e2e.sh --up
+fi
