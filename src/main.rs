@@ -57,7 +57,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let docker = DockerRuntime::new(settings.docker_host.as_deref());
     let state_dir = cfg.state.path().to_owned();
     // Why Caddy's routes are not in place (None while they are); only with Caddy configured.
-    let (routes_tx, routes_rx) = tokio::sync::watch::channel(None::<String>);
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(caddy::RouteState::default());
     let routes = settings.caddy.as_ref().map(|_| routes_rx);
     let api_config = settings.api.as_ref().map(|api| ApiConfig {
         state: cfg.state.clone(),

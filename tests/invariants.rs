@@ -244,6 +244,35 @@ fn only_the_watcher_imports_notify() {
 }
 
 #[test]
+fn only_the_caddy_client_speaks_http_to_caddy() {
+    let sources = sources();
+    for client in ["hyper", "hyper_util", "http_body_util"] {
+        let users = users(&sources, client);
+        assert_eq!(users, vec!["src/caddy/admin.rs".to_string()], "{client}");
+    }
+}
+
+#[test]
+fn the_api_never_touches_docker_and_nothing_imports_the_cli() {
+    let sources = sources();
+    for (file, code) in &sources {
+        if in_room(file, "api") {
+            for forbidden in [
+                "bollard",
+                "crate::runtime::docker",
+                "crate::settings",
+                "crate::cli",
+            ] {
+                assert!(!uses(code, forbidden), "{file} uses {forbidden}");
+            }
+        }
+        if !in_room(file, "cli") && file != "src/main.rs" {
+            assert!(!uses(code, "crate::cli"), "{file} imports the CLI");
+        }
+    }
+}
+
+#[test]
 fn the_planner_does_no_io() {
     let sources = sources();
     let planner: Vec<(&String, &String)> = sources

@@ -42,6 +42,7 @@ pub use dto::{
 };
 pub use error::{ApiError, ErrorBody};
 
+use crate::caddy::RouteState;
 use crate::reconcile::Handle;
 use crate::spec::Secret;
 use crate::state_dir::StateDir;
@@ -62,8 +63,9 @@ pub struct ApiConfig {
     pub timeout: Duration,
     /// The port probed for `/ready`: PostgREST's admin port, or a test server's.
     pub admin_port: u16,
-    /// With Caddy configured: why its routes are not in place (`None` while they are).
-    pub routes: Option<watch::Receiver<Option<String>>>,
+    /// With Caddy configured: what its routes are (spawn and PUT also wait for the project's
+    /// route, so a 2xx means the public path serves).
+    pub routes: Option<watch::Receiver<RouteState>>,
 }
 
 /// Shared by every request.

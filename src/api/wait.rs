@@ -64,7 +64,11 @@ pub(super) fn invalid_spec(error: SpecError) -> ApiError {
 impl Ctx {
     /// A project's view, with the state of Caddy's routes when the manager keeps them.
     pub(super) fn view(&self, id: &ProjectId, status: &ProjectStatus) -> ProjectView {
-        let pending = self.cfg.routes.as_ref().map(|rx| rx.borrow().clone());
+        let pending = self
+            .cfg
+            .routes
+            .as_ref()
+            .map(|rx| rx.borrow().pending.clone());
         ProjectView::new(id, status).with_route(pending.as_ref())
     }
 
@@ -147,6 +151,7 @@ impl Ctx {
                         .await
                         .is_ok()
                     {
+                        self.wait_routed(&spec.id, deadline).await?;
                         return Ok(container);
                     }
                 }
@@ -157,6 +162,30 @@ impl Ctx {
             tokio::select! {
                 () = tokio::time::sleep(interval) => interval = (interval * 2).min(PROBE_INTERVAL_MAX),
                 () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
+            }
+        }
+    }
+
+    /// With Caddy configured, waits until Caddy proxies the project's route.
+    async fn wait_routed(&self, id: &ProjectId, deadline: Instant) -> Result<(), ApiError> {
+        let Some(routes) = &self.cfg.routes else {
+            return Ok(());
+        };
+        let mut waiting = routes.clone();
+        let routed = waiting.wait_for(|r| r.serving.contains(id));
+        let routed = tokio::select! {
+            result = tokio::time::timeout_at(deadline, routed) => matches!(result, Ok(Ok(_))),
+            () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
+        };
+        match routed {
+            true => Ok(()),
+            false => {
+                let why = routes
+                    .borrow()
+                    .pending
+                    .clone()
+                    .unwrap_or_else(|| "the route is not in place yet".to_owned());
+                Err(self.timed_out(id, &format!("Caddy did not route the project ({why})")))
             }
         }
     }

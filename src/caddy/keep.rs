@@ -5,6 +5,7 @@
 //! resync tick asks Caddy what it holds (a restarted Caddy has forgotten the routes), and a
 //! failure is retried with backoff while the containers keep converging.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -13,6 +14,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{CaddyAdmin, RouteSync, RouteTarget, Routes, SyncStatus};
 use crate::plan::State;
 use crate::reconcile::{Handle, Readiness, Snapshot};
+use crate::spec::ProjectId;
+
+/// What the API learns from the route task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteState {
+    /// Why Caddy's routes are not in place, while they are not.
+    pub pending: Option<String>,
+    /// The projects whose proxying route Caddy holds now.
+    pub serving: BTreeSet<ProjectId>,
+}
 
 /// What the public sees for a project that is not ready. Stable on purpose: every change of
 /// a route is a reload of Caddy's whole config, and the details (log lines, host names) are
@@ -20,37 +31,42 @@ use crate::reconcile::{Handle, Readiness, Snapshot};
 const NOT_READY: &str = "the project is starting or cannot reach its database; retry shortly";
 
 /// The routes the snapshot asks for: every enabled project, proxied while its container runs
-/// and PostgREST serves (or has not been probed yet: a manager that restarts must not turn
-/// serving projects into 503s), a 503 otherwise. Disabled and unknown projects get none:
-/// Caddy's static catch-all answers 404.
-pub fn desired_routes(snapshot: &Snapshot) -> Routes {
+/// and PostgREST serves, a 503 otherwise. A running container not probed yet keeps the route
+/// it had in `previous` (so a fresh container does not flap between the two), or is proxied
+/// when there was none (a manager that restarts must not turn serving projects into 503s).
+/// Disabled and unknown projects get none: Caddy's static catch-all answers 404.
+pub fn desired_routes(snapshot: &Snapshot, previous: &Routes) -> Routes {
+    let not_ready = || RouteTarget::NotReady {
+        reason: NOT_READY.to_owned(),
+    };
     Routes::new(snapshot.projects.iter().filter_map(|(id, status)| {
         if !status.desired.as_ref()?.planned.enabled {
             return None;
         }
-        let serves = status.container.as_ref().is_some_and(|c| {
-            c.state == State::Running && matches!(c.ready, Readiness::Ready | Readiness::Unknown)
-        });
-        let target = if serves {
-            RouteTarget::Ready
-        } else {
-            RouteTarget::NotReady {
-                reason: NOT_READY.to_owned(),
-            }
+        let target = match status.container.as_ref() {
+            Some(c) if c.state == State::Running => match c.ready {
+                Readiness::Ready => RouteTarget::Ready,
+                Readiness::NotReady { .. } => not_ready(),
+                Readiness::Unknown => previous
+                    .iter()
+                    .find(|(p, _)| *p == id)
+                    .map_or(RouteTarget::Ready, |(_, t)| t.clone()),
+            },
+            _ => not_ready(),
         };
         Some((id.clone(), target))
     }))
 }
 
-/// Runs until `shutdown` completes. `pending` carries why the routes are not in place, or
-/// `None` while they are.
+/// Runs until `shutdown` completes, publishing what is in place in `state`.
 pub async fn keep_in_step<C: CaddyAdmin>(
     mut handle: Handle,
     mut sync: RouteSync<C>,
     resync: Duration,
-    pending: watch::Sender<Option<String>>,
+    state: watch::Sender<RouteState>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let mut desired = Routes::default();
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(resync);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -68,17 +84,26 @@ pub async fn keep_in_step<C: CaddyAdmin>(
         if !snapshot.reconciled_once {
             continue;
         }
-        let status = sync
-            .sync(&desired_routes(&snapshot), std::mem::take(&mut check_caddy))
-            .await;
-        let reason = match status {
-            SyncStatus::InSync | SyncStatus::Applied => None,
-            SyncStatus::Pending { reason } => Some(reason),
-        };
-        pending.send_if_modified(|current| {
-            let changed = *current != reason;
-            *current = reason;
-            changed
+        desired = desired_routes(&snapshot, &desired);
+        let status = sync.sync(&desired, std::mem::take(&mut check_caddy)).await;
+        state.send_if_modified(|current| {
+            let before = current.clone();
+            match status {
+                SyncStatus::InSync | SyncStatus::Applied => {
+                    current.pending = None;
+                    current.serving = desired
+                        .iter()
+                        .filter(|(_, t)| **t == RouteTarget::Ready)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                }
+                // What Caddy holds is unknown: nothing is claimed to be served.
+                SyncStatus::Pending { reason } => {
+                    current.pending = Some(reason);
+                    current.serving.clear();
+                }
+            }
+            *current != before
         });
     }
 }
@@ -154,12 +179,12 @@ mod tests {
         let (controller, handle) = Controller::new(Arc::new(FakeRuntime::new()), cfg.clone());
         tokio::spawn(controller.run(std::future::pending()));
         let caddy = FakeCaddy::new();
-        let (pending_tx, pending) = watch::channel(Some("not yet".to_owned()));
+        let (state_tx, state) = watch::channel(RouteState::default());
         tokio::spawn(keep_in_step(
             handle.clone(),
             RouteSync::new(caddy.clone()),
             Duration::from_millis(50),
-            pending_tx,
+            state_tx,
             std::future::pending(),
         ));
 
@@ -168,7 +193,11 @@ mod tests {
         caddy_holds(&caddy, |r| ids(r) == ["launchdb-project-on"]).await;
         caddy_holds(&caddy, |r| r[0]["handle"][0]["status_code"] == 503).await;
         assert!(caddy.routes().to_string().contains("retry shortly"));
-        assert_eq!(*pending.borrow(), None);
+        assert_eq!(state.borrow().pending, None);
+        assert!(
+            state.borrow().serving.is_empty(),
+            "a 503 route is not serving"
+        );
 
         // A restarted Caddy has forgotten the routes: the resync tick puts them back.
         caddy.restart();
@@ -177,14 +206,14 @@ mod tests {
         // Caddy down: the routes are pending, with why; back up, they are in place again.
         caddy.set_unavailable(true);
         caddy.restart();
-        let mut rx = pending.clone();
-        tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        let mut rx = state.clone();
+        tokio::time::timeout(WAIT, rx.wait_for(|s| s.pending.is_some()))
             .await
             .expect("pending within the wait")
             .unwrap();
         caddy.set_unavailable(false);
         caddy_holds(&caddy, |r| ids(r) == ["launchdb-project-on"]).await;
-        tokio::time::timeout(WAIT, rx.wait_for(Option::is_none))
+        tokio::time::timeout(WAIT, rx.wait_for(|s| s.pending.is_none()))
             .await
             .expect("in place within the wait")
             .unwrap();

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::spec::ProjectId;
 
 pub use admin::HttpCaddy;
-pub use keep::{desired_routes, keep_in_step};
+pub use keep::{desired_routes, keep_in_step, RouteState};
 pub use sync::{RouteSync, SyncStatus};
 
 /// The `@id` of the static route whose subroute holds the project routes.

@@ -3,8 +3,10 @@
 //! last words in the log). A hint source like Docker's events: it reports changes to the loop,
 //! which patches its view and republishes; it never changes anything in Docker.
 //!
-//! A container that is not ready is probed often (every 500 ms), one that is ready now and
-//! then (every 10 s), so a fleet that serves costs a probe per container per 10 s.
+//! A container that is not ready is probed often (from 10 ms after it appears, doubling to
+//! every 500 ms, so a fresh one is seen serving within moments of its start), one that is
+//! ready now and then (every 10 s), so a fleet that serves costs a probe per container per
+//! 10 s.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,10 +20,13 @@ use tokio::time::Instant;
 use crate::probe;
 use crate::runtime::Runtime;
 
+const NOT_READY_FIRST: Duration = Duration::from_millis(10);
 const NOT_READY_EVERY: Duration = Duration::from_millis(500);
 const READY_EVERY: Duration = Duration::from_secs(10);
 /// The log is read at most this often per container that is not ready.
 const LOGS_EVERY: Duration = Duration::from_secs(5);
+/// A container this young that does not serve yet is starting; its log is not read before.
+const STARTING: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBES_AT_ONCE: usize = 16;
 const LOG_LINES: usize = 30;
@@ -51,7 +56,10 @@ pub(super) struct Target {
 struct Known {
     readiness: Readiness,
     next_probe: Instant,
+    /// Between probes while not ready: doubles up to [`NOT_READY_EVERY`].
+    interval: Duration,
     next_logs: Instant,
+    first_seen: Instant,
 }
 
 /// Probes `targets` (replaced by the loop after every listing) until the loop goes away.
@@ -86,14 +94,21 @@ pub(super) async fn watch_readiness<R: Runtime>(
             let entry = known.entry(target.id.clone()).or_insert(Known {
                 readiness: Readiness::Unknown,
                 next_probe: now,
+                interval: NOT_READY_FIRST,
                 next_logs: now,
+                first_seen: now,
             });
             let readiness = if ready {
                 entry.next_probe = now + READY_EVERY;
+                entry.interval = NOT_READY_FIRST;
                 Readiness::Ready
             } else {
-                entry.next_probe = now + NOT_READY_EVERY;
+                entry.next_probe = now + entry.interval;
+                entry.interval = (entry.interval * 2).min(NOT_READY_EVERY);
                 match &entry.readiness {
+                    _ if now < entry.first_seen + STARTING => Readiness::NotReady {
+                        reason: "PostgREST is starting".to_owned(),
+                    },
                     Readiness::NotReady { .. } if now < entry.next_logs => entry.readiness.clone(),
                     _ => {
                         entry.next_logs = now + LOGS_EVERY;

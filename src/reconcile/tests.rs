@@ -645,10 +645,14 @@ async fn readiness_comes_from_postgrest_with_its_own_reason() {
             .map(|c| c.ready.clone())
             .unwrap_or_default()
     };
+    // First "starting", then, once it has not served for a while, PostgREST's own words.
     let not_ready = handle
-        .wait_for(WAIT, |s| matches!(readiness(s), Readiness::NotReady { .. }))
+        .wait_for(
+            WAIT,
+            |s| matches!(readiness(s), Readiness::NotReady { reason } if reason.contains("SASL")),
+        )
         .await
-        .expect("the probe finds PostgREST not ready");
+        .expect("the probe finds PostgREST not ready, and why");
     let Readiness::NotReady { reason } = readiness(&not_ready) else {
         panic!("matched above")
     };
