@@ -7,6 +7,8 @@
 #           PGMT_PGBOUNCER             the PgBouncer container; the harness connects it to each
 #                                      test's network under the alias `pgbouncer` (the manager's
 #                                      default PGM_DB_HOST), so projects need no db_host
+#           PGMT_POSTGRES              the PostgreSQL container (SCRAM passwords: a test that
+#                                      needs a real login failure connects it to its network)
 #           PGRST_DOUBLE_TEST_DB_URI   a superuser URI for the PostgREST double's own DB test
 #   down  removes both containers and the network (also what the tests connected).
 #
@@ -120,6 +122,7 @@ INI
     local ip
     ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$net\").IPAddress}}" "$pg")"
     echo "export PGMT_PGBOUNCER=$bouncer"
+    echo "export PGMT_POSTGRES=$pg"
     echo "export PGRST_DOUBLE_TEST_DB_URI=postgres://postgres:$pw@$ip:5432/postgres"
     log "PostgreSQL $pg and PgBouncer $bouncer are up on $net"
 }
