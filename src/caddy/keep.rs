@@ -121,12 +121,9 @@ mod tests {
 
     use super::*;
     use crate::caddy::fake::FakeCaddy;
-    use crate::configs::ConfigDir;
     use crate::reconcile::{Controller, LoopConfig};
-    use crate::render::Template;
     use crate::runtime::fake::FakeRuntime;
     use crate::spec::{ProjectId, Secret, SpecFile};
-    use crate::state_dir::StateDir;
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -153,18 +150,7 @@ mod tests {
     #[tokio::test]
     async fn routes_follow_the_projects_and_come_back_after_a_caddy_restart() {
         let tmp = tempfile::tempdir().unwrap();
-        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
-        let cfg = LoopConfig {
-            state: StateDir::new(tmp.path().join("state")),
-            configs: ConfigDir::new(tmp.path().join("configs"), uid),
-            template: Template::for_tests("routes", tmp.path().join("configs"), uid),
-            resync: Duration::from_secs(3600),
-            concurrency: 2,
-            reload_signal: "SIGUSR2".into(),
-            admin_port: 1,
-        };
-        cfg.state.ensure().unwrap();
-        cfg.configs.ensure().unwrap();
+        let cfg = LoopConfig::for_tests("routes", tmp.path());
         let write = |id: &str, enabled: bool| {
             let mut file = SpecFile::new(Secret::new("s".repeat(32)), Secret::new("pw"));
             if !enabled {

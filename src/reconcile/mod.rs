@@ -64,6 +64,27 @@ pub struct LoopConfig {
     pub admin_port: u16,
 }
 
+#[cfg(test)]
+impl LoopConfig {
+    /// A loop for unit tests in `dir` (created): the test template, concurrency 2, no resync
+    /// to speak of, and an admin port nothing listens on.
+    pub(crate) fn for_tests(instance: &str, dir: &std::path::Path) -> LoopConfig {
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir).unwrap());
+        let cfg = LoopConfig {
+            state: StateDir::new(dir.join("state")),
+            configs: ConfigDir::new(dir.join("configs"), uid),
+            template: Template::for_tests(instance, dir.join("configs"), uid),
+            resync: Duration::from_secs(3600),
+            concurrency: 2,
+            reload_signal: "SIGUSR2".into(),
+            admin_port: 1,
+        };
+        cfg.state.ensure().unwrap();
+        cfg.configs.ensure().unwrap();
+        cfg
+    }
+}
+
 type Done = (ProjectId, Result<Outcome, ActionError>);
 
 pub struct Controller<R: Runtime> {

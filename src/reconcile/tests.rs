@@ -25,20 +25,9 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
-        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tmp.path()).unwrap());
-        let template = Template::for_tests("unit", tmp.path().join("configs"), uid);
-        let cfg = LoopConfig {
-            state: StateDir::new(tmp.path().join("state")),
-            configs: ConfigDir::new(tmp.path().join("configs"), uid),
-            template,
-            resync: Duration::from_secs(3600),
-            concurrency: 2,
-            reload_signal: "SIGUSR2".into(),
-            // Nothing listens there: every container is "not ready", which no test here needs.
-            admin_port: 1,
-        };
-        cfg.state.ensure().unwrap();
-        cfg.configs.ensure().unwrap();
+        // Nothing listens on its admin port: every container is "not ready", which no test
+        // here needs unless it says otherwise.
+        let cfg = LoopConfig::for_tests("unit", tmp.path());
         Env {
             _tmp: tmp,
             cfg,
