@@ -1019,7 +1019,12 @@ fn a_crash_loop_is_reported_not_churned() {
     let env = TestEnv::new();
     let postgres = std::env::var("PGMT_POSTGRES").expect("PGMT_POSTGRES (tests/db.sh up)");
     docker_ok(&[
-        "network", "connect", "--alias", "testpg", &env.network, &postgres,
+        "network",
+        "connect",
+        "--alias",
+        "testpg",
+        &env.network,
+        &postgres,
     ]);
     let api = Manager::start_with(
         &env,
@@ -1036,14 +1041,20 @@ fn a_crash_loop_is_reported_not_churned() {
     body["dbPort"] = json!(5432);
     body.as_object_mut().unwrap().remove("projectId");
     let put = api.call("PUT", &format!("/internal/postgrest/{id}"), Some(body));
-    assert_eq!(put.status, 504, "a project that cannot log in is never a 2xx: {}", put.body);
+    assert_eq!(
+        put.status, 504,
+        "a project that cannot log in is never a 2xx: {}",
+        put.body
+    );
 
     // PostgREST exits, Docker restarts it, it exits again.
     let first = wait_until("the container to restart after exiting", || {
         inspect(&env.container(&id)).filter(|c| c.restart_count >= 2)
     });
     let view = wait_until("the status to show the crash loop", || {
-        let view = api.call("GET", &format!("/internal/postgrest/{id}"), None).json();
+        let view = api
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
         let reason = view["reason"].as_str().unwrap_or_default().to_owned();
         (reason.contains("password authentication failed")).then_some(view)
     });
@@ -1052,7 +1063,10 @@ fn a_crash_loop_is_reported_not_churned() {
     // No churn: passes come and go, the manager never recreates or removes the container.
     api.wait_passes(3);
     let later = inspect(&env.container(&id)).expect("the container is still there");
-    assert_eq!(later.id, first.id, "the manager recreated a crash-looping container");
+    assert_eq!(
+        later.id, first.id,
+        "the manager recreated a crash-looping container"
+    );
     assert!(
         !api.log().contains("action=Recreate") && !api.log().contains("action=Remove"),
         "{}",
