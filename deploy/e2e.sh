@@ -10,7 +10,9 @@
 #   4. JWT rotation (PUT a new secret): the old token 401, the new one 200, same container;
 #   5. password rotation (ALTER ROLE, then PUT): serves again with the new password, from a
 #      new container; a wrong password is never a 201, and the status says why;
-#   6. the seed's reload script reloads; DELETE removes it and Caddy answers 404 JSON.
+#   6. PgBouncer stopped: the status says not ready and why, Caddy answers 503; started again:
+#      the project serves again with nobody acting, same container;
+#   7. the seed's reload script reloads; DELETE removes it and Caddy answers 404 JSON.
 #
 # With --up it brings the stack up first and takes it down (with --volumes) at the end, also
 # when a step fails; that is how .ci/run calls it. Every check waits on a condition with a
@@ -176,8 +178,22 @@ code=$(manager PUT "/internal/postgrest/$id" "$put_b")
 [ "$code" = 200 ] || fail "PUT (password fixed) answered $code: $(body)"
 wait_for "serving again" 30 status_is 200 "$web/db/$id/todos" "$auth_b"
 
-# --- 6. reload, destroy ------------------------------------------------------------------------
-step "6. postgrest-reload.sh, then DELETE"
+# --- 6. PgBouncer goes away and comes back ---------------------------------------------------
+step "6. PgBouncer down: not ready with the reason, a 503 through Caddy; back: serves, no one acting"
+before="$(container_id)"
+docker stop -t 5 launchdb-pgbouncer >/dev/null
+db_down() {
+    [ "$(manager GET "/internal/postgrest/$id")" = 200 ] &&
+        body | jq -e '.ready == false and (.reason | length > 0)' >/dev/null
+}
+wait_for "status to show the database is unreachable" 60 db_down
+wait_for "Caddy to answer 503 while the project cannot serve" 10 status_is 503 "$web/db/$id/todos" "$auth_b"
+docker start launchdb-pgbouncer >/dev/null
+wait_for "serving again once PgBouncer is back" 90 status_is 200 "$web/db/$id/todos" "$auth_b"
+[ "$(container_id)" = "$before" ] || fail "a database outage recreated the container"
+
+# --- 7. reload, destroy ------------------------------------------------------------------------
+step "7. postgrest-reload.sh, then DELETE"
 before="$(container_id)"
 docker exec launchdb-postgrest-manager /scripts/postgrest-reload.sh "$id" >/dev/null
 reloaded() { docker logs "postgrest-$id" 2>&1 | grep -c 'Config reloaded' | awk '$1 >= 2 {ok=1} END {exit !ok}'; }
