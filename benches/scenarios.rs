@@ -1,8 +1,10 @@
 //! `cargo bench --bench scenarios`: how fast and how light the manager is, side by side with
 //! what users would do instead (issue 4), on the real Docker daemon.
 //!
-//! Needs `target/release/postgrest-manager` (`cargo build --release`) and the test image
-//! (`bash postgrest/build-test-image.sh`); builds neither. Everything it creates carries its
+//! Needs `target/release/postgrest-manager` (`cargo build --release`), the test image
+//! (`bash postgrest/build-test-image.sh`) and the tests' database (`eval "$(bash tests/db.sh
+//! up)"`, which exports `PGMT_PGBOUNCER`): PostgREST serves only once logged in. Builds and
+//! starts none of them. Everything it creates carries its
 //! own names (`pgm-bench-<pid>`: network, directory, instance labels) and is removed at the end,
 //! also on panic and on Ctrl-C. Scenarios are chosen by name, sizes by options (`--help`);
 //! each one's results replace its block in BENCHMARKS.md.

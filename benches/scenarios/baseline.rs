@@ -142,11 +142,11 @@ pub fn run_args(spec: &ContainerSpec) -> Vec<String> {
 
 /// What the seed's `postgrest-spawn.sh` does for one project, minus the config generation
 /// (done before the clock starts): `docker run -d`, then wait until PostgREST answers. The seed
-/// waits for Docker's health status (a 30 s interval); this waits for `/live` directly, polling
-/// every 10 ms, which only makes the baseline faster.
+/// waits for Docker's health status (a 30 s interval); this waits for `/ready` (serving: logged
+/// in to its database) directly, polling every 10 ms, which only makes the baseline faster.
 const SPAWN_ONE: &str = r#"#!/usr/bin/env bash
 # spawn-one.sh <args-file>: docker run -d with the arguments in the file (one per line), then
-# wait up to 60 s until the container answers GET /live on port 3001.
+# wait up to 60 s until the container answers GET /ready on port 3001 (it serves).
 set -euo pipefail
 mapfile -t args <"$1"
 name="${args[3]}"
@@ -155,7 +155,7 @@ docker "${args[@]}" >/dev/null
 ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$name")"
 for _ in $(seq 1 6000); do
     if { exec 3<>"/dev/tcp/$ip/3001"; } 2>/dev/null; then
-        printf 'GET /live HTTP/1.0\r\n\r\n' >&3
+        printf 'GET /ready HTTP/1.0\r\n\r\n' >&3
         status=""
         read -r _ status _ <&3 || true
         exec 3<&- 3>&-

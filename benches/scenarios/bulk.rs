@@ -1,5 +1,5 @@
 //! Scenario 2: bulk, cold. N state files written at once -> all N answering; against the
-//! seed's way (a `docker run -d` + wait-for-live script per project, in sequence), the same
+//! seed's way (a `docker run -d` + wait-until-ready script per project, in sequence), the same
 //! under `xargs -P`, and `docker-compose up -d` of a generated compose file. At the first size
 //! PGM_CONCURRENCY is swept to find the fastest setting.
 
@@ -153,12 +153,13 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
     let body = format!(
         "{}\n\
          Time from the trigger (all state files renamed into place / script or compose \
-         started) until every container answers `GET /live`, observed the same way for every \
-         method. Seconds, median (min–max, n runs); methods interleaved run by run, everything \
-         removed between runs. The seed script is `docker run -d` then a `/live` poll every \
-         10 ms (the seed waits on Docker's 30 s healthcheck instead, which is slower). \
+         started) until every container serves (answers `GET /ready`: logged in to its \
+         database through PgBouncer), observed the same way for every method. Seconds, median \
+         (min–max, n runs); methods interleaved run by run, everything removed between runs. \
+         The seed script is `docker run -d` then a `/ready` poll every 10 ms (the seed waits on \
+         Docker's 30 s healthcheck instead, which is slower). \
          \"Speed-up\" is the baseline's median over the fastest manager setting's.\n\n\
-         | projects | method | s to all answering | ms per project | manager speed-up |\n\
+         | projects | method | s to all serving | ms per project | manager speed-up |\n\
          |---|---|---|---|---|\n{rows}\n{notes}",
         ctx.provenance()
     );

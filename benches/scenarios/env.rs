@@ -1,5 +1,13 @@
 //! The bench's own corner of the machine: a directory, a network, instance names, a Docker
 //! client, and the cleanup that removes all of it, also on panic and on Ctrl-C.
+//!
+//! PostgREST (and its test double) serves only once it has logged in to its database, so the
+//! bench needs one, exactly as the integration tests do: `eval "$(bash tests/db.sh up)"`
+//! starts PostgreSQL behind PgBouncer and exports `PGMT_PGBOUNCER`, the PgBouncer container.
+//! The bench connects it to its network under the alias `pgbouncer` (the manager's default
+//! database host, also the baselines' through the same template), so every method's
+//! containers reach the same database the same way; the cleanup disconnects it again (it is
+//! never removed: it is not the bench's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -16,7 +24,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{stream, StreamExt};
 
-use postgrest_manager::render::{LABEL_INSTANCE, LABEL_PROJECT};
+use postgrest_manager::render::{Template, LABEL_INSTANCE, LABEL_PROJECT};
 
 /// Everything the bench created, so it can all be removed: instances (their containers, by
 /// label), the network, the directory, and the processes it started (by pid).
@@ -72,6 +80,26 @@ impl Cleanup {
                     .args(["rm", "-f"])
                     .args(chunk)
                     .stdout(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        // Whatever is still attached (the database's PgBouncer) is disconnected, not removed.
+        let attached = docker_cli()
+            .args([
+                "network",
+                "inspect",
+                "-f",
+                "{{range .Containers}}{{.Name}} {{end}}",
+                &inner.network,
+            ])
+            .stderr(std::process::Stdio::null())
+            .output();
+        if let Ok(attached) = attached {
+            for container in String::from_utf8_lossy(&attached.stdout).split_whitespace() {
+                let _ = docker_cli()
+                    .args(["network", "disconnect", "-f", &inner.network, container])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
                     .status();
             }
         }
@@ -160,8 +188,13 @@ pub struct Bench {
     pub docker: Docker,
     pub image: String,
     pub binary: PathBuf,
+    /// The PgBouncer container every project logs in through (`PGMT_PGBOUNCER`).
+    pub database: Option<String>,
     pub cleanup: Cleanup,
 }
+
+/// Where the bench learns its database, as the integration tests do (tests/db.sh).
+pub const DATABASE_VAR: &str = "PGMT_PGBOUNCER";
 
 impl Bench {
     pub fn new(image: &str, binary: &Path) -> Bench {
@@ -188,11 +221,13 @@ impl Bench {
             docker: Docker::connect_with_socket_defaults().expect("a Docker client"),
             image: image.to_owned(),
             binary: binary.to_owned(),
+            database: std::env::var(DATABASE_VAR).ok().filter(|v| !v.is_empty()),
             cleanup,
         }
     }
 
-    /// Negotiates the API version, checks the prerequisites, creates the directory and network.
+    /// Negotiates the API version, checks the prerequisites, creates the directory and the
+    /// network, and connects the database's PgBouncer to it as the projects' database host.
     pub async fn prepare(&mut self) -> Result<(), String> {
         self.docker = self
             .docker
@@ -212,6 +247,26 @@ impl Bench {
                 self.image
             ));
         }
+        let database = self.database.clone().ok_or_else(|| {
+            format!(
+                "{DATABASE_VAR} is not set: PostgREST serves only once it has logged in to a \
+                 database. Start the tests' database first: `eval \"$(bash tests/db.sh up)\"` \
+                 (and `bash tests/db.sh down` afterwards)"
+            )
+        })?;
+        let running = self
+            .docker
+            .inspect_container(&database, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state?.running)
+            .unwrap_or(false);
+        if !running {
+            return Err(format!(
+                "{DATABASE_VAR}={database} is not a running container: run \
+                 `eval \"$(bash tests/db.sh up)\"` again"
+            ));
+        }
         std::fs::create_dir_all(&self.root).map_err(|e| e.to_string())?;
         let request = NetworkCreateRequest {
             name: self.network.clone(),
@@ -222,6 +277,27 @@ impl Bench {
             .create_network(request)
             .await
             .map_err(|e| format!("creating network {}: {e}", self.network))?;
+        // The alias is the database host every project's config names: the manager's default
+        // (PGM_DB_HOST), which the baselines' template (the tests' fixture) carries too.
+        let alias = Template::for_tests(&self.id, &self.root, 0).db_host;
+        let connect = docker_cli()
+            .args([
+                "network",
+                "connect",
+                "--alias",
+                &alias,
+                &self.network,
+                &database,
+            ])
+            .output()
+            .map_err(|e| format!("docker network connect: {e}"))?;
+        if !connect.status.success() {
+            return Err(format!(
+                "connecting {database} to {} as {alias}: {}",
+                self.network,
+                String::from_utf8_lossy(&connect.stderr).trim()
+            ));
+        }
         Ok(())
     }
 

@@ -408,7 +408,7 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
     let mut floor_watch = LiveWatch::start(bench, Who::Floor);
     let mut manager_watch = LiveWatch::start(bench, Who::Manager);
     let (mut spawn_ms, mut floor_ms) = (Vec::new(), Vec::new());
-    let (mut spawn_phases, mut floor_phases, mut answer_after_live) =
+    let (mut spawn_phases, mut floor_phases, mut answer_after_ready) =
         (Vec::new(), Vec::new(), Vec::new());
     for run in 0..=runs {
         let manager_first = run % 2 == 0;
@@ -461,13 +461,13 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
                 if run > 0 {
                     spawn_ms.push(elapsed.as_secs_f64() * 1000.0);
                     spawn_phases.push(Phases::of(t0, wall0, &live));
-                    // Positive: the 201 came after the bench saw /live answer.
+                    // Positive: the 201 came after the bench saw /ready answer.
                     let after = if answered >= live.at {
                         (answered - live.at).as_secs_f64()
                     } else {
                         -(live.at - answered).as_secs_f64()
                     };
-                    answer_after_live.push(after * 1000.0);
+                    answer_after_ready.push(after * 1000.0);
                 }
             } else {
                 let floor_project = format!("{}_af{run}", bench.tag);
@@ -549,8 +549,10 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
         "{provenance}\n\
          With {n} projects running under the manager. Spawn: `POST /internal/postgrest/spawn` \
          with a new project's secrets, until its 201 (the manager answers once the container \
-         runs and PostgREST answers `/live`), then `DELETE` (not timed); interleaved with the \
-         Docker floor for the same container (create + start via the API, then `/live`), both \
+         runs and PostgREST answers `/ready`: logged in to its database through PgBouncer), \
+         then `DELETE` (not timed); interleaved with the Docker floor for the same container \
+         (create + start via the API, then the bench's poll of `/live` and `/ready` every \
+         5 ms until `/ready` answers), both \
          through the same counting proxy to Docker, alternating which goes first. \
          List: `GET /internal/postgrest` ({} bytes, {listed} projects) over {conns} keep-alive \
          connections from a load generator in the bench process on loopback (it shares the \
@@ -558,17 +560,17 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
          | measure | median (min–max, n) |\n\
          |---|---|\n\
          | spawn, ms to 201 | {spawn} |\n\
-         | Docker floor, ms to answering | {flo} |\n\
+         | Docker floor, ms to serving (`/ready`) | {flo} |\n\
          | spawn overhead over the floor | {} ms (×{:.2}) |\n\
          | list, requests/s | {rate} |\n\
          | list latency p50, ms | {p50} |\n\
          | list latency p99, ms | {p99} |\n\n\
          Where the spawn time goes (medians, ms; Docker event timestamps, and the bench's own \
-         `/live` poll every 5 ms on the spawned container):\n\n\
-         | | request → `create` event | `create` → `start` event | `start` → answering `/live` | `/live` → 201 |\n\
-         |---|---|---|---|---|\n\
-         | spawn | {} | {} | {} | {} |\n\
-         | floor | {} | {} | {} | — |\n",
+         `/live` then `/ready` poll every 5 ms on the spawned container):\n\n\
+         | | request → `create` event | `create` → `start` event | `start` → `/live` | `/live` → `/ready` | `/ready` → 201 |\n\
+         |---|---|---|---|---|---|\n\
+         | spawn | {} | {} | {} | {} | {} |\n\
+         | floor | {} | {} | {} | {} | — |\n",
         body.len(),
         cpus(),
         requests / 10,
@@ -577,10 +579,12 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
         median(spawn_phases.iter().map(|p| p.to_create)),
         median(spawn_phases.iter().map(|p| p.to_start)),
         median(spawn_phases.iter().map(|p| p.to_live)),
-        median(answer_after_live.iter().copied()),
+        median(spawn_phases.iter().map(|p| p.to_ready)),
+        median(answer_after_ready.iter().copied()),
         median(floor_phases.iter().map(|p| p.to_create)),
         median(floor_phases.iter().map(|p| p.to_start)),
         median(floor_phases.iter().map(|p| p.to_live)),
+        median(floor_phases.iter().map(|p| p.to_ready)),
         n = fleet.projects.len(),
     );
     Ok(("6. API: spawn latency and list throughput".into(), body))
@@ -664,7 +668,9 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
          {files} project files ({running} enabled and running, {} with `enabled = false`), \
          manager started with `--resync-secs {resync}`, measured over {:.0} s of idleness \
          after the start-up passes and the containers' first healthchecks settled. CPU from `/proc/<pid>/stat` (utime + stime, all threads), memory \
-         from `/proc/<pid>/status`; Docker calls through the counting proxy.\n\n\
+         from `/proc/<pid>/status`; Docker calls through the counting proxy. The CPU includes \
+         the manager's readiness probe (`GET /ready` of every running container every 10 s, \
+         HTTP to the container, not a Docker call; each one a `SELECT 1` of PostgREST's).\n\n\
          | measure | value |\n\
          |---|---|\n\
          | manager CPU time over the window | {:.0} ms = **{:.3}% of one core** ({cpu_verdict}) |\n\

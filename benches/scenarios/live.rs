@@ -1,10 +1,15 @@
-//! "Answering": the moment a project's PostgREST answers `GET /live` on its admin port.
+//! "Answering": the moment a project's PostgREST answers `GET /ready` on its admin port, i.e.
+//! it serves: logged in to its database (the tests' PgBouncer, see `env.rs`) and schema cache
+//! loaded. This is what the manager's spawn and PUT wait for, and what a user can use. The
+//! moment it first answered `GET /live` (the process up, before its database login) is kept
+//! too, so numbers taken before the double needed a database (they stopped at `/live`) can
+//! still be compared.
 //!
 //! Every method is observed the same way, so their times compare: a Docker event stream
 //! (filtered by the method's instance label) reports each container start; the container's
 //! address is inspected once; then `/live` is polled every few milliseconds until it answers
-//! 200. The stream is opened with `since` a little in the past, so a start that happens
-//! before the subscription is established is replayed, not missed.
+//! 200, then `/ready` the same way. The stream is opened with `since` a little in the past,
+//! so a start that happens before the subscription is established is replayed, not missed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -25,17 +30,21 @@ use crate::stats::{num, Summary};
 /// How often a not-yet-answering container is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
 
-/// A project answered: when, and at which address. `created` and `started` are the Docker
-/// events' wall-clock times, for a breakdown of where the time went.
+/// A project answered: when (`/ready`, and `/live` before it), and at which address. `created`
+/// and `started` are the Docker events' wall-clock times, for a breakdown of where the time
+/// went.
 #[derive(Debug, Clone)]
 pub struct Live {
+    /// When it first answered `GET /ready` 200: serving.
     pub at: Instant,
+    /// When it first answered `GET /live` 200: the process up (not yet logged in).
+    pub live_at: Instant,
     pub ip: IpAddr,
     pub created: Option<SystemTime>,
     pub started: Option<SystemTime>,
 }
 
-/// Watches one instance's containers and reports each one that answers `/live`.
+/// Watches one instance's containers and reports each one that answers `/ready`.
 pub struct LiveWatch {
     rx: mpsc::UnboundedReceiver<(String, Live)>,
     seen: BTreeMap<String, Live>,
@@ -102,9 +111,14 @@ impl LiveWatch {
                             let Some(ip) = address(&docker, &container, &network).await else {
                                 return;
                             };
-                            if wait_live(ip, Duration::from_secs(120)).await {
+                            if !wait_admin(ip, "/live", Duration::from_secs(120)).await {
+                                return;
+                            }
+                            let live_at = Instant::now();
+                            if wait_admin(ip, "/ready", Duration::from_secs(120)).await {
                                 let live = Live {
                                     at: Instant::now(),
+                                    live_at,
                                     ip,
                                     created,
                                     started: at,
@@ -166,13 +180,18 @@ impl LiveWatch {
     }
 }
 
-/// Where one run's time went, in milliseconds, from the Docker events' timestamps:
-/// trigger -> `create` event -> `start` event -> `/live` answered.
+/// Where one run's time went, in milliseconds, from the Docker events' timestamps and the
+/// bench's probes: trigger -> `create` event -> `start` event -> `/live` answered -> `/ready`
+/// answered.
 #[derive(Debug, Clone, Copy)]
 pub struct Phases {
     pub to_create: f64,
     pub to_start: f64,
     pub to_live: f64,
+    pub to_ready: f64,
+    /// Trigger -> `/live` answered: what "answering" meant before the double needed a
+    /// database.
+    pub total_live: f64,
 }
 
 impl Phases {
@@ -182,10 +201,13 @@ impl Phases {
                 .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
         };
         let (created, started) = (since(live.created), since(live.started));
+        let live_ms = (live.live_at - t0).as_secs_f64() * 1000.0;
         Phases {
             to_create: created,
             to_start: started - created,
-            to_live: (live.at - t0).as_secs_f64() * 1000.0 - started,
+            to_live: live_ms - started,
+            to_ready: (live.at - live.live_at).as_secs_f64() * 1000.0,
+            total_live: live_ms,
         }
     }
 }
@@ -214,12 +236,12 @@ async fn address(docker: &bollard::Docker, container: &str, network: &str) -> Op
         .ok()
 }
 
-/// Polls `GET /live` until it answers 200.
-pub async fn wait_live(ip: IpAddr, timeout: Duration) -> bool {
+/// Polls `GET <path>` on the admin port (`/live` or `/ready`) until it answers 200.
+async fn wait_admin(ip: IpAddr, path: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::new(ip, ADMIN_PORT);
     while Instant::now() < deadline {
-        if get_status(addr, "/live", None).await == Some(200) {
+        if get_status(addr, path, None).await == Some(200) {
             return true;
         }
         tokio::time::sleep(PROBE_EVERY).await;

@@ -76,8 +76,10 @@ const USAGE: &str = "\
 usage: cargo bench --bench scenarios -- [SCENARIO...] [OPTIONS]
 
 Scenarios (default: all): cold bulk reload adoption api idle
-Needs target/release/postgrest-manager (cargo build --release) and the image
-launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh).
+Needs target/release/postgrest-manager (cargo build --release), the image
+launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh) and the tests'
+database: eval \"$(bash tests/db.sh up)\" (exports PGMT_PGBOUNCER; the bench
+connects it to its network as `pgbouncer`); bash tests/db.sh down afterwards.
 
 Options:
   --runs N            runs of cold, reload, adoption and API spawn        [5]
