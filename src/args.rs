@@ -90,8 +90,9 @@ pub struct ServeArgs {
     /// project there (`/db/<id>/` -> `postgrest-<id>:3000`). Unset: no Caddy calls at all.
     #[arg(long, env = "PGM_CADDY_ADMIN_URL")]
     pub caddy_admin_url: Option<String>,
-    /// Address of the HTTP API.
-    #[arg(long, env = "PGM_LISTEN", default_value = "0.0.0.0:9000")]
+    /// Address of the HTTP API. Loopback unless asked: the stack's container asks for
+    /// `0.0.0.0:9000` and publishes it on the host's loopback only.
+    #[arg(long, env = "PGM_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
     /// Key every API call must send as `X-Internal-Key` (at least 32 characters). Prefer the
     /// environment variable: command lines are visible to every user of the host.
@@ -100,6 +101,13 @@ pub struct ServeArgs {
     /// Seconds an API call waits for the loop to converge before answering 504.
     #[arg(long, env = "PGM_API_TIMEOUT_SECS", default_value_t = 60)]
     pub api_timeout_secs: u64,
+    /// Open API connections at most; more are closed at once.
+    #[arg(long, env = "PGM_API_MAX_CONNECTIONS", default_value_t = 256)]
+    pub api_max_connections: usize,
+    /// Seconds a client has to send a request head; idle keep-alive connections are closed
+    /// after as long.
+    #[arg(long, env = "PGM_API_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub api_header_timeout_secs: u64,
     /// Run the controller without the HTTP API.
     #[arg(long, env = "PGM_NO_API")]
     pub no_api: bool,

@@ -92,22 +92,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         ));
     }
-    let server = match (listener, api_config) {
-        (Some(listener), Some(api_config)) => {
+    let server = match (listener, api_config, &settings.api) {
+        (Some(listener), Some(api_config), Some(api_settings)) => {
             let app = api::router(api_config, handle.clone(), stop_rx.clone());
             tracing::info!(listen = %listener.local_addr()?, "API listening");
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-            Some(tokio::spawn(async move { serve.await }))
+            let serve =
+                api::serve::serve(listener, app, api_settings.limits, stopped(stop_rx.clone()));
+            Some(tokio::spawn(serve))
         }
         _ => None,
     };
     tracing::info!(state_dir = %state_dir.display(), "postgrest-manager started");
     controller.run(stopped(stop_rx)).await;
     if let Some(server) = server {
-        server
-            .await
-            .context("the API task")?
-            .context("serving the API")?;
+        server.await.context("the API task")?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::api::serve::ServeLimits;
 use crate::args::ServeArgs;
 use crate::caddy::AdminUrl;
 use crate::configs::ConfigDir;
@@ -35,6 +36,7 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub key: Secret,
     pub timeout: Duration,
+    pub limits: ServeLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,12 @@ impl TryFrom<ServeArgs> for Settings {
         if args.api_timeout_secs == 0 {
             return Err(invalid("PGM_API_TIMEOUT_SECS", "must be at least 1"));
         }
+        if args.api_max_connections == 0 {
+            return Err(invalid("PGM_API_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if args.api_header_timeout_secs == 0 {
+            return Err(invalid("PGM_API_HEADER_TIMEOUT_SECS", "must be at least 1"));
+        }
         let config_dir = absolute(&args.config_dir)?;
         let host_config_dir = match args.host_config_dir {
             Some(dir) if dir.is_absolute() => dir,
@@ -161,6 +169,11 @@ impl TryFrom<ServeArgs> for Settings {
                 listen: args.listen,
                 key: Secret::new(key),
                 timeout: Duration::from_secs(args.api_timeout_secs),
+                limits: ServeLimits {
+                    header_read_timeout: Duration::from_secs(args.api_header_timeout_secs),
+                    max_connections: args.api_max_connections,
+                    ..ServeLimits::default()
+                },
             })
         };
         let template = Template {

@@ -10,7 +10,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -1072,4 +1073,72 @@ fn a_crash_loop_is_reported_not_churned() {
         "{}",
         tail(&api.log(), 30)
     );
+}
+
+/// Slow and idle clients cannot take the API down (issue 10, finding 1): a connection that
+/// sends half a request head is closed after the header timeout, a connection over the cap is
+/// closed at once, and once the slow ones are gone the API answers and the loop converges.
+#[test]
+fn slow_clients_are_cut_off_and_capped() {
+    let env = TestEnv::new();
+    let api = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            args: vec![
+                "--api-max-connections".into(),
+                "8".into(),
+                "--api-header-timeout-secs".into(),
+                "2".into(),
+            ],
+            ..ManagerOpts::default()
+        },
+    );
+    // Eight connections, each with half a request head and then nothing.
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(api.addr()).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // A ninth is over the cap: closed at once, without an answer.
+    wait_until("the server to close the ninth connection", || {
+        let mut extra = TcpStream::connect(api.addr()).ok()?;
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        matches!(extra.read(&mut buf), Ok(0) | Err(_)).then_some(())
+    });
+    // The slow ones are closed by the server after the header timeout (2 s), not kept.
+    for mut stream in slow {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        // A read that times out means the server kept the connection: the failure this
+        // test is about. EOF (or a reset) means it closed it.
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("the server kept a half-sent request open for 30 s: {e}"),
+        };
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            n == 0 || answer.starts_with("HTTP/1.1 408"),
+            "a half-sent request got {answer:?}"
+        );
+    }
+    // Slots free again: the API answers and the loop converges a new project.
+    let id = env.project_id();
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("slow"), "pw")),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
 }

@@ -19,6 +19,7 @@ mod error;
 mod extract;
 mod handlers;
 mod locks;
+pub mod serve;
 #[cfg(test)]
 mod tests;
 mod wait;
@@ -105,7 +106,30 @@ pub fn router(cfg: ApiConfig, handle: Handle, shutdown: watch::Receiver<bool>) -
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(ctx.clone(), bounded))
         .with_state(ctx)
+}
+
+/// Past a write's own convergence timeout, a request has had its chance: nothing may hold a
+/// connection and a task longer (a lock held from outside, a stuck disk).
+const REQUEST_SLACK: Duration = Duration::from_secs(5);
+
+async fn bounded(
+    axum::extract::State(ctx): axum::extract::State<Shared>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limit = ctx.cfg.timeout + REQUEST_SLACK;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(format!(
+            "the request took longer than {} s; the desired state may have been saved, and \
+             the manager keeps working on it",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// The OpenAPI document, as served at `/internal/openapi.json`.
