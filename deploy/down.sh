@@ -56,6 +56,8 @@ if [ "$volumes" = 1 ]; then
         log "removing $dir (state and rendered configs)"
         rm -rf "$dir"
     fi
+    # The manager's claim on this daemon belongs to the state just removed.
+    docker volume rm -f "pgm-lease-$instance" >/dev/null 2>&1 || true
 fi
 left="$(docker ps -aq --filter label=launchdb.managed-by=postgrest-manager --filter "label=launchdb.instance=$instance")"
 if [ -n "$left" ] || docker network inspect launchdb-internal >/dev/null 2>&1; then

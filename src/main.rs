@@ -45,6 +45,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     cfg.configs
         .ensure()
         .with_context(|| format!("config directory {}", cfg.configs.path().display()))?;
+    // One manager per state directory: a second one would fight the first over every file.
+    let dir = cfg.state.path().display().to_string();
+    let _serving = cfg
+        .state
+        .serve_lock()
+        .with_context(|| format!("locking the state directory {dir}"))?
+        .with_context(|| {
+            format!(
+                "another postgrest-manager serves {dir} (it holds {dir}/.manager.lock); \
+                 stop it first, or give this one another PGM_STATE_DIR"
+            )
+        })?;
+    let identity = cfg
+        .state
+        .identity()
+        .with_context(|| format!("the identity file in {dir}"))?;
     // Bound before anything starts, so a taken or invalid address exits at once, non-zero.
     let listener = match &settings.api {
         Some(api) => Some(
@@ -54,7 +70,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let docker = DockerRuntime::new(settings.docker_host.as_deref());
+    let docker = Arc::new(DockerRuntime::new(settings.docker_host.as_deref()));
     let state_dir = cfg.state.path().to_owned();
     // Why Caddy's routes are not in place (None while they are); only with Caddy configured.
     let (routes_tx, routes_rx) = tokio::sync::watch::channel(caddy::RouteState::default());
@@ -68,7 +84,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         routes: routes.clone(),
     });
     let resync = cfg.resync;
-    let (controller, handle) = Controller::new(Arc::new(docker), cfg);
+    let instance = cfg.template.instance.clone();
+    let (controller, handle) = Controller::new(docker.clone(), cfg);
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;
 
@@ -103,11 +120,44 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         _ => None,
     };
     tracing::info!(state_dir = %state_dir.display(), "postgrest-manager started");
+    // One manager per instance on a Docker daemon, wherever its state lives: a second one
+    // with the same instance name would remove the first one's containers.
+    tokio::select! {
+        claimed = claim_instance(&*docker, &instance, &identity) => claimed?,
+        () = stopped(stop_rx.clone()) => return Ok(()),
+    }
     controller.run(stopped(stop_rx)).await;
     if let Some(server) = server {
         server.await.context("the API task")?;
     }
     Ok(())
+}
+
+/// Claims `instance` on the Docker daemon for this state directory (`identity`), waiting
+/// while Docker does not answer; fails when the manager of another state directory has it.
+async fn claim_instance(
+    docker: &DockerRuntime,
+    instance: &str,
+    identity: &str,
+) -> anyhow::Result<()> {
+    use postgrest_manager::runtime::Runtime;
+    let lease = format!("pgm-lease-{instance}");
+    loop {
+        match docker.claim(&lease, identity).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(other)) => anyhow::bail!(
+                "instance {instance} is already served on this Docker daemon by the manager of \
+                 another state directory (its id {other}, this one's {identity}); two managers \
+                 with one instance name remove each other's containers. Give this one another \
+                 PGM_INSTANCE, or, if that manager is gone for good, drop its claim with \
+                 `docker volume rm {lease}`"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot claim the instance yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -28,6 +28,8 @@ pub const LABEL_INSTANCE: &str = "launchdb.instance";
 pub const LABEL_PROJECT: &str = "launchdb.project-id";
 pub const LABEL_SPEC_HASH: &str = "launchdb.spec-hash";
 pub const MANAGED_BY: &str = "postgrest-manager";
+/// On the daemon-wide marker of an instance: which state directory's manager holds it.
+pub const LABEL_LEASE_HOLDER: &str = "launchdb.lease-holder";
 
 /// The manager settings that shape every project's config and container.
 #[derive(Debug, Clone, PartialEq, Eq)]

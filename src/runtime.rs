@@ -131,6 +131,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// and the daemon does not replay what it missed.
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream;
 
+    /// Claims the daemon-wide marker `name` for `holder` (created once, kept across restarts of
+    /// the manager and of the daemon). Returns the other holder when someone else has it.
+    fn claim(
+        &self,
+        name: &str,
+        holder: &str,
+    ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
+
     /// The last `lines` lines the container wrote (stdout and stderr), to tell an operator why
     /// it does not serve. Never called on a hot path.
     fn logs(

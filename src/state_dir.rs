@@ -199,6 +199,41 @@ impl StateDir {
         })
     }
 
+    /// Takes the lock only one serving manager may hold on this directory, without waiting:
+    /// `Ok(None)` when another process holds it. Released when the process ends.
+    pub fn serve_lock(&self) -> std::io::Result<Option<StateLock>> {
+        self.ensure()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.path.join(SERVE_LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// A random token made once and kept in the directory: two managers are the same
+    /// instance on a Docker daemon only if they serve the same state (wherever it is mounted).
+    pub fn identity(&self) -> std::io::Result<String> {
+        let path = self.path.join(IDENTITY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.ensure()?;
+        write_atomic(&path, format!("{token}\n").as_bytes(), 0o600, None)?;
+        Ok(token)
+    }
+
     /// Removes one project's file: `Ok(false)` when there was none.
     pub fn remove(&self, id: &ProjectId) -> std::io::Result<bool> {
         match std::fs::remove_file(self.file(id)) {
@@ -230,6 +265,10 @@ impl StateDir {
 
 /// The loader ignores dotfiles, so the lock file is never taken for a project.
 const LOCK_FILE: &str = ".lock";
+/// Held by the one manager serving this directory, for as long as it runs.
+const SERVE_LOCK_FILE: &str = ".manager.lock";
+/// This directory's identity on a Docker daemon (see [`StateDir::identity`]).
+const IDENTITY_FILE: &str = ".instance-id";
 
 /// Holds [`StateDir::lock`] until dropped.
 #[derive(Debug)]

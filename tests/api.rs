@@ -1142,3 +1142,49 @@ fn slow_clients_are_cut_off_and_capped() {
     );
     assert_eq!(spawn.status, 201, "{}", spawn.body);
 }
+
+/// One manager per state directory, and one per instance on a Docker daemon (issue 10,
+/// finding 2): a second manager with the same instance name and another state directory
+/// would remove the first one's containers; it must refuse to start and say why, as must a
+/// second manager on the same state directory. The first keeps its container throughout.
+#[test]
+fn a_second_manager_of_an_instance_refuses_to_start() {
+    let env = TestEnv::new();
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("first"), "pw"));
+    let first = Manager::start_with(&env, ManagerOpts::quick_resync());
+    let container = env.wait_serving(&id);
+
+    let other_state = env.root().join("other-state");
+    fs::create_dir_all(&other_state).unwrap();
+    let refused = |state_dir: &Path, needle: &str| {
+        let log = env.root().join(format!("second-{}.log", unique_id()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--config-dir")
+            .arg(env.root().join("other-configs"))
+            .args(["--instance", &env.instance, "--network", &env.network])
+            .args(["--image", &image(), "--no-api"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let status = env
+            .spawn(&mut cmd)
+            .wait_timeout(Duration::from_secs(30))
+            .expect("the second manager exits");
+        let stderr = fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!stderr.contains("pass finished"), "its loop ran:\n{stderr}");
+    };
+    refused(&other_state, "already served on this Docker daemon");
+    refused(&env.state_dir, "another postgrest-manager serves");
+
+    first.wait_passes(3);
+    let after = inspect(&env.container(&id)).expect("the first manager's container");
+    assert_eq!(after.id, container.id);
+    assert!(after.running);
+}

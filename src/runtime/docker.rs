@@ -10,7 +10,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
     EventMessage, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
@@ -20,7 +20,9 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
-use crate::render::{ContainerSpec, CONFIG_MOUNT};
+use crate::render::{
+    ContainerSpec, CONFIG_MOUNT, LABEL_LEASE_HOLDER, LABEL_MANAGED_BY, MANAGED_BY,
+};
 
 const SECOND_NS: i64 = 1_000_000_000;
 
@@ -320,6 +322,35 @@ impl Runtime for DockerRuntime {
             .remove_container(id, Some(options))
             .await
             .map_err(map_error)
+    }
+
+    /// The marker is a volume: names are unique per daemon, labels cannot change, creating an
+    /// existing name returns the existing one (so two managers racing both read the winner),
+    /// and unlike a network it takes no address pool.
+    async fn claim(&self, name: &str, holder: &str) -> Result<Option<String>, RuntimeError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+                (LABEL_LEASE_HOLDER.to_owned(), holder.to_owned()),
+            ])),
+            ..Default::default()
+        };
+        self.docker()?
+            .create_volume(request)
+            .await
+            .map_err(map_error)?;
+        let volume = self
+            .docker()?
+            .inspect_volume(name)
+            .await
+            .map_err(map_error)?;
+        let found = volume
+            .labels
+            .get(LABEL_LEASE_HOLDER)
+            .cloned()
+            .unwrap_or_default();
+        Ok((found != holder).then_some(found))
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {

@@ -32,6 +32,8 @@ struct Inner {
     calls: Vec<Call>,
     unavailable: bool,
     failing_signals: bool,
+    /// Claimed markers: name -> holder.
+    claims: BTreeMap<String, String>,
     /// What each container "wrote", by name.
     logs: BTreeMap<String, String>,
     next_id: u64,
@@ -306,6 +308,18 @@ impl Runtime for FakeRuntime {
             .remove(id)
             .map(drop)
             .ok_or(RuntimeError::NotFound)
+    }
+
+    async fn claim(&self, name: &str, holder: &str) -> Result<Option<String>, RuntimeError> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.unavailable {
+            return Err(RuntimeError::Unavailable("fake daemon is down".into()));
+        }
+        let found = inner
+            .claims
+            .entry(name.to_owned())
+            .or_insert_with(|| holder.to_owned());
+        Ok((found != holder).then(|| found.clone()))
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {

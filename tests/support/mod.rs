@@ -347,6 +347,8 @@ impl Drop for TestEnv {
         }
         let instances = lock(&self.instances).clone();
         for instance in &instances {
+            // The manager's claim on the daemon (a volume), kept across its restarts.
+            let _ = docker(&["volume", "rm", "-f", &format!("pgm-lease-{instance}")]);
             let out = docker(&[
                 "ps",
                 "-aq",
