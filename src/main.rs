@@ -123,7 +123,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // One manager per instance on a Docker daemon, wherever its state lives: a second one
     // with the same instance name would remove the first one's containers.
     tokio::select! {
-        claimed = claim_instance(&*docker, &instance, &identity) => claimed?,
+        claimed = claim_instance(&docker, &instance, &identity) => claimed?,
         () = stopped(stop_rx.clone()) => return Ok(()),
     }
     controller.run(stopped(stop_rx)).await;
