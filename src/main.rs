@@ -57,6 +57,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                  stop it first, or give this one another PGM_STATE_DIR"
             )
         })?;
+    match cfg.state.sweep_temp_files() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed temp files a killed writer left behind"),
+        Err(e) => tracing::warn!(error = %e, "cannot sweep the state directory's temp files"),
+    }
     let identity = cfg
         .state
         .identity()

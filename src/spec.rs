@@ -95,6 +95,22 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The keys of a state file, in [`SpecFile`]'s order.
+const FIELDS: [&str; 12] = [
+    "jwt_secret",
+    "authenticator_password",
+    "enabled",
+    "db_name",
+    "db_host",
+    "db_port",
+    "db_schemas",
+    "db_anon_role",
+    "jwt_aud",
+    "max_rows",
+    "db_pool",
+    "reload_token",
+];
+
 /// The wire form of `state/<id>.toml`. Unknown keys are rejected so a typo is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +177,9 @@ impl SpecFile {
             } else {
                 e.message().to_owned()
             };
-            match key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !key.is_empty() {
+            // Only a real key is named: the line may be inside a (multi-line) secret, whose
+            // text must never reach an error.
+            match FIELDS.contains(&key) {
                 true => SpecError::Syntax(format!("line {line_no}, `{key}`: {message}")),
                 false => SpecError::Syntax(format!("line {line_no}: {message}")),
             }
@@ -455,6 +473,15 @@ mod tests {
             assert!(err.contains(expected), "{text:?}: {err}");
             assert!(!err.contains(SECRET), "secret in error: {err}");
         }
+    }
+
+    #[test]
+    fn a_line_inside_a_secret_is_never_named_as_a_key() {
+        // An invalid escape on the secret's second line: the error points into the secret.
+        let text = "jwt_secret = \"\"\"\nsecret_part = \\q\n\"\"\"\n";
+        let err = Spec::parse(id("p1"), text).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("secret_part"), "{err}");
     }
 
     #[test]

@@ -199,6 +199,14 @@ impl StateDir {
         })
     }
 
+    /// Removes temp files a killed writer left behind (`.<name>.<pid>.<n>.tmp`: they may hold
+    /// secrets). Only a serving manager calls it, holding [`StateDir::serve_lock`], and the
+    /// CLI's writers finish within moments; a temp file older than a minute is nobody's.
+    /// Returns how many it removed.
+    pub fn sweep_temp_files(&self) -> std::io::Result<usize> {
+        sweep_temp_files(&self.path, std::time::Duration::from_secs(60))
+    }
+
     /// Takes the lock only one serving manager may hold on this directory, without waiting:
     /// `Ok(None)` when another process holds it. Released when the process ends.
     pub fn serve_lock(&self) -> std::io::Result<Option<StateLock>> {
@@ -375,6 +383,29 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes `write_atomic`'s leftovers in `dir` older than `age`.
+pub fn sweep_temp_files(dir: &Path, age: std::time::Duration) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let Ok(metadata) = entry.metadata() else { continue };
+        let old = metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if metadata.is_file() && old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -560,5 +591,22 @@ mod tests {
             .unwrap();
         assert_eq!(bumped.spec.reload_token, 1);
         assert_ne!(inode(), before);
+    }
+
+    #[test]
+    fn stale_temp_files_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state
+            .write(&id("p"), &SpecFile::new(Secret::new(SECRET), Secret::new("pw")))
+            .unwrap();
+        std::fs::write(dir.path().join(".p.toml.123.0.tmp"), "secret leftovers").unwrap();
+        std::fs::write(dir.path().join("notes.tmp"), "not ours").unwrap();
+        // Fresh: a writer may still be at work.
+        assert_eq!(state.sweep_temp_files().unwrap(), 0);
+        // Old enough: gone; the project file and other files stay.
+        assert_eq!(sweep_temp_files(dir.path(), std::time::Duration::ZERO).unwrap(), 1);
+        assert!(!dir.path().join(".p.toml.123.0.tmp").exists());
+        assert!(dir.path().join("notes.tmp").exists() && state.file(&id("p")).exists());
     }
 }
