@@ -59,7 +59,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         })?;
     match cfg.state.sweep_temp_files() {
         Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed temp files a killed writer left behind"),
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed temp files a killed writer left behind"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot sweep the state directory's temp files"),
     }
     let identity = cfg

@@ -395,7 +395,9 @@ pub fn sweep_temp_files(dir: &Path, age: std::time::Duration) -> std::io::Result
         if !(name.starts_with('.') && name.ends_with(".tmp")) {
             continue;
         }
-        let Ok(metadata) = entry.metadata() else { continue };
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
         let old = metadata
             .modified()
             .ok()
@@ -598,14 +600,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         state
-            .write(&id("p"), &SpecFile::new(Secret::new(SECRET), Secret::new("pw")))
+            .write(
+                &id("p"),
+                &SpecFile::new(Secret::new(SECRET), Secret::new("pw")),
+            )
             .unwrap();
         std::fs::write(dir.path().join(".p.toml.123.0.tmp"), "secret leftovers").unwrap();
         std::fs::write(dir.path().join("notes.tmp"), "not ours").unwrap();
         // Fresh: a writer may still be at work.
         assert_eq!(state.sweep_temp_files().unwrap(), 0);
         // Old enough: gone; the project file and other files stay.
-        assert_eq!(sweep_temp_files(dir.path(), std::time::Duration::ZERO).unwrap(), 1);
+        assert_eq!(
+            sweep_temp_files(dir.path(), std::time::Duration::ZERO).unwrap(),
+            1
+        );
         assert!(!dir.path().join(".p.toml.123.0.tmp").exists());
         assert!(dir.path().join("notes.tmp").exists() && state.file(&id("p")).exists());
     }
