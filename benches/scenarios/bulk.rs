@@ -231,7 +231,7 @@ async fn by_manager(
         .map_err(|e| e.to_string())?;
     }
     let result = watch.wait_all(wanted, timeout(projects.len())).await;
-    manager.stop().await;
+    manager.retire().await;
     let (last, _) = result?;
     Ok(last - t0)
 }

@@ -121,7 +121,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    manager.stop().await;
+    manager.retire().await;
 
     let summary = |m: Method| Summary::of(&samples[&m]).expect("runs > 0");
     let (mgr, api, cli) = (

@@ -64,6 +64,11 @@ impl Cleanup {
                 .status();
         }
         for instance in &inner.instances {
+            let _ = docker_cli()
+                .args(["volume", "rm", "-f", &lease(instance)])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
             let out = docker_cli()
                 .args(["ps", "-aq", "--filter"])
                 .arg(format!("label={LABEL_INSTANCE}={instance}"))
@@ -124,6 +129,11 @@ impl Cleanup {
         }
         let _ = std::fs::remove_dir_all(&inner.root);
     }
+}
+
+/// The volume by which a manager claims its instance on the daemon (kept when it stops).
+pub fn lease(instance: &str) -> String {
+    format!("pgm-lease-{instance}")
 }
 
 /// The docker CLI under `timeout`: a daemon that stopped answering (seen here once, after

@@ -120,7 +120,9 @@ impl Fleet {
     }
 
     pub async fn down(mut self, bench: &Bench) {
-        self.stop().await;
+        if let Some(manager) = self.manager.take() {
+            manager.retire().await;
+        }
         bench.remove_all(Who::Manager).await;
     }
 

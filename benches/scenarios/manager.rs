@@ -44,6 +44,9 @@ pub struct Manager {
     pid: u32,
     log: Arc<Log>,
     cleanup: crate::env::Cleanup,
+    /// Its instance: the manager claims it on the daemon (a volume `pgm-lease-<instance>`)
+    /// for its state directory, and keeps the claim when it stops.
+    instance: String,
     pub started: Instant,
     /// Where the API listens, when it is on.
     pub api: Option<SocketAddr>,
@@ -102,6 +105,7 @@ impl Manager {
             pid,
             log,
             cleanup: bench.cleanup.clone(),
+            instance: bench.instance(Who::Manager),
             started,
             api: None,
         };
@@ -198,6 +202,20 @@ impl Manager {
             let _ = self.child.kill().await;
         }
         self.cleanup.forget_pid(self.pid);
+    }
+
+    /// Stops the manager for good: also drops its claim on the instance, so the next
+    /// scenario's manager (another state directory, the same instance) may start. Restarts of
+    /// the same state directory (adoption) use `stop` and keep the claim, as in production.
+    pub async fn retire(self) {
+        let lease = crate::env::lease(&self.instance);
+        self.stop().await;
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &lease])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
     }
 
     /// Resident memory (VmRSS) and its peak (VmHWM), in KiB.
