@@ -88,6 +88,9 @@ Options:
   --sweep C1,C2,...   PGM_CONCURRENCY values swept at the first size     [1,2,4,8,16]
   --xargs-p N         parallelism of the xargs -P baseline                [8]
   --fleet N           running projects behind reload/adoption/api/idle    [200]
+                      (tests/db.sh's database holds about 120 with --runs 10:
+                      PostgreSQL max_connections 300, 1-2 per project, and
+                      PgBouncer keeps a removed project's for 600 s)
   --idle-files N      project files in the idle scenario                  [1000]
   --idle-secs S       idle window                                          [300]
   --idle-resync-secs S  manager resync period while idle                  [30]
