@@ -105,6 +105,8 @@ max_client_conn = 4000
 default_pool_size = 2
 max_user_connections = 200
 server_login_retry = 1
+; every project is its own pool: give the server connections of finished tests back soon
+server_idle_timeout = 10
 ignore_startup_parameters = extra_float_digits
 INI
     chmod 644 "$ini"

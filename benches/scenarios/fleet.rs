@@ -671,7 +671,7 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
          manager started with `--resync-secs {resync}`, measured over {:.0} s of idleness \
          after the start-up passes and the containers' first healthchecks settled. CPU from `/proc/<pid>/stat` (utime + stime, all threads), memory \
          from `/proc/<pid>/status`; Docker calls through the counting proxy. The CPU includes \
-         the manager's readiness probe (`GET /ready` of every running container every 10 s, \
+         the manager's readiness probe (`GET /ready` of every running container every 30 s, \
          HTTP to the container, not a Docker call; each one a `SELECT 1` of PostgREST's).\n\n\
          | measure | value |\n\
          |---|---|\n\

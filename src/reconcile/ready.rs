@@ -5,8 +5,8 @@
 //!
 //! A container that is not ready is probed often: a young one (its first 5 s) from 10 ms,
 //! doubling to every 50 ms, so Caddy routes it within moments of its first `/ready`; an older
-//! one every 500 ms. One that is ready is probed now and then (every 10 s), so a fleet that
-//! serves costs a probe per container per 10 s.
+//! one every 500 ms. One that is ready is probed now and then (every 30 s), so a fleet that
+//! serves costs a probe per container per 30 s.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +24,10 @@ const NOT_READY_FIRST: Duration = Duration::from_millis(10);
 const YOUNG: Duration = Duration::from_secs(5);
 const YOUNG_EVERY: Duration = Duration::from_millis(50);
 const NOT_READY_EVERY: Duration = Duration::from_millis(500);
-const READY_EVERY: Duration = Duration::from_secs(10);
+/// A serving container is probed this often: at 120 projects, every 10 s cost the idle
+/// manager 0.08% of a core (BENCHMARKS.md), every 30 s a third of that. A database outage
+/// shows in the status within this long.
+const READY_EVERY: Duration = Duration::from_secs(30);
 /// The log is read at most this often per container that is not ready.
 const LOGS_EVERY: Duration = Duration::from_secs(5);
 /// A container this young that does not serve yet is starting; its log is not read before.
