@@ -182,7 +182,18 @@ impl StateDir {
         id: &ProjectId,
         change: impl FnOnce(Result<Option<SpecFile>, SpecError>) -> Result<SpecFile, E>,
     ) -> Result<Edited, E> {
-        let _lock = self.lock().map_err(EditError::Lock)?;
+        let lock = self.lock().map_err(EditError::Lock)?;
+        self.edit_locked(&lock, id, change)
+    }
+
+    /// [`StateDir::edit`] for a caller that already holds the writer lock (taken with
+    /// [`StateDir::try_lock`], so that it could bound its wait).
+    pub fn edit_locked<E: From<EditError>>(
+        &self,
+        _lock: &StateLock,
+        id: &ProjectId,
+        change: impl FnOnce(Result<Option<SpecFile>, SpecError>) -> Result<SpecFile, E>,
+    ) -> Result<Edited, E> {
         let existed = self.file(id).exists();
         let current = self.read_file(id);
         let before = current.as_ref().ok().cloned().flatten();
@@ -259,15 +270,30 @@ impl StateDir {
     /// different processes cannot interleave and lose one another's change. Readers need no
     /// lock: every write is an atomic rename. Released when the guard is dropped.
     pub fn lock(&self) -> std::io::Result<StateLock> {
+        let file = self.lock_file()?;
+        file.lock()?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// The writer lock if it is free now, `Ok(None)` if someone holds it: for a caller that
+    /// must not park a thread on it (the API bounds its wait).
+    pub fn try_lock(&self) -> std::io::Result<Option<StateLock>> {
+        let file = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn lock_file(&self) -> std::io::Result<std::fs::File> {
         self.ensure()?;
-        let file = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(self.path.join(LOCK_FILE))?;
-        file.lock()?;
-        Ok(StateLock { _file: file })
+            .open(self.path.join(LOCK_FILE))
     }
 }
 

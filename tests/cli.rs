@@ -353,9 +353,13 @@ fn the_api_takes_the_writer_lock_and_does_not_hold_it_while_waiting() {
         let body = json!({"jwtSecret": jwt_secret, "authenticatorPassword": password});
         thread::spawn(move || api.call("PUT", &uri, Some(body)))
     };
-    wait_until("the API to wait for the lock", || {
-        flocks(&lock).contains(&(api.pid, true)).then_some(())
-    });
+    // The API waits for the lock without parking a thread on it (it polls), so it shows in
+    // its log, not in /proc/locks.
+    api.wait_log("the state directory is locked by another writer; waiting");
+    assert!(
+        !flocks(&lock).iter().any(|(pid, _)| *pid == api.pid),
+        "the API holds or blocks on the lock while another writer has it"
+    );
     assert!(
         !env.state_file(&id).exists(),
         "the API wrote without the lock"
@@ -378,4 +382,30 @@ fn the_api_takes_the_writer_lock_and_does_not_hold_it_while_waiting() {
     let response = put.join().unwrap();
     assert_eq!(response.status, 504, "{}", response.body);
     assert_no_secrets(&api.log(), &[&jwt_secret, &password]);
+}
+
+/// Someone holding the writer lock by hand (as the README allows) gets an API write a 504
+/// within the API timeout, never a hang, and nothing is written (issue 10, finding 7).
+#[test]
+fn a_write_waits_for_the_lock_no_longer_than_the_api_timeout() {
+    let env = TestEnv::new();
+    let api = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            api_timeout_secs: Some(2),
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    fs::write(env.state_dir.join(".lock"), "").unwrap();
+    let holder = hold_lock(&env);
+    let started = Instant::now();
+    let body = json!({"jwtSecret": secret("jwt"), "authenticatorPassword": "pw"});
+    let put = api.call("PUT", &format!("/internal/postgrest/{id}"), Some(body));
+    assert_eq!(put.status, 504, "{}", put.body);
+    assert!(put.body.contains("stayed locked"), "{}", put.body);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!env.state_file(&id).exists(), "written without the lock");
+    holder.kill();
 }

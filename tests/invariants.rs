@@ -244,12 +244,24 @@ fn only_the_watcher_imports_notify() {
 }
 
 #[test]
-fn only_the_caddy_client_speaks_http_to_caddy() {
+fn hyper_is_used_in_two_places_only() {
+    // The Caddy client, and the API's server (which needs hyper's timer and limits).
     let sources = sources();
-    for client in ["hyper", "hyper_util", "http_body_util"] {
-        let users = users(&sources, client);
-        assert_eq!(users, vec!["src/caddy/admin.rs".to_string()], "{client}");
+    for crate_name in ["hyper", "hyper_util"] {
+        let users = users(&sources, crate_name);
+        assert_eq!(
+            users,
+            vec![
+                "src/api/serve.rs".to_string(),
+                "src/caddy/admin.rs".to_string()
+            ],
+            "{crate_name}"
+        );
     }
+    assert_eq!(
+        users(&sources, "http_body_util"),
+        vec!["src/caddy/admin.rs".to_string()]
+    );
 }
 
 #[test]

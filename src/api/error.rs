@@ -44,6 +44,9 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     NotReady(String),
+    /// Too many writes in flight: retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Timeout(String),
     /// The detail is logged, never sent: it may name paths or other internals.
@@ -56,6 +59,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::MissingKey | ApiError::WrongKey => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

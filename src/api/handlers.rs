@@ -42,6 +42,7 @@ pub(super) async fn spawn(
     ApiJson(body): ApiJson<SpawnRequest>,
 ) -> Result<(StatusCode, Json<SpawnResponse>), ApiError> {
     let id = parse_id(&body.project_id)?;
+    let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
     let (jwt_secret, password) = (body.jwt_secret, body.authenticator_password);
@@ -101,6 +102,7 @@ pub(super) async fn restart(
     State(ctx): State<Shared>,
     ProjectPath(id): ProjectPath,
 ) -> Result<Json<RestartResponse>, ApiError> {
+    let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
     let not_running =
@@ -158,6 +160,7 @@ pub(super) async fn delete_project(
     State(ctx): State<Shared>,
     ProjectPath(id): ProjectPath,
 ) -> Result<Json<DeleteResponse>, ApiError> {
+    let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     let has_file = ctx.cfg.state.file(&id).exists();
     let has_container = ctx
@@ -170,9 +173,10 @@ pub(super) async fn delete_project(
         return Err(ApiError::NotFound(format!("no project {id}")));
     }
     ctx.require_docker().await?;
+    let lock = ctx.lock_state(&id).await?;
     let (state, target) = (ctx.cfg.state.clone(), id.clone());
     tokio::task::spawn_blocking(move || {
-        let _lock = state.lock()?;
+        let _lock = lock;
         state.remove(&target)
     })
     .await
@@ -268,6 +272,7 @@ pub(super) async fn put_project(
     ProjectPath(id): ProjectPath,
     ApiJson(body): ApiJson<PutRequest>,
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
+    let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
     // A broken file is simply replaced: PUT carries the whole spec.

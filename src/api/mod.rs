@@ -77,6 +77,8 @@ struct Ctx {
     handle: Handle,
     locks: Locks,
     shutdown: watch::Receiver<bool>,
+    /// Slots for write requests in flight.
+    writers: Arc<tokio::sync::Semaphore>,
     /// The OpenAPI document, serialised once.
     openapi: Bytes,
 }
@@ -93,6 +95,7 @@ pub fn router(cfg: ApiConfig, handle: Handle, shutdown: watch::Receiver<bool>) -
         handle,
         locks: Locks::default(),
         shutdown,
+        writers: Arc::new(tokio::sync::Semaphore::new(wait::MAX_WRITERS)),
         openapi: Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default()),
     });
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{ApiError, Ctx, ProjectView};
 use crate::probe;
 use crate::reconcile::{ContainerView, ProjectStatus, Readiness, Snapshot};
 use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
-use crate::state_dir::{EditError, Edited};
+use crate::state_dir::{EditError, Edited, StateLock};
 
 /// Between two readiness probes of a starting container: short at first (the test double and a
 /// PostgREST with a warm pool answer within milliseconds of the start), doubling up to the max
@@ -23,6 +23,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(100);
 /// How long one probe may take; a live PostgREST answers in microseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Write requests in flight at most (each may wait up to the API timeout); more get 503.
+pub(super) const MAX_WRITERS: usize = 64;
 /// How long a request waits for the loop's first look at Docker before answering 503.
 const DOCKER_GRACE: Duration = Duration::from_secs(2);
 
@@ -91,12 +93,58 @@ impl Ctx {
             + Send
             + 'static,
     ) -> Result<Edited, ApiError> {
+        let lock = self.lock_state(id).await?;
         let (state, target) = (self.cfg.state.clone(), id.clone());
-        let edited = tokio::task::spawn_blocking(move || state.edit(&target, change))
+        let edited = tokio::task::spawn_blocking(move || state.edit_locked(&lock, &target, change))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         self.handle.wake();
         Ok(edited)
+    }
+
+    /// The state directory's writer lock, waited for without parking a thread on it (the
+    /// loop's file work shares the blocking threads) and for at most the request's timeout:
+    /// someone holding `state/.lock` by hand gets this request a 504, not a hang.
+    pub(super) async fn lock_state(&self, id: &ProjectId) -> Result<StateLock, ApiError> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut pause = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            match self.cfg.state.try_lock() {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) if !waited => {
+                    waited = true;
+                    info!(project = %id, "the state directory is locked by another writer; waiting");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ApiError::Internal(format!(
+                        "locking the state directory: {e}"
+                    )))
+                }
+            }
+            if Instant::now() + pause >= deadline {
+                warn!(project = %id, "the state directory stayed locked");
+                return Err(ApiError::Timeout(format!(
+                    "the state directory stayed locked by another writer (state/.lock) for {} \
+                     s; nothing was changed, retry later",
+                    self.cfg.timeout.as_secs()
+                )));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_millis(100)),
+                () = shutting_down(self.shutdown.clone()) => return Err(ApiError::ShuttingDown),
+            }
+        }
+    }
+
+    /// One of the slots for writes in flight, or 503 when all are taken.
+    pub(super) fn writer(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.writers.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Busy(format!(
+                "{MAX_WRITERS} writes are in flight; nothing was changed, retry shortly"
+            ))
+        })
     }
 
     /// Docker must be reachable for a write to be worth waiting on. Right after start-up the
