@@ -310,6 +310,50 @@ fn check_identifier(field: &'static str, value: &str) -> Result<(), SpecError> {
     }
 }
 
+/// What PostgREST would read differently from a plain secret, and so refuse on a reload while
+/// the old secret stays in force (postgrest-facts.md, "Values PostgREST refuses"): a leading
+/// `@` is a file path to read, a JSON object or array is a JWK or JWKS.
+fn check_jwt_secret(secret: &str) -> Result<(), SpecError> {
+    if secret.starts_with('@') {
+        return Err(field_error(
+            "jwt_secret",
+            "must not start with @ (PostgREST reads that as a file path)",
+        ));
+    }
+    let trimmed = secret.trim_start();
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && serde_json::from_str::<serde_json::Value>(secret).is_ok()
+    {
+        return Err(field_error(
+            "jwt_secret",
+            "must be a plain secret, not JSON (PostgREST reads JSON as a JWK or JWKS)",
+        ));
+    }
+    Ok(())
+}
+
+/// PostgREST parses `jwt-aud` as a JWT StringOrURI: a value with a `:` must be a URI.
+fn check_jwt_aud(aud: &str) -> Result<(), SpecError> {
+    let Some((scheme, _)) = aud.split_once(':') else {
+        return Ok(());
+    };
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if scheme_ok && !aud.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(field_error(
+            "jwt_aud",
+            "with a ':' it must be a URI (scheme:rest, no spaces), as PostgREST requires",
+        ))
+    }
+}
+
 fn check_hostname(value: &str) -> Result<(), SpecError> {
     let ok = !value.is_empty()
         && value.len() <= 253
@@ -328,6 +372,7 @@ impl Spec {
         if file.jwt_secret.expose().chars().count() < MIN_JWT_SECRET_LEN {
             return Err(field_error("jwt_secret", "must be at least 32 characters"));
         }
+        check_jwt_secret(file.jwt_secret.expose())?;
         if file.authenticator_password.expose().is_empty() {
             return Err(field_error("authenticator_password", "must not be empty"));
         }
@@ -354,6 +399,13 @@ impl Spec {
         }
         for schema in &db_schemas {
             check_identifier("db_schemas", schema)?;
+            // PostgREST v16+ refuses to start with them, older ones expose the catalogs.
+            if matches!(schema.as_str(), "pg_catalog" | "information_schema") {
+                return Err(field_error(
+                    "db_schemas",
+                    "must not name pg_catalog or information_schema",
+                ));
+            }
         }
         let db_anon_role = file.db_anon_role.unwrap_or_else(|| "anon".into());
         check_identifier("db_anon_role", &db_anon_role)?;
@@ -364,6 +416,7 @@ impl Spec {
                 "must not contain control characters",
             ));
         }
+        check_jwt_aud(&jwt_aud)?;
         let max_rows = file.max_rows.unwrap_or(1000);
         if max_rows == 0 {
             return Err(field_error("max_rows", "must be at least 1"));
@@ -462,6 +515,19 @@ mod tests {
                 "`jwt_secret`: expected a string",
             ),
             (&format!("{text}db_host = \"a b\"\n"), "db_host"),
+            (
+                "jwt_secret = \"@/etc/postgrest/secret-file-0123456789abcdef\"\nauthenticator_password = \"pw\"\n",
+                "file path",
+            ),
+            (
+                "jwt_secret = '{\"kty\":\"oct\",\"k\":\"0123456789abcdef0123456789\"}'\nauthenticator_password = \"pw\"\n",
+                "JWK",
+            ),
+            (
+                &format!("{text}db_schemas = [\"public\", \"pg_catalog\"]\n"),
+                "pg_catalog",
+            ),
+            (&format!("{text}jwt_aud = \"my aud: x\"\n"), "URI"),
             (
                 &format!("jwt_secret = \"{SECRET}\"\nauthenticator_password = \"a\\u0000b\"\n"),
                 "NUL",

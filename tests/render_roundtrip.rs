@@ -68,10 +68,19 @@ fn generated_secrets_survive_toml_rendering_and_postgrest_parsing() {
     for n in 0..300 {
         cases.push(Case {
             id: format!("case{n}"),
-            jwt_secret: rng.nasty(32),
+            // A leading `@` (a file path to PostgREST) or JSON (a JWK) is refused by
+            // validation; a plain first character keeps every other hostile one in play.
+            jwt_secret: format!("s{}", rng.nasty(32)),
             // libpq cannot carry a NUL in a connection string: validation refuses it (below).
             password: rng.nasty(1).replace('\u{0}', ""),
-            jwt_aud: rng.nasty(1).chars().filter(|c| !c.is_control()).collect(),
+            // With a ':' an audience must be a URI to PostgREST: a scheme, then no spaces.
+            jwt_aud: format!(
+                "urn:{}",
+                rng.nasty(1)
+                    .chars()
+                    .filter(|c| !c.is_control() && !c.is_whitespace())
+                    .collect::<String>()
+            ),
         });
     }
     cases.retain(|c| !c.jwt_aud.is_empty() && !c.password.is_empty());
