@@ -324,7 +324,7 @@ fn connect_database(network: &str) {
     let Ok(bouncer) = std::env::var("PGMT_PGBOUNCER") else {
         panic!(
             "PGMT_PGBOUNCER is not set: the tests need their database. Run them with \
-             `bash tests/run.sh`, or `eval \"$(bash tests/db.sh up)\"` first."
+             `bash tests/run.sh cargo test --workspace`, or `eval \"$(bash tests/db.sh up)\"` first."
         );
     };
     docker_ok(&["network", "create", network]);
