@@ -20,7 +20,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -372,9 +372,8 @@ impl<R: Runtime> Controller<R> {
                 ip: c.ip.filter(|_| c.state == State::Running),
             })
             .collect();
-        let listing = &self.listing;
-        self.readiness
-            .retain(|id, _| listing.iter().any(|c| &c.id == id));
+        let listed: HashSet<&str> = self.listing.iter().map(|c| c.id.as_str()).collect();
+        self.readiness.retain(|id, _| listed.contains(id.as_str()));
         self.ready_targets.send_if_modified(|current| {
             let changed = *current != targets;
             if changed {

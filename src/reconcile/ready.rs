@@ -8,7 +8,7 @@
 //! one every 500 ms. One that is ready is probed now and then (every 30 s), so a fleet that
 //! serves costs a probe per container per 30 s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,8 @@ pub(super) async fn watch_readiness<R: Runtime>(
     loop {
         let now = Instant::now();
         let current = targets.borrow_and_update().clone();
-        known.retain(|id, _| current.iter().any(|t| &t.id == id));
+        let ids: HashSet<&str> = current.iter().map(|t| t.id.as_str()).collect();
+        known.retain(|id, _| ids.contains(id.as_str()));
         let due: Vec<Target> = current
             .into_iter()
             .filter(|t| known.get(&t.id).is_none_or(|k| k.next_probe <= now))

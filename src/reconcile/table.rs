@@ -3,7 +3,7 @@
 //! project's life is in one [`Project`], created when something is known about it and dropped
 //! when nothing is. Synchronous, no I/O: unit-tested without tokio.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -168,8 +168,9 @@ impl Table {
     /// Forgets backoff, errors and conflicts of projects that are neither wanted nor running,
     /// so a deleted project does not linger in the status.
     pub fn forget_unknown(&mut self, containers: &[plan::Container]) {
+        let running: BTreeSet<&ProjectId> = containers.iter().map(|c| &c.project).collect();
         for (id, project) in &mut self.projects {
-            if project.want.is_none() && !containers.iter().any(|c| &c.project == id) {
+            if project.want.is_none() && !running.contains(id) {
                 project.retry = None;
                 project.error = None;
                 project.last_reload = None;
