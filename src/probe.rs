@@ -1,5 +1,4 @@
-//! PostgREST's health endpoints: one plain `GET /live` or `GET /ready` to a container's admin
-//! port.
+//! PostgREST's readiness: one plain `GET /ready` to a container's admin port.
 //!
 //! The API answers a spawn only once PostgREST itself says it serves (`/ready`: logged in to
 //! its database, schema cache loaded), not when Docker's healthcheck (every 30 s, a process
@@ -14,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Why a probe did not see a live PostgREST.
+/// Why a probe did not see a ready PostgREST.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("cannot reach {0}: {1}")]
@@ -29,11 +28,6 @@ pub enum ProbeError {
 
 /// The longest status line we read; PostgREST's is about 20 bytes.
 const MAX_STATUS_LINE: usize = 256;
-
-/// `Ok` when `http://<ip>:<port>/live` answers 200 within `timeout`: the process is up.
-pub async fn live(ip: IpAddr, port: u16, timeout: Duration) -> Result<(), ProbeError> {
-    ok(ip, port, "/live", timeout).await
-}
 
 /// `Ok` when `http://<ip>:<port>/ready` answers 200 within `timeout`: PostgREST serves.
 pub async fn ready(ip: IpAddr, port: u16, timeout: Duration) -> Result<(), ProbeError> {
@@ -109,20 +103,22 @@ mod tests {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let n = socket.read(&mut buf).await.unwrap();
-            assert!(buf[..n].starts_with(b"GET /live HTTP/1.1\r\n"));
+            assert!(buf[..n].starts_with(b"GET /ready HTTP/1.1\r\n"));
             socket.write_all(response.as_bytes()).await.unwrap();
         });
         port
     }
 
     #[tokio::test]
-    async fn live_and_not_live() {
+    async fn ready_and_not_ready() {
         let localhost: IpAddr = [127, 0, 0, 1].into();
         let port = serve_once("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
-        live(localhost, port, Duration::from_secs(2)).await.unwrap();
+        ready(localhost, port, Duration::from_secs(2))
+            .await
+            .unwrap();
 
         let port = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
-        let error = live(localhost, port, Duration::from_secs(2)).await;
+        let error = ready(localhost, port, Duration::from_secs(2)).await;
         assert!(
             matches!(error, Err(ProbeError::Status(_, 503))),
             "{error:?}"
@@ -132,7 +128,7 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        let error = live(localhost, port, Duration::from_secs(2)).await;
+        let error = ready(localhost, port, Duration::from_secs(2)).await;
         assert!(matches!(error, Err(ProbeError::Connect(..))), "{error:?}");
     }
 }
