@@ -14,6 +14,7 @@
 
 pub mod launch;
 mod manager;
+pub mod private_daemon;
 
 pub use manager::*;
 
