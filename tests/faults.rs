@@ -10,7 +10,11 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use support::private_daemon::PrivateDaemon;
 use support::*;
@@ -195,4 +199,193 @@ fn docker_daemon_killed_and_restarted_under_a_running_manager() {
         "{log}"
     );
     assert_no_secrets(&log, &[&old, &new, &password, &new_password]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A full disk under the state and config directories
+
+/// A small tmpfs mounted for one test; unmounted when dropped (lazily if something still
+/// holds it, e.g. a container's bind mount on the way out).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs on {}", path.display());
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Fills the file system: one file grows until the kernel says ENOSPC.
+    fn fill(&self) {
+        let mut file = fs::File::create(self.path.join("fill")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", self.path.display()),
+            }
+        }
+        // Whatever the page cache still held is on the tmpfs already; nothing to sync.
+    }
+
+    fn free(&self) {
+        fs::remove_file(self.path.join("fill")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// Temp files (`.<name>.tmp`) left in `dir`.
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with('.') && name.ends_with(".tmp"))
+        .collect()
+}
+
+/// The state directory full: API writes answer 507 naming the cause (never a secret), the old
+/// file is intact, nothing half-written is left, the running container is untouched. The
+/// config directory full: the write is saved but cannot reach the container, the answer says
+/// why, and the container keeps its old config. Once space returns, the saved write converges
+/// and new writes succeed.
+#[test]
+fn a_full_disk_refuses_writes_cleanly_and_recovers() {
+    let env = TestEnv::new();
+    let state = Tmpfs::mount(&env.root().join("state-fs"), "1m");
+    let configs = Tmpfs::mount(&env.root().join("configs-fs"), "1m");
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            state_dir: Some(state.path.clone()),
+            config_dir: Some(configs.path.clone()),
+            api_timeout_secs: Some(10),
+            ..ManagerOpts::default()
+        },
+    );
+    let (a, b) = (env.project_id(), env.project_id());
+    let (old, new, password) = (secret("jwtold"), secret("jwtnew"), secret("pw"));
+    let spawn = |id: &str| {
+        manager.call(
+            "POST",
+            "/internal/postgrest/spawn",
+            Some(serde_json::json!({"projectId": id, "jwtSecret": old, "authenticatorPassword": password})),
+        )
+    };
+    let put_new = || {
+        manager.call(
+            "PUT",
+            &format!("/internal/postgrest/{a}"),
+            Some(serde_json::json!({"jwtSecret": new, "authenticatorPassword": password})),
+        )
+    };
+    let created = spawn(&a);
+    assert_eq!(created.status, 201, "{}", created.body);
+    let before = env.wait_serving(&a);
+    let state_file = state.path.join(format!("{a}.toml"));
+    let config_file = configs.path.join(&a).join("postgrest.conf");
+    let (state_before, config_before) = (
+        fs::read(&state_file).unwrap(),
+        fs::read(&config_file).unwrap(),
+    );
+    let untouched = |what: &str| {
+        let now = inspect(&before.name).expect("the container still exists");
+        assert_eq!(
+            (now.id.as_str(), now.running),
+            (before.id.as_str(), true),
+            "{what}"
+        );
+        let ip = now.ip.unwrap();
+        assert_eq!(
+            http_get(ip, "/", Some(&jwt(&old, "authenticated"))).unwrap(),
+            200,
+            "{what}"
+        );
+        assert_eq!(
+            http_get(ip, "/", Some(&jwt(&new, "authenticated"))).unwrap(),
+            401,
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(&config_file).unwrap(),
+            config_before,
+            "{what}: the config changed"
+        );
+    };
+
+    // The state directory's disk is full.
+    state.fill();
+    for (what, answer) in [("a rotation", put_new()), ("a new project", spawn(&b))] {
+        assert_eq!(answer.status, 507, "{what}: {}", answer.body);
+        let body = answer.json();
+        assert_eq!(body["error"], "insufficient_storage", "{what}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("no space left on device"),
+            "{what}: {message}"
+        );
+        assert_no_secrets_in("an answer", &answer.body, &[&old, &new, &password]);
+    }
+    assert_eq!(
+        fs::read(&state_file).unwrap(),
+        state_before,
+        "the old file is intact"
+    );
+    assert!(!state.path.join(format!("{b}.toml")).exists());
+    assert_eq!(temp_files(&state.path), Vec::<String>::new());
+    untouched("with the state directory full");
+
+    // Space back for the state, none for the configs: the write is saved, but the loop
+    // cannot render it, and says so; the container keeps running its old config.
+    state.free();
+    configs.fill();
+    let answer = put_new();
+    assert!(!(200..300).contains(&answer.status), "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .to_lowercase()
+            .contains("no space left on device"),
+        "the answer names the cause: {}",
+        answer.body
+    );
+    assert_no_secrets_in("an answer", &answer.body, &[&old, &new, &password]);
+    assert_eq!(temp_files(&configs.path.join(&a)), Vec::<String>::new());
+    untouched("with the config directory full");
+
+    // Space back: the saved rotation reaches the container (in place), new writes succeed.
+    configs.free();
+    wait_jwt_status(&before, &new, "authenticated", 200);
+    assert_eq!(inspect(&before.name).unwrap().id, before.id);
+    let created = spawn(&b);
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_no_secrets(&manager.log(), &[&old, &new, &password]);
 }
