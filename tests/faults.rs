@@ -15,6 +15,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::private_daemon::PrivateDaemon;
 use support::*;
@@ -388,4 +389,123 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     let created = spawn(&b);
     assert_eq!(created.status, 201, "{}", created.body);
     assert_no_secrets(&manager.log(), &[&old, &new, &password]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Bursts of edits
+
+/// How many actions the manager logged as done for `project` (`action=<kind> ... done`, in
+/// a span with `project=<id>`; the id as a whole word, so `p1` never counts `p10`).
+fn actions_done(log: &str, project: &str) -> usize {
+    let field = format!("project={project}");
+    log.lines()
+        .filter(|l| l.contains("action=") && l.contains(" done"))
+        .filter(|l| l.split([' ', '{', '}', ':', ',']).any(|word| word == field))
+        .count()
+}
+
+/// 50 projects run; then 1,000 edits to their 50 files within about a second (each file
+/// rewritten 20 times with a new JWT secret): the loop coalesces them. Afterwards there is
+/// exactly one container per file, the one it had before (reloads, no recreate), each refuses
+/// every token but the one signed with its file's last secret, and the number of reloads stays
+/// far below the number of edits.
+#[test]
+fn a_burst_of_a_thousand_edits_coalesces() {
+    const FILES: usize = 50;
+    const ROUNDS: usize = 20;
+    let env = TestEnv::new();
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
+    let ids: Vec<String> = (0..FILES).map(|_| env.project_id()).collect();
+    let password = secret("pw");
+    // Round 0 creates the projects; rounds 1..=ROUNDS are the burst.
+    let secrets: Vec<Vec<String>> = ids
+        .iter()
+        .map(|_| (0..=ROUNDS).map(|_| secret("burst")).collect())
+        .collect();
+    let write = |id: &str, secret: &str| {
+        // Write and rename, as the CLI and editors that keep backups do; no fsync, so the
+        // burst is as dense as the disk allows.
+        let tmp = env.state_dir.join(format!(".{id}.burst.tmp"));
+        fs::write(&tmp, state_toml(secret, &password)).unwrap();
+        fs::rename(&tmp, env.state_file(id)).unwrap();
+    };
+    // Which token a container takes: the last secret's, and not the one before it.
+    let wait_secret = |id: &str, ip: IpAddr, secret: &str, previous: Option<&str>| {
+        let token = jwt(secret, "authenticated");
+        let previous = previous.map(|p| jwt(p, "authenticated"));
+        wait_until(&format!("{id} to take its secret"), || {
+            let now = http_get(ip, "/", Some(&token)).ok()?;
+            let before = match &previous {
+                Some(t) => http_get(ip, "/", Some(t)).ok()?,
+                None => 401,
+            };
+            (now != 401 && before == 401).then_some(())
+        });
+    };
+    for (n, id) in ids.iter().enumerate() {
+        write(id, &secrets[n][0]);
+    }
+    let mut before = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let c = wait_until_for(
+            &format!("{id} running with an address"),
+            Duration::from_secs(120),
+            || inspect(&env.container(id)).filter(|c| c.running && c.ip.is_some()),
+        );
+        wait_secret(id, c.ip.unwrap(), &secrets[n][0], None);
+        before.push(c);
+    }
+    manager.wait_passes(2);
+    let log = manager.log();
+    let actions_before: Vec<usize> = ids.iter().map(|id| actions_done(&log, id)).collect();
+
+    let started = Instant::now();
+    for round in 1..=ROUNDS {
+        for (id, file_secrets) in ids.iter().zip(&secrets) {
+            write(id, &file_secrets[round]);
+        }
+    }
+    let burst = started.elapsed();
+    eprintln!("{} edits in {burst:?}", FILES * ROUNDS);
+    assert!(
+        burst < Duration::from_secs(3),
+        "the burst took {burst:?}: not a burst on this machine"
+    );
+
+    for (n, id) in ids.iter().enumerate() {
+        let ip = before[n].ip.unwrap();
+        wait_secret(id, ip, &secrets[n][ROUNDS], Some(&secrets[n][ROUNDS - 1]));
+    }
+    // Settled: passes, a resync among them, change nothing more.
+    manager.wait_passes(3);
+    let mut names = env.containers();
+    names.sort();
+    let mut expected: Vec<String> = ids.iter().map(|id| env.container(id)).collect();
+    expected.sort();
+    assert_eq!(names, expected, "one container per file");
+    for c in &before {
+        assert_eq!(
+            inspect(&c.name).unwrap().id,
+            c.id,
+            "{} was recreated",
+            c.name
+        );
+    }
+    let log = manager.log();
+    let per_project: Vec<usize> = ids
+        .iter()
+        .zip(&actions_before)
+        .map(|(id, earlier)| actions_done(&log, id) - earlier)
+        .collect();
+    let total: usize = per_project.iter().sum();
+    let most = per_project.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "{} edits: {total} actions, at most {most} for one project",
+        FILES * ROUNDS
+    );
+    assert!(
+        most <= ROUNDS / 2 && total <= FILES * ROUNDS / 4,
+        "the edits did not coalesce: {total} actions for {} edits, per project {per_project:?}",
+        FILES * ROUNDS
+    );
 }
