@@ -509,3 +509,144 @@ fn a_burst_of_a_thousand_edits_coalesces() {
         FILES * ROUNDS
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. The manager SIGKILLed at random moments
+
+/// A small seeded generator (xorshift64*): the kill moments of a run are reproducible from the
+/// seed it prints (`PGM_FAULT_SEED=<seed>` replays them).
+struct Moments(u64);
+
+impl Moments {
+    fn from_env() -> Moments {
+        let seed = std::env::var("PGM_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("kill moments from PGM_FAULT_SEED={seed}");
+        Moments(seed.max(1))
+    }
+
+    /// A delay in `[low, high)` milliseconds.
+    fn between(&mut self, low: u64, high: u64) -> Duration {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let n = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Duration::from_millis(low + n % (high - low))
+    }
+}
+
+/// The project directories in the config directory (not the `.loaded` records).
+fn config_dirs(env: &TestEnv) -> BTreeSet<String> {
+    fs::read_dir(&env.config_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| !name.starts_with('.'))
+        .collect()
+}
+
+/// The manager is SIGKILLed at seeded random moments while it converges 24 new projects, and
+/// again right after every secret changed (and two projects were removed), twice. After each
+/// restart: exactly one container per project (no duplicate), none and no config for a
+/// removed one (no orphan), and every container takes its file's newest secret and refuses
+/// the one before (no lost reload), in the container it had.
+#[test]
+fn manager_killed_at_random_moments_loses_nothing() {
+    const PROJECTS: usize = 24;
+    let env = TestEnv::new();
+    let mut moments = Moments::from_env();
+    let ids: Vec<String> = (0..PROJECTS).map(|_| env.project_id()).collect();
+    let password = secret("pw");
+    let mut current: Vec<String> = ids.iter().map(|_| secret("jwt0")).collect();
+    for (id, jwt_secret) in ids.iter().zip(&current) {
+        env.write_state(id, &state_toml(jwt_secret, &password));
+    }
+    // Killed while it converges the new projects, three times.
+    for _ in 0..3 {
+        let mut manager = Manager::start(&env);
+        let delay = moments.between(200, 3000);
+        std::thread::sleep(delay); // the fault's moment, not a wait for a condition
+        manager.kill();
+        eprintln!(
+            "killed {delay:?} into converging; {} containers",
+            env.containers().len()
+        );
+    }
+    let check = |live: &[String], secrets: &[String], previous: Option<&[String]>| {
+        let mut expected: Vec<String> = live.iter().map(|id| env.container(id)).collect();
+        expected.sort();
+        wait_until_for(
+            "one container per project and no other",
+            Duration::from_secs(120),
+            || {
+                let mut names = env.containers();
+                names.sort();
+                (names == expected).then_some(())
+            },
+        );
+        let mut containers = Vec::new();
+        for (n, id) in live.iter().enumerate() {
+            let c = wait_until(&format!("{id} running"), || {
+                inspect(&env.container(id)).filter(|c| c.running && c.ip.is_some())
+            });
+            let token = jwt(&secrets[n], "authenticated");
+            let before = previous.map(|p| jwt(&p[n], "authenticated"));
+            wait_until(&format!("{id} to take its newest secret"), || {
+                let now = http_get(c.ip?, "/", Some(&token)).ok()?;
+                let old = match &before {
+                    Some(t) => http_get(c.ip?, "/", Some(t)).ok()?,
+                    None => 401,
+                };
+                (now != 401 && old == 401).then_some(())
+            });
+            containers.push(c);
+        }
+        containers
+    };
+    let mut manager = Manager::start_with(&env, ManagerOpts::quick_resync());
+    let mut live = ids;
+    let mut containers = check(&live, &current, None);
+
+    // Killed right after the secrets changed (and two projects went away), twice.
+    for round in 1..=2 {
+        let removed = live.pop().unwrap();
+        env.remove_state(&removed);
+        containers.pop();
+        let previous = current.clone();
+        current = live
+            .iter()
+            .map(|_| secret(&format!("jwt{round}")))
+            .collect();
+        for (id, jwt_secret) in live.iter().zip(&current) {
+            env.write_state(id, &state_toml(jwt_secret, &password));
+        }
+        let delay = moments.between(0, 400);
+        std::thread::sleep(delay); // the fault's moment
+        manager.kill();
+        eprintln!("killed {delay:?} after the secrets changed");
+        manager = Manager::start_with(&env, ManagerOpts::quick_resync());
+        let after = check(&live, &current, Some(&previous[..live.len()]));
+        for (before, after) in containers.iter().zip(&after) {
+            assert_eq!(
+                before.id, after.id,
+                "{} was recreated for a secret",
+                before.name
+            );
+        }
+        manager.wait_passes(3);
+        let expected: BTreeSet<String> = live.iter().cloned().collect();
+        assert_eq!(
+            config_dirs(&env),
+            expected,
+            "a config left for a removed project"
+        );
+        assert!(inspect(&env.container(&removed)).is_none());
+        containers = after;
+    }
+}
