@@ -11,8 +11,8 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -649,4 +649,164 @@ fn manager_killed_at_random_moments_loses_nothing() {
         assert!(inspect(&env.container(&removed)).is_none());
         containers = after;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Hostile clients
+
+/// Reads until the server closes the connection (or answers and closes); what it sent, or
+/// `None` if the connection stayed open for 30 s: the server kept a hostile client.
+fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A hostile client's thread: its kind, and what the server sent before it closed the
+/// connection (`None`: the server kept it open).
+type HostileClient = std::thread::JoinHandle<(&'static str, Option<Vec<u8>>)>;
+
+/// One wave of hostile clients against `addr`, each in a thread that returns what the
+/// server did to it: 40 idle connections (more than the cap of 16), 8 that drip a request head
+/// a few bytes at a time, 4 with oversized heads (too many headers, one huge header).
+fn hostile_wave(addr: SocketAddr) -> Vec<HostileClient> {
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(std::thread::spawn(move || {
+            let Ok(mut stream) = TcpStream::connect(addr) else {
+                return ("idle", Some(Vec::new()));
+            };
+            ("idle", read_until_closed(&mut stream))
+        }));
+    }
+    for _ in 0..8 {
+        clients.push(std::thread::spawn(move || {
+            let Ok(mut stream) = TcpStream::connect(addr) else {
+                return ("drip", Some(Vec::new()));
+            };
+            let head =
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a\r\nX-Slow: b\r\nX-Slow: c\r\n";
+            for chunk in head.chunks(4).cycle().take(200) {
+                // The attacker's pace: a few bytes every 200 ms, never a whole head.
+                if stream.write_all(chunk).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            ("drip", read_until_closed(&mut stream))
+        }));
+    }
+    for n in 0..4 {
+        clients.push(std::thread::spawn(move || {
+            let Ok(mut stream) = TcpStream::connect(addr) else {
+                return ("oversized", Some(Vec::new()));
+            };
+            let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+            if n % 2 == 0 {
+                for i in 0..200 {
+                    head.push_str(&format!("X-Many-{i}: {i}\r\n"));
+                }
+            } else {
+                head.push_str(&format!("X-Huge: {}\r\n", "h".repeat(2 << 20)));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            ("oversized", read_until_closed(&mut stream))
+        }));
+    }
+    clients
+}
+
+/// Checks what a wave's clients got: every one was closed by the server (none kept), and no
+/// oversized head was served.
+fn assert_wave_repelled(clients: Vec<HostileClient>) {
+    for client in clients {
+        let (kind, got) = client.join().expect("a hostile client thread");
+        let got = got.unwrap_or_else(|| panic!("the server kept a hostile {kind} connection open"));
+        let answer = String::from_utf8_lossy(&got);
+        if kind == "oversized" {
+            assert!(
+                got.is_empty()
+                    || answer.starts_with("HTTP/1.1 431")
+                    || answer.starts_with("HTTP/1.1 400"),
+                "an oversized head got {answer:.100}"
+            );
+        }
+    }
+}
+
+/// Idle connections over the cap, slow request heads and oversized headers, while a project
+/// file is added and a project is spawned through the API: the loop converges the new project
+/// meanwhile, a normal request gets its answer within the harness timeout, the API's spawn
+/// succeeds, and the server closes every hostile connection.
+/// (`tests/api.rs::slow_clients_are_cut_off_and_capped` proves the timeout and the cap on
+/// their own.)
+#[test]
+fn hostile_clients_never_stop_the_api_or_the_loop() {
+    let env = TestEnv::new();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            args: vec![
+                "--api-max-connections".into(),
+                "16".into(),
+                "--api-header-timeout-secs".into(),
+                "2".into(),
+            ],
+            ..ManagerOpts::default()
+        },
+    );
+    let (by_file, by_api) = (env.project_id(), env.project_id());
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+
+    let wave = hostile_wave(manager.addr());
+    env.write_state(&by_file, &state_toml(&jwt_secret, &password));
+    env.wait_serving(&by_file);
+    let view = wait_until("a normal request to be answered", || {
+        let response = manager
+            .try_request(
+                "GET",
+                &format!("/internal/postgrest/{by_file}"),
+                Some(manager.key()),
+                None,
+                &[],
+            )
+            .ok()?;
+        (response.status == 200).then_some(response)
+    });
+    assert_eq!(view.json()["status"], "running", "{}", view.body);
+
+    // A second wave while a client spawns through the API. A connection over the cap is
+    // closed before the request is read, so the client tries again.
+    let second = hostile_wave(manager.addr());
+    let body = serde_json::json!({"projectId": by_api, "jwtSecret": jwt_secret, "authenticatorPassword": password})
+        .to_string();
+    let spawned = wait_until("the spawn to be answered", || {
+        manager
+            .try_request(
+                "POST",
+                "/internal/postgrest/spawn",
+                Some(manager.key()),
+                Some(body.as_bytes()),
+                &[],
+            )
+            .ok()
+    });
+    assert_eq!(spawned.status, 201, "{}", spawned.body);
+    env.wait_serving(&by_api);
+    assert_wave_repelled(wave);
+    assert_wave_repelled(second);
+    assert!(manager.running());
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
 }
