@@ -810,3 +810,117 @@ fn hostile_clients_never_stop_the_api_or_the_loop() {
     assert!(manager.running());
     assert_no_secrets(&manager.log(), &[&jwt_secret, &password]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. JWT rotation under client load
+
+/// Four clients send requests to a serving project without pause while its secret rotates
+/// twice through `PUT`. Each client signs with the newest secret the API has confirmed (the
+/// last `PUT` answered 200). Every request gets 200, except a 401 for a token whose secret a
+/// rotation that had already been sent replaced; no request meets a refused or reset
+/// connection, and once a `PUT` answered, its secret always works.
+#[test]
+fn jwt_rotation_under_client_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const CLIENTS: usize = 4;
+    let env = TestEnv::new();
+    let manager = Manager::start_api(&env);
+    let id = env.project_id();
+    let password = secret("pw");
+    let secrets: Vec<String> = (0..3).map(|n| secret(&format!("rot{n}"))).collect();
+    let tokens: Arc<Vec<String>> =
+        Arc::new(secrets.iter().map(|s| jwt(s, "authenticated")).collect());
+    let spawned = manager.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(serde_json::json!({"projectId": id, "jwtSecret": secrets[0], "authenticatorPassword": password})),
+    );
+    assert_eq!(spawned.status, 201, "{}", spawned.body);
+    let container = env.wait_serving(&id);
+    let ip = container.ip.unwrap();
+
+    // `confirmed`: the newest secret a PUT answered 200 for; `sent`: the newest one a PUT
+    // was sent for. A 401 is fine only for a token older than `sent`.
+    let confirmed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CLIENTS).map(|_| AtomicUsize::new(0)).collect());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let (tokens, confirmed, sent, stop, counts) = (
+                Arc::clone(&tokens),
+                Arc::clone(&confirmed),
+                Arc::clone(&sent),
+                Arc::clone(&stop),
+                Arc::clone(&counts),
+            );
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut refused_old = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let k = confirmed.load(Ordering::SeqCst);
+                    match http_get(ip, "/", Some(&tokens[k])) {
+                        Ok(200) => {}
+                        Ok(401) if sent.load(Ordering::SeqCst) > k => refused_old += 1,
+                        Ok(status) => failures.push(format!("secret {k}: status {status}")),
+                        Err(e) => failures.push(format!("secret {k}: {e}")),
+                    }
+                    counts[n].fetch_add(1, Ordering::SeqCst);
+                }
+                (failures, refused_old)
+            })
+        })
+        .collect();
+    let requests = |counts: &[AtomicUsize]| -> Vec<usize> {
+        counts.iter().map(|c| c.load(Ordering::SeqCst)).collect()
+    };
+    for (rotation, next) in secrets.iter().enumerate().skip(1) {
+        let floor = requests(&counts);
+        wait_until("every client to send 20 more requests", || {
+            requests(&counts)
+                .iter()
+                .zip(&floor)
+                .all(|(now, then)| *now >= then + 20)
+                .then_some(())
+        });
+        sent.store(rotation, Ordering::SeqCst);
+        let put = manager.call(
+            "PUT",
+            &format!("/internal/postgrest/{id}"),
+            Some(serde_json::json!({"jwtSecret": next, "authenticatorPassword": password})),
+        );
+        assert_eq!(put.status, 200, "{}", put.body);
+        confirmed.store(rotation, Ordering::SeqCst);
+    }
+    let floor = requests(&counts);
+    wait_until(
+        "every client to send 20 requests with the last secret",
+        || {
+            requests(&counts)
+                .iter()
+                .zip(&floor)
+                .all(|(now, then)| *now >= then + 20)
+                .then_some(())
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let mut refused = 0;
+    for client in clients {
+        let (failures, refused_old) = client.join().expect("a client thread");
+        assert!(failures.is_empty(), "requests failed: {failures:?}");
+        refused += refused_old;
+    }
+    let total: usize = requests(&counts).iter().sum();
+    eprintln!("{total} requests across two rotations; {refused} old tokens refused in between");
+    // The rotations took effect: the old secrets are refused, in the same container.
+    assert_eq!(http_get(ip, "/", Some(&tokens[0])).unwrap(), 401);
+    assert_eq!(http_get(ip, "/", Some(&tokens[1])).unwrap(), 401);
+    assert_eq!(inspect(&container.name).unwrap().id, container.id);
+    assert_no_secrets(
+        &manager.log(),
+        &[&secrets[0], &secrets[1], &secrets[2], &password],
+    );
+}
