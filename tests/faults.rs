@@ -369,7 +369,8 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers() {
     state.free();
     configs.fill();
     let answer = put_new();
-    assert!(!(200..300).contains(&answer.status), "{}", answer.body);
+    // Not converged within the API's timeout; the answer carries the loop's last error.
+    assert_eq!(answer.status, 504, "{}", answer.body);
     assert!(
         answer
             .body
