@@ -38,6 +38,7 @@ impl PrivateDaemon {
     /// Starts a daemon and loads the test image into it (from the machine's daemon, with
     /// `docker save | docker load`: there is no registry here).
     pub fn start() -> PrivateDaemon {
+        sweep_dead_runs();
         let tag = format!(
             "{}x{}",
             std::process::id(),
@@ -270,6 +271,65 @@ impl Drop for PrivateDaemon {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Cleans up after test processes that died without unwinding (SIGKILL, a crash), so their
+/// daemons, mounts and namespaces do not pile up: every `/tmp/pgm-dockerd-<pid>x<n>` whose
+/// test process `<pid>` is gone. Other names (a shell's `mktemp`) are left alone.
+fn sweep_dead_runs() {
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(tag) = name.strip_prefix("pgm-dockerd-") else {
+            continue;
+        };
+        let Some((pid, n)) = tag.split_once('x') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u32>()) else {
+            continue;
+        };
+        if pid == std::process::id() || running(pid) {
+            continue;
+        }
+        // A guard without a child: the drop ends the leftover daemon by its pid file.
+        let leftover = PrivateDaemon {
+            dir: entry.path(),
+            netns: name.clone(),
+            tag: tag.to_owned(),
+            child: None,
+            restarts: 0,
+        };
+        // The pid file may be stale and its pid reused: only a process whose command line
+        // names the directory is the leftover daemon.
+        let dir = entry.path().display().to_string();
+        let named = |pid: u32| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
+        };
+        if let Some(pid) = leftover.pid().filter(|&pid| named(pid)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && running(pid) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        drop(leftover);
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie nobody reaped yet).
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) state ...`: the state follows the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// SIGKILLs the processes whose command line contains `dir` (by pid: never a name match,
