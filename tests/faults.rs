@@ -52,17 +52,15 @@ fn private_get(daemon: &PrivateDaemon, ip: IpAddr, token: &str) -> Option<u16> {
         .map(|r| r.status)
 }
 
-/// The running containers of `instance` on the private daemon, by name; panics on a
-/// container that is not running (an orphan half-created, or one Docker did not restart).
-fn private_names(daemon: &PrivateDaemon, instance: &str) -> Vec<String> {
+/// The containers of `instance` on the private daemon, by name, if every one of them runs;
+/// `None` while one does not (created but never started, exited, restarting).
+fn private_names(daemon: &PrivateDaemon, instance: &str) -> Option<Vec<String>> {
     daemon
         .containers(&format!("launchdb.instance={instance}"))
         .into_iter()
-        .map(|line| {
-            line.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
+        .map(|line| match line.split_once(' ') {
+            Some((name, "running")) => Some(name.to_owned()),
+            _ => None,
         })
         .collect()
 }
@@ -96,7 +94,8 @@ fn docker_daemon_killed_and_restarted_under_a_running_manager() {
     let names =
         |ids: &[String]| -> BTreeSet<String> { ids.iter().map(|id| env.container(id)).collect() };
     wait_until("three containers on the private daemon", || {
-        let running: BTreeSet<String> = private_names(&daemon, &env.instance).into_iter().collect();
+        let running: BTreeSet<String> =
+            private_names(&daemon, &env.instance)?.into_iter().collect();
         (running == names(&ids[..3])).then_some(())
     });
     let (reloaded_id, reloaded_ip) = private_container(&daemon, &env.container(&ids[0])).unwrap();
@@ -141,7 +140,7 @@ fn docker_daemon_killed_and_restarted_under_a_running_manager() {
     wait_until(
         "exactly one running container per project, none for the removed one",
         || {
-            let listed = private_names(&daemon, &env.instance);
+            let listed = private_names(&daemon, &env.instance)?;
             let unique: BTreeSet<String> = listed.iter().cloned().collect();
             (unique.len() == listed.len() && unique == expected).then_some(())
         },
