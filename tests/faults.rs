@@ -102,8 +102,13 @@ fn docker_daemon_killed_and_restarted_under_a_running_manager() {
     let reloaded_ip = reloaded_ip.expect("the container has an address");
     let (recreated_id, _) = private_container(&daemon, &env.container(&ids[1])).unwrap();
     wait_until(
-        "the first project to refuse a token signed with no secret of its",
-        || (private_get(&daemon, reloaded_ip, &jwt(&new, "authenticated"))? == 401).then_some(()),
+        "the first project to take its secret and refuse another",
+        || {
+            // Without a database the double answers 503 to a token it accepts, 401 otherwise.
+            let old_token = private_get(&daemon, reloaded_ip, &jwt(&old, "authenticated"))?;
+            let new_token = private_get(&daemon, reloaded_ip, &jwt(&new, "authenticated"))?;
+            (old_token != 401 && new_token == 401).then_some(())
+        },
     );
 
     // A new project while the daemon dies: the kill may land in the middle of its creation.
@@ -169,7 +174,6 @@ fn docker_daemon_killed_and_restarted_under_a_running_manager() {
     wait_until("the new secret in force in the reloaded container", || {
         let new_token = private_get(&daemon, ip_after, &jwt(&new, "authenticated"))?;
         let old_token = private_get(&daemon, ip_after, &jwt(&old, "authenticated"))?;
-        // Without a database the double answers 503 to a token it accepts, 401 otherwise.
         (new_token != 401 && old_token == 401).then_some(())
     });
     // The recreated project: a new container that runs the new password.
