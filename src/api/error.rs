@@ -49,6 +49,13 @@ pub enum ApiError {
     Busy(String),
     #[error("{0}")]
     Timeout(String),
+    /// The disk that holds the state directory is full (ENOSPC) or the quota is used up
+    /// (EDQUOT): the operator must free space, and the client may retry then.
+    #[error(
+        "the manager's state directory is out of disk space ({0}); nothing was changed, \
+         retry once space is freed"
+    )]
+    InsufficientStorage(&'static str),
     /// The detail is logged, never sent: it may name paths or other internals.
     #[error("internal error; the manager's log has the details")]
     Internal(String),
@@ -73,6 +80,9 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ApiError::InsufficientStorage(_) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -80,8 +90,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(error = %detail, "API request failed");
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(error = %detail, "API request failed"),
+            ApiError::InsufficientStorage(cause) => {
+                tracing::error!(
+                    cause,
+                    "API write failed: the state directory is out of space"
+                );
+            }
+            _ => {}
         }
         let (status, code) = self.status_and_code();
         let body = ErrorBody {
@@ -89,6 +106,22 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         (status, Json(body)).into_response()
+    }
+}
+
+impl ApiError {
+    /// An I/O error while writing desired state: a full disk (or used-up quota) is the
+    /// client's 507 with the cause; anything else is an internal error, `context` logged.
+    pub fn from_io(context: &str, error: &std::io::Error) -> ApiError {
+        match error.kind() {
+            std::io::ErrorKind::StorageFull => {
+                ApiError::InsufficientStorage("no space left on device")
+            }
+            std::io::ErrorKind::QuotaExceeded => {
+                ApiError::InsufficientStorage("disk quota exceeded")
+            }
+            _ => ApiError::Internal(format!("{context}: {error}")),
+        }
     }
 }
 
@@ -179,6 +212,26 @@ mod tests {
         assert!(describe(r#"{}"#).contains("missing field `projectId`"));
         assert!(describe(r#"{"projectId": "#).starts_with("malformed JSON"));
         assert!(describe(r#"{"projectId": 5}"#).starts_with("projectId: invalid type: integer"));
+    }
+
+    #[test]
+    fn a_full_disk_is_507_and_other_io_errors_stay_internal() {
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        let error = ApiError::from_io("writing", &full);
+        assert_eq!(error.status_and_code().0, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            error.to_string().contains("no space left on device"),
+            "{error}"
+        );
+        let quota = std::io::Error::from_raw_os_error(122); // EDQUOT
+        assert_eq!(
+            ApiError::from_io("writing", &quota).status_and_code().0,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let denied = std::io::Error::from_raw_os_error(13); // EACCES
+        let error = ApiError::from_io("writing /secret/path", &denied);
+        assert_eq!(error.status_and_code().0, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.to_string().contains("/secret/path"), "{error}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::spec::{DesiredState, ProjectId, SpecFile};
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
         (status = 504, description = "Not converged in time; the desired state is saved", body = ErrorBody),
+        (status = 507, description = "The state directory is out of disk space; nothing was changed", body = ErrorBody),
     ),
     security(("internal_key" = [])),
     tag = "postgrest"
@@ -94,6 +95,7 @@ pub(super) async fn spawn(
         (status = 404, description = "The project has no running container", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
         (status = 504, description = "Not reloaded in time; the desired state is saved", body = ErrorBody),
+        (status = 507, description = "The state directory is out of disk space; nothing was changed", body = ErrorBody),
     ),
     security(("internal_key" = [])),
     tag = "postgrest"
@@ -152,6 +154,7 @@ pub(super) async fn restart(
         (status = 404, description = "Neither a state file nor a container", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
         (status = 504, description = "Not removed in time; the state file is gone and the loop keeps going", body = ErrorBody),
+        (status = 507, description = "The state directory is out of disk space; nothing was changed", body = ErrorBody),
     ),
     security(("internal_key" = [])),
     tag = "postgrest"
@@ -181,7 +184,7 @@ pub(super) async fn delete_project(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(format!("removing the state file of {id}: {e}")))?;
+    .map_err(|e| ApiError::from_io(&format!("removing the state file of {id}"), &e))?;
     ctx.handle.wake();
     ctx.wait_until(&id, |_, status| {
         let gone = status.is_none_or(|p| p.desired.is_none() && p.container.is_none());
@@ -263,6 +266,7 @@ pub(super) async fn get_project(
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "Docker unreachable", body = ErrorBody),
         (status = 504, description = "Not converged in time; the desired state is saved", body = ErrorBody),
+        (status = 507, description = "The state directory is out of disk space; nothing was changed", body = ErrorBody),
     ),
     security(("internal_key" = [])),
     tag = "postgrest"

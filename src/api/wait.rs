@@ -32,7 +32,8 @@ impl From<EditError> for ApiError {
     fn from(error: EditError) -> ApiError {
         match error {
             EditError::Invalid(e) => invalid_spec(e),
-            other => ApiError::Internal(other.to_string()),
+            EditError::Io(e) => ApiError::from_io("cannot write the state file", &e),
+            EditError::Lock(e) => ApiError::from_io("locking the state directory", &e),
         }
     }
 }
@@ -117,11 +118,7 @@ impl Ctx {
                     info!(project = %id, "the state directory is locked by another writer; waiting");
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    return Err(ApiError::Internal(format!(
-                        "locking the state directory: {e}"
-                    )))
-                }
+                Err(e) => return Err(ApiError::from_io("locking the state directory", &e)),
             }
             if Instant::now() + pause >= deadline {
                 warn!(project = %id, "the state directory stayed locked");

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, ExitStatus};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
@@ -60,6 +60,10 @@ pub struct ManagerOpts {
     pub args: Vec<String>,
     /// Environment overrides, set last.
     pub env: Vec<(String, String)>,
+    /// Run the manager inside this network namespace (`nsenter --net=<path>`), e.g. a
+    /// private daemon's, so it reaches that daemon's containers; its API is then reached
+    /// through the namespace too.
+    pub netns: Option<PathBuf>,
 }
 
 impl ManagerOpts {
@@ -124,6 +128,8 @@ pub struct Manager {
     resync_secs: u64,
     /// The API's bound address and this manager's key.
     api: Option<(SocketAddr, String)>,
+    /// The network namespace it runs in, when not the test's own.
+    netns: Option<PathBuf>,
 }
 
 impl Manager {
@@ -164,7 +170,11 @@ impl Manager {
             args: opts.args,
             env: opts.env,
         };
-        let mut child = serve.command().spawn().expect("postgrest-manager starts");
+        let mut command = serve.command();
+        if let Some(netns) = &opts.netns {
+            command = in_netns(netns, &command);
+        }
+        let mut child = command.spawn().expect("postgrest-manager starts");
         let log = Arc::new(Mutex::new(fs::File::create(&log_path).expect("a log file")));
         let mut readers = Vec::new();
         let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
@@ -200,6 +210,7 @@ impl Manager {
             readers,
             resync_secs,
             api: None,
+            netns: opts.netns,
         };
         if let Some(key) = key {
             let addr = wait_until("the manager to log the API's address", || {
@@ -345,27 +356,16 @@ impl Manager {
         headers: &[(&str, &str)],
     ) -> std::io::Result<Response> {
         let addr = self.addr();
+        if let Some(netns) = &self.netns {
+            return request_in_netns(
+                netns,
+                addr,
+                &raw_request(addr, method, path, key, body, headers),
+            );
+        }
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(300)))?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(key) = key {
-            head.push_str(&format!("X-Internal-Key: {key}\r\n"));
-        }
-        if let Some(body) = body {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-            if !headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            {
-                head.push_str("Content-Type: application/json\r\n");
-            }
-        }
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body.unwrap_or_default());
+        let request = raw_request(addr, method, path, key, body, headers);
         // The server may answer (413, 431) and close before reading everything we send; the
         // answer is what counts, so a failed write is not an error by itself.
         let _ = stream.write_all(&request);
@@ -376,6 +376,91 @@ impl Manager {
         }
         Response::parse(&raw)
     }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, as bytes.
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(key) = key {
+        head.push_str(&format!("X-Internal-Key: {key}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    request
+}
+
+/// Sends `request` to `addr` from inside the network namespace `netns` (bash's `/dev/tcp`
+/// under `nsenter --net`), and reads the answer to the end.
+pub fn request_in_netns(
+    netns: &Path,
+    addr: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<Response> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} && cat >&3 && timeout 300 cat <&3",
+        addr.ip(),
+        addr.port()
+    );
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["bash", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(request);
+    }
+    let out = child.wait_with_output()?;
+    if out.stdout.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "no answer from {addr} in {}: {}",
+            netns.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Response::parse(&out.stdout)
+}
+
+/// `command` run inside the network namespace at `netns` (`nsenter --net`, which keeps the
+/// mount namespace: `ip netns exec` would remount `/sys`).
+fn in_netns(netns: &Path, command: &Command) -> Command {
+    let mut wrapped = Command::new("nsenter");
+    wrapped
+        .arg(format!("--net={}", netns.display()))
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    wrapped
 }
 
 impl Drop for Manager {

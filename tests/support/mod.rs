@@ -9,11 +9,16 @@
 //! other's containers. Everything a test creates on the daemon is named after its id
 //! (`pgmt<pid>x<n>`: containers `postgrest-pgmt…` or `pgmt…`, network `pgmt…net`), which is
 //! what `.ci/run`'s leftover check looks for.
+//!
+//! `private_daemon.rs` is a Docker daemon of a test's own, in a network namespace of its own,
+//! for the fault suite (`tests/faults.rs`), which kills and restarts it; a manager reaches it
+//! through `ManagerOpts::docker_host`, and runs inside its namespace with `ManagerOpts::netns`.
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod launch;
 mod manager;
+pub mod private_daemon;
 
 pub use manager::*;
 
