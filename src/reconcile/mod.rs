@@ -60,6 +60,8 @@ pub struct LoopConfig {
     pub resync: Duration,
     pub concurrency: usize,
     pub reload_signal: String,
+    /// How long a reload waits for PostgREST's own word (`Config reloaded`) in its log.
+    pub reload_timeout: Duration,
     /// PostgREST's admin port, probed for `/ready`.
     pub admin_port: u16,
 }
@@ -77,6 +79,7 @@ impl LoopConfig {
             resync: Duration::from_secs(3600),
             concurrency: 2,
             reload_signal: "SIGUSR2".into(),
+            reload_timeout: Duration::from_secs(10),
             admin_port: 1,
         };
         cfg.state.ensure().unwrap();

@@ -515,6 +515,89 @@ async fn a_failed_reload_signal_is_retried_and_reported() {
 }
 
 #[tokio::test]
+async fn a_reload_counts_only_once_postgrest_confirms_it() {
+    let mut env = Env::new();
+    env.cfg.reload_timeout = Duration::from_millis(300);
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    let before = converged(&env, &handle, "p1").await;
+    let container = container_id(&before, "p1");
+    let old_digest = before.projects[&pid("p1")].loaded_digest.clone();
+    let signals = |calls: &[Call]| {
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::Signal(..)))
+            .count()
+    };
+    env.fake.take_calls();
+
+    // The signal is delivered, and PostgREST says nothing: not loaded, an error, retried.
+    env.fake.reply_to_signals("postgrest-p1", None);
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    handle.wake();
+    let silent = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not confirm the config reload"))
+        })
+        .await
+        .expect("an unconfirmed reload shows as the project's error");
+    let status = &silent.projects[&pid("p1")];
+    assert!(!status.converged(), "{status:?}");
+    assert_eq!(status.loaded_digest, old_digest);
+    assert_eq!(status.container.as_ref().unwrap().id, container);
+    let mut calls = env.fake.take_calls();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while signals(&calls) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retried: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        calls.extend(env.fake.take_calls());
+    }
+
+    // PostgREST refuses the file: its reason is the error, with the secret masked.
+    env.fake.reply_to_signals(
+        "postgrest-p1",
+        Some(&format!(
+            "29/Nov/2026:09:35:32 +0000: Failed reloading config: jwt-secret {SECRET_B} is not allowed"
+        )),
+    );
+    let refused = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused the new config"))
+        })
+        .await
+        .expect("a refused reload shows as the project's error");
+    let error = refused.projects[&pid("p1")].last_error.clone().unwrap();
+    assert!(error.contains("jwt-secret *** is not allowed"), "{error}");
+    assert!(!error.contains(SECRET_B), "{error}");
+    assert!(!refused.projects[&pid("p1")].converged());
+
+    // Once PostgREST confirms, the reload counts; same container, error cleared.
+    env.fake.reply_to_signals(
+        "postgrest-p1",
+        Some("29/Nov/2026:09:35:33 +0000: Config reloaded"),
+    );
+    let after = converged(&env, &handle, "p1").await;
+    assert_eq!(container_id(&after, "p1"), container);
+    assert_eq!(after.projects[&pid("p1")].last_error, None);
+    calls.extend(env.fake.take_calls());
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Create(_) | Call::Remove(_))),
+        "a reload never recreates: {calls:?}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_leaves_containers_running() {
     let env = Env::new();
     env.write("p1", |_| {});

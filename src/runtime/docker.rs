@@ -9,17 +9,21 @@ use std::sync::Mutex;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
-    EventMessage, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    EventMessage, HealthConfig, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
+use super::{
+    log_time, ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime,
+    RuntimeError, State,
+};
 use crate::render::{
     ContainerSpec, CONFIG_MOUNT, LABEL_LEASE_HOLDER, LABEL_MANAGED_BY, MANAGED_BY,
 };
@@ -203,13 +207,23 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         security_opt: Some(vec!["no-new-privileges".into()]),
         tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
         memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_swap_bytes),
+        nano_cpus: Some(spec.nano_cpus),
         pids_limit: Some(spec.pids_limit),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(spec.log_options.clone().into_iter().collect()),
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
+        // PostgREST exits on SIGTERM (v16 drains requests first); `stop` waits this long
+        // before SIGKILL, also for a `docker stop` by hand.
+        stop_signal: Some("SIGTERM".into()),
+        stop_timeout: Some(i64::try_from(spec.stop_grace_secs).unwrap_or(i64::MAX)),
         healthcheck: Some(HealthConfig {
             test: Some(spec.healthcheck.clone()),
             interval: Some(spec.healthcheck_interval_secs as i64 * SECOND_NS),
@@ -317,7 +331,18 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        // Without `t`, Docker waits the container's own StopTimeout (the grace it was created
+        // with) between SIGTERM and SIGKILL; a container already stopped answers 304, fine.
+        let stop = StopContainerOptionsBuilder::default().build();
+        self.docker()?
+            .stop_container(id, Some(stop))
+            .await
+            .map_err(map_error)?;
+        // Not forced: if it runs again (started by hand meanwhile), this is a conflict and the
+        // action is retried, with a graceful stop again.
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(false)
+            .build();
         self.docker()?
             .remove_container(id, Some(options))
             .await
@@ -365,6 +390,59 @@ impl Runtime for DockerRuntime {
             out.push_str(&chunk.map_err(map_error)?.to_string());
         }
         Ok(out)
+    }
+
+    async fn log_cursor(&self, id: &str) -> Result<LogCursor, RuntimeError> {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .tail("1")
+            .build();
+        let mut stream = self.docker()?.logs(id, Some(options));
+        let mut last = LogCursor::default();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(map_error)?.to_string();
+            for line in chunk.lines() {
+                if let Some(at) = line.split_once(' ').and_then(|(t, _)| log_time::parse(t)) {
+                    last = last.max(LogCursor(at));
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    fn log_after(&self, id: &str, cursor: LogCursor) -> LineStream {
+        // `since` is whole seconds: lines of the cursor's own second come too, and are
+        // dropped by their timestamp.
+        let since = i32::try_from(cursor.0 / 1_000_000_000).unwrap_or(i32::MAX);
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(true)
+            .since(since)
+            .build();
+        let docker = match self.docker() {
+            Ok(docker) => docker,
+            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
+        };
+        let lines = docker.logs(id, Some(options)).flat_map(move |chunk| {
+            let lines: Vec<Result<String, RuntimeError>> = match chunk {
+                Err(e) => vec![Err(map_error(e))],
+                Ok(chunk) => chunk
+                    .to_string()
+                    .lines()
+                    .filter_map(|line| {
+                        let (stamp, text) = line.split_once(' ')?;
+                        let at = log_time::parse(stamp)?;
+                        (at > cursor.0).then(|| Ok(text.to_owned()))
+                    })
+                    .collect(),
+            };
+            futures_util::stream::iter(lines)
+        });
+        Box::pin(lines)
     }
 
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
