@@ -1268,3 +1268,41 @@ fn a_refused_reload_is_never_a_200_and_the_old_secret_stays() {
     assert_eq!(inspect(&c.name).unwrap().id, c.id);
     assert_no_secrets(&api.log(), &[&old, &new, &password]);
 }
+
+/// Not a timed assertion: measures a JWT-secret rotation through the API, `PUT` sent to its
+/// 200 (which now waits for PostgREST's `Config reloaded`), over several runs. Run with
+/// `cargo test --test api reload_latency -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn reload_latency_through_the_api() {
+    const RUNS: usize = 9;
+    let env = TestEnv::new();
+    let api = Manager::start_api(&env);
+    let id = env.project_id();
+    let uri = format!("/internal/postgrest/{id}");
+    let password = secret("pw");
+    let put = |jwt_secret: &str| {
+        api.call(
+            "PUT",
+            &uri,
+            Some(json!({"jwtSecret": jwt_secret, "authenticatorPassword": password})),
+        )
+    };
+    assert_eq!(put(&secret("s0")).status, 201);
+    let mut times = Vec::new();
+    for n in 1..=RUNS {
+        let start = Instant::now();
+        let rotated = put(&secret(&format!("s{n}")));
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(rotated.status, 200, "{}", rotated.body);
+    }
+    let list: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "PUT new jwtSecret -> 200: runs (ms) [{}]; min {:.0}, median {:.0}, max {:.0}",
+        list.join(", "),
+        times[0],
+        times[RUNS / 2],
+        times[RUNS - 1]
+    );
+}
