@@ -36,8 +36,10 @@ pub(super) enum ActionError {
     Config(std::io::Error),
     #[error("PostgREST refused the new config and keeps the old one in force: {0}")]
     ReloadRefused(String),
-    #[error("PostgREST did not confirm the config reload within {0} s (no `Config reloaded` in its log); the old config may still be in force")]
-    ReloadUnconfirmed(u64),
+    #[error(
+        "PostgREST did not confirm the config reload ({0}); the old config may still be in force"
+    )]
+    ReloadUnconfirmed(String),
 }
 
 /// What PostgREST logs after it re-read its config file (on SIGUSR2, and also at start-up and
@@ -310,14 +312,18 @@ async fn confirm_reload<R: Runtime>(
                 return Ok(());
             }
         }
-        // The log ended: the container stopped before it answered.
-        Err(ActionError::ReloadUnconfirmed(cfg.reload_timeout.as_secs()))
+        Err(ActionError::ReloadUnconfirmed(
+            "its log ended: the container stopped".into(),
+        ))
     };
     tokio::time::timeout(cfg.reload_timeout, verdict)
         .await
-        .unwrap_or(Err(ActionError::ReloadUnconfirmed(
-            cfg.reload_timeout.as_secs(),
-        )))
+        .unwrap_or_else(|_| {
+            Err(ActionError::ReloadUnconfirmed(format!(
+                "no `Config reloaded` in its log within {} s",
+                cfg.reload_timeout.as_secs_f64()
+            )))
+        })
 }
 
 async fn remove_container<R: Runtime>(runtime: &R, container: &str) -> Result<(), ActionError> {

@@ -224,8 +224,10 @@ impl<R: Runtime> Controller<R> {
                         Err(e) => error!(error = %e, "an action panicked"),
                     }
                     self.dispatch(&mut actions);
-                    // Level-triggered: once the queue drains, look again to confirm.
-                    if actions.is_empty() {
+                    // Level-triggered: once nothing is left to dispatch, look again to
+                    // confirm. Not only once every action is done: a removal may take its
+                    // whole stop grace, and the others must not wait for it to be seen.
+                    if actions.is_empty() || self.pending.is_empty() {
                         pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     }
                     self.publish();

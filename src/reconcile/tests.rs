@@ -597,6 +597,49 @@ async fn a_reload_counts_only_once_postgrest_confirms_it() {
     );
 }
 
+/// A removal is a graceful stop that may take the whole grace period: it runs as the
+/// project's job, and the loop keeps converging the others meanwhile.
+#[tokio::test]
+async fn a_slow_graceful_removal_does_not_hold_up_the_others() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let grace = Duration::from_secs(4);
+    env.fake.slow_removals(grace);
+    std::fs::remove_file(env.cfg.state.file(&pid("p1"))).unwrap();
+    handle.wake();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.fake.in_flight() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removal never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let start = std::time::Instant::now();
+    env.write("p2", |_| {});
+    converged(&env, &handle, "p2").await;
+    assert!(start.elapsed() < grace, "p2 waited for p1's removal");
+    assert!(
+        env.fake
+            .containers()
+            .iter()
+            .any(|c| c.name == "postgrest-p1"),
+        "p1 is still stopping"
+    );
+    handle
+        .wait_for(WAIT, |s| !s.projects.contains_key(&pid("p1")))
+        .await
+        .expect("p1 is removed once its grace is over");
+    assert!(!env
+        .fake
+        .containers()
+        .iter()
+        .any(|c| c.name == "postgrest-p1"));
+}
+
 #[tokio::test]
 async fn shutdown_leaves_containers_running() {
     let env = Env::new();

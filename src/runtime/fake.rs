@@ -41,6 +41,8 @@ struct Inner {
     /// What a container writes when it gets a signal, by name; PostgREST's `Config reloaded`
     /// unless set (`None`: nothing, a reload nobody confirms).
     signal_replies: BTreeMap<String, Option<String>>,
+    /// How long a removal takes, as a PostgREST given its stop grace would.
+    remove_delay: Option<std::time::Duration>,
     next_id: u64,
     /// Held calls wait for a permit here.
     gate: Option<Arc<Semaphore>>,
@@ -193,6 +195,11 @@ impl FakeRuntime {
             .insert(name.to_owned(), line.map(str::to_owned));
     }
 
+    /// Makes every removal take `delay` (a graceful stop that uses its grace period).
+    pub fn slow_removals(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().remove_delay = Some(delay);
+    }
+
     /// Makes every reload signal fail, as when the daemon refuses the kill call.
     pub fn fail_signals(&self, failing: bool) {
         self.inner.lock().unwrap().failing_signals = failing;
@@ -331,6 +338,10 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let _ticket = self.begin(id).await;
+        let delay = self.inner.lock().unwrap().remove_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut inner = self.enter(Call::Remove(id.into()))?;
         inner
             .containers
