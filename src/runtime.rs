@@ -5,8 +5,8 @@
 //! `NotFound / Conflict / Unavailable / Other`, never on status codes.
 
 pub mod docker;
+mod docker_logs;
 pub mod fake;
-mod log_time;
 
 use std::collections::BTreeMap;
 use std::future::Future;

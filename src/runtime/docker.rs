@@ -21,7 +21,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::{
-    log_time, ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime,
+    docker_logs, ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime,
     RuntimeError, State,
 };
 use crate::render::{
@@ -393,56 +393,14 @@ impl Runtime for DockerRuntime {
     }
 
     async fn log_cursor(&self, id: &str) -> Result<LogCursor, RuntimeError> {
-        let options = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .tail("1")
-            .build();
-        let mut stream = self.docker()?.logs(id, Some(options));
-        let mut last = LogCursor::default();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(map_error)?.to_string();
-            for line in chunk.lines() {
-                if let Some(at) = line.split_once(' ').and_then(|(t, _)| log_time::parse(t)) {
-                    last = last.max(LogCursor(at));
-                }
-            }
-        }
-        Ok(last)
+        docker_logs::cursor(&self.docker()?, id).await
     }
 
     fn log_after(&self, id: &str, cursor: LogCursor) -> LineStream {
-        // `since` is whole seconds: lines of the cursor's own second come too, and are
-        // dropped by their timestamp.
-        let since = i32::try_from(cursor.0 / 1_000_000_000).unwrap_or(i32::MAX);
-        let options = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .follow(true)
-            .since(since)
-            .build();
-        let docker = match self.docker() {
-            Ok(docker) => docker,
-            Err(e) => return Box::pin(futures_util::stream::once(async move { Err(e) })),
-        };
-        let lines = docker.logs(id, Some(options)).flat_map(move |chunk| {
-            let lines: Vec<Result<String, RuntimeError>> = match chunk {
-                Err(e) => vec![Err(map_error(e))],
-                Ok(chunk) => chunk
-                    .to_string()
-                    .lines()
-                    .filter_map(|line| {
-                        let (stamp, text) = line.split_once(' ')?;
-                        let at = log_time::parse(stamp)?;
-                        (at > cursor.0).then(|| Ok(text.to_owned()))
-                    })
-                    .collect(),
-            };
-            futures_util::stream::iter(lines)
-        });
-        Box::pin(lines)
+        match self.docker() {
+            Ok(docker) => docker_logs::after(&docker, id, cursor),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
