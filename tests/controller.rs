@@ -90,7 +90,8 @@ fn new_state_file_runs_a_hardened_container() {
     let key = env.config_dir.join(".spec-key");
     assert_eq!(mode_and_uid(&key).0, 0o600);
     assert_eq!(fs::metadata(&key).unwrap().len(), 32);
-    let (_, listing, _) = exec(&c.name, &["ls", "-a", "/etc/postgrest"]);
+    let (listed, listing, _) = exec(&c.name, &["ls", "-a", "/etc/postgrest"]);
+    assert!(listed && listing.contains("postgrest.conf"), "{listing}");
     assert!(
         !listing.contains("spec-key"),
         "the key is visible inside: {listing}"
