@@ -77,6 +77,15 @@ pub struct ServeArgs {
     /// Memory limit of each container, in MiB.
     #[arg(long, env = "PGM_MEMORY_MB", default_value_t = 256)]
     pub memory_mb: i64,
+    /// CPU limit of each container, in CPUs (e.g. 0.5, 2).
+    #[arg(long, env = "PGM_CPUS", default_value_t = 1.0)]
+    pub cpus: f64,
+    /// Seconds a stopping container gets between SIGTERM and SIGKILL (removal, recreation).
+    #[arg(long, env = "PGM_STOP_GRACE_SECS", default_value_t = 10)]
+    pub stop_grace_secs: u64,
+    /// Seconds to wait for PostgREST to confirm a config reload in its log.
+    #[arg(long, env = "PGM_RELOAD_TIMEOUT_SECS", default_value_t = 10)]
+    pub reload_timeout_secs: u64,
     /// Process (thread) limit of each container.
     #[arg(long, env = "PGM_PIDS_LIMIT", default_value_t = 512)]
     pub pids_limit: i64,

@@ -17,6 +17,7 @@ pub mod render;
 pub mod runtime;
 pub mod settings;
 pub mod spec;
+pub mod spec_key;
 pub mod state_dir;
 pub mod telemetry;
 pub mod watch;

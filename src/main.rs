@@ -11,6 +11,7 @@ use postgrest_manager::reconcile::Controller;
 use postgrest_manager::render::ADMIN_PORT;
 use postgrest_manager::runtime::docker::DockerRuntime;
 use postgrest_manager::settings::Settings;
+use postgrest_manager::spec_key::SpecKey;
 use postgrest_manager::{caddy, cli, telemetry, watch};
 
 fn main() -> ExitCode {
@@ -38,13 +39,15 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let cfg = settings.reconcile;
+    let mut cfg = settings.reconcile;
     cfg.state
         .ensure()
         .with_context(|| format!("state directory {}", cfg.state.path().display()))?;
     cfg.configs
         .ensure()
         .with_context(|| format!("config directory {}", cfg.configs.path().display()))?;
+    // The spec-hash key lives next to the project directories, never inside a mounted one.
+    cfg.template.spec_key = SpecKey::load_or_create(cfg.configs.path())?;
     // One manager per state directory: a second one would fight the first over every file.
     let dir = cfg.state.path().display().to_string();
     let _serving = cfg

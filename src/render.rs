@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use hmac::{Hmac, Mac};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
 use crate::spec::{ProjectId, Spec};
+use crate::spec_key::SpecKey;
 
 /// The port PostgREST serves its API on, inside the container.
 pub const SERVER_PORT: u16 = 3000;
@@ -30,6 +32,10 @@ pub const LABEL_SPEC_HASH: &str = "launchdb.spec-hash";
 pub const MANAGED_BY: &str = "postgrest-manager";
 /// On the daemon-wide marker of an instance: which state directory's manager holds it.
 pub const LABEL_LEASE_HOLDER: &str = "launchdb.lease-holder";
+/// Container logs rotate: at most this many json-file logs of this size each, so a chatty
+/// PostgREST cannot fill the disk that holds `state/`.
+pub const LOG_MAX_SIZE: &str = "10m";
+pub const LOG_MAX_FILES: u32 = 3;
 
 /// The manager settings that shape every project's config and container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +51,14 @@ pub struct Template {
     /// The UID (and GID) PostgREST runs as inside the container; it owns the rendered files.
     pub uid: u32,
     pub memory_bytes: i64,
+    /// CPU limit of each container, in billionths of a CPU (Docker's `NanoCpus`).
+    pub nano_cpus: i64,
     pub pids_limit: i64,
     pub healthcheck_interval_secs: u64,
+    /// How long a stopping PostgREST gets between SIGTERM and SIGKILL.
+    pub stop_grace_secs: u64,
+    /// The key of the spec-hash label (`<config_dir>/.spec-key`).
+    pub spec_key: SpecKey,
 }
 
 impl Template {
@@ -64,8 +76,11 @@ impl Template {
             domain: None,
             uid,
             memory_bytes: 256 << 20,
+            nano_cpus: 1_000_000_000,
             pids_limit: 512,
             healthcheck_interval_secs: 30,
+            stop_grace_secs: 10,
+            spec_key: SpecKey::from_bytes([7; 32]),
         }
     }
 }
@@ -100,6 +115,49 @@ impl std::fmt::Debug for RenderedConfig {
     }
 }
 
+impl RenderedConfig {
+    /// `text` with every secret of this config (the JWT secret, the password and the whole
+    /// `db-uri`, as written and as read) replaced by `***`: for messages that come back from
+    /// PostgREST about this file.
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        for line in self.text.lines() {
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if !matches!(key, "jwt-secret" | "db-uri") {
+                continue;
+            }
+            let value = value.trim_matches('"');
+            let read = value
+                .replace("$$", "$")
+                .replace("\\\"", "\"")
+                .replace("\\\\", "\\");
+            if key == "db-uri" {
+                // postgres://<user>:<password>@host...
+                if let Some(password) = value
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.rsplit_once('@'))
+                    .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                    .map(|(_, password)| password)
+                {
+                    let decoded = percent_encoding::percent_decode_str(password)
+                        .decode_utf8_lossy()
+                        .into_owned();
+                    secrets.extend([password.to_owned(), decoded]);
+                }
+            }
+            secrets.extend([value.to_owned(), read]);
+        }
+        // Longest first, so a secret inside another is masked with it.
+        secrets.retain(|s| s.chars().count() >= 3);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
+            .iter()
+            .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
+    }
+}
+
 /// Everything the runtime needs to create one project's container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
@@ -111,7 +169,14 @@ pub struct ContainerSpec {
     pub config_source: PathBuf,
     pub user: String,
     pub memory_bytes: i64,
+    /// Memory plus swap: equal to `memory_bytes`, so the container never swaps.
+    pub memory_swap_bytes: i64,
+    pub nano_cpus: i64,
     pub pids_limit: i64,
+    /// The json-file log driver's options (`max-size`, `max-file`).
+    pub log_options: BTreeMap<String, String>,
+    /// Seconds between SIGTERM and SIGKILL when the container is stopped.
+    pub stop_grace_secs: u64,
     /// Writable scratch space on an otherwise read-only root filesystem.
     pub tmpfs: BTreeMap<String, String>,
     pub healthcheck: Vec<String>,
@@ -224,6 +289,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// HMAC-SHA256 of `bytes` under `key`, as 16 hex digits (64 bits: a change detector, not a
+/// signature; without the key it tells nothing about its input).
+fn keyed_hash(key: &SpecKey, bytes: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.bytes()) else {
+        // Never taken: HMAC accepts keys of any length. Still keyed, never a bare digest.
+        return sha256_hex(&[key.bytes(), bytes].concat())[..16].to_owned();
+    };
+    mac.update(bytes);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .take(8)
+        .fold(String::with_capacity(16), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 pub fn container_name(id: &ProjectId) -> String {
     id.container_name()
 }
@@ -246,16 +329,17 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
 
     let container = container_spec(&spec.id, template);
 
-    // The spec-hash covers the container's whole shape and the keys a reload cannot change.
-    // It holds no secret in clear: the label carries a truncated SHA-256. Whoever can read
-    // labels can use the Docker API, and so can read the mounted config anyway.
+    // The spec-hash covers the container's whole shape and the keys a reload cannot change,
+    // the database password among them. Labels travel where configs never go (event streams,
+    // metrics exporters), so it is an HMAC under the host-local key: without the key, a
+    // guessed password cannot be tested against the label offline.
     let mut canonical = format!("{container:?}\n");
     for (key, value, reload) in &keys {
         if *reload == Reload::No {
             let _ = writeln!(canonical, "{key}={}", render_value(value));
         }
     }
-    let spec_hash = sha256_hex(canonical.as_bytes())[..16].to_owned();
+    let spec_hash = keyed_hash(&template.spec_key, canonical.as_bytes());
 
     let mut container = container;
     container
@@ -305,7 +389,14 @@ fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
         config_source: template.host_config_dir.join(id.as_str()),
         user: format!("{0}:{0}", template.uid),
         memory_bytes: template.memory_bytes,
+        memory_swap_bytes: template.memory_bytes,
+        nano_cpus: template.nano_cpus,
         pids_limit: template.pids_limit,
+        log_options: BTreeMap::from([
+            ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+            ("max-file".to_owned(), LOG_MAX_FILES.to_string()),
+        ]),
+        stop_grace_secs: template.stop_grace_secs,
         tmpfs,
         healthcheck: vec!["CMD".into(), "/usr/local/bin/healthcheck.sh".into()],
         healthcheck_interval_secs: template.healthcheck_interval_secs,
@@ -403,11 +494,92 @@ admin-server-port = 3001
                 base.spec_hash
             );
         }
+        let mut limits = template();
+        limits.nano_cpus = 500_000_000;
+        assert_ne!(
+            render(&spec_with(|_| {}), &limits).spec_hash,
+            base.spec_hash
+        );
         let mut other_image = template();
         other_image.image = "launchdb/postgrest:v2".into();
         assert_ne!(
             render(&spec_with(|_| {}), &other_image).spec_hash,
             base.spec_hash
+        );
+    }
+
+    #[test]
+    fn the_spec_hash_is_keyed() {
+        let spec = spec_with(|_| {});
+        let base = render(&spec, &template());
+        // The same key: the same hash, so a restarted manager adopts what runs.
+        assert_eq!(render(&spec, &template()).spec_hash, base.spec_hash);
+        // Another key: another hash for the same spec.
+        let mut other = template();
+        other.spec_key = SpecKey::from_bytes([8; 32]);
+        assert_ne!(render(&spec, &other).spec_hash, base.spec_hash);
+        // Without the key the label tells nothing: an attacker who knows everything but the
+        // key and guesses the password right (and so can rebuild the canonical text) cannot
+        // tell it from a wrong guess, because neither a bare digest of it, nor an HMAC under
+        // any key they might try, matches the label.
+        let canonical_of = |password: &str| {
+            let spec = spec_with(|f| f.authenticator_password = Secret::new(password));
+            let rendered = render(&spec, &template());
+            let mut canonical = format!("{:?}\n", container_spec(&spec.id, &template()));
+            for (key, value, reload) in keys(&spec, &template()) {
+                if reload == Reload::No {
+                    let _ = writeln!(canonical, "{key}={}", render_value(&value));
+                }
+            }
+            (rendered.spec_hash, canonical)
+        };
+        let (label, canonical) = canonical_of("pass word");
+        assert_eq!(
+            label,
+            keyed_hash(&template().spec_key, canonical.as_bytes())
+        );
+        assert_ne!(label, sha256_hex(canonical.as_bytes())[..16]);
+        for guess_key in [[0u8; 32], [1; 32], [255; 32]] {
+            assert_ne!(
+                label,
+                keyed_hash(&SpecKey::from_bytes(guess_key), canonical.as_bytes())
+            );
+        }
+        // The label is not in the config, not derived from the password alone, and a wrong
+        // password guess under the right key gives another label (it still detects change).
+        assert_ne!(canonical_of("pass wore").0, label);
+        assert!(!label.contains("pass"));
+    }
+
+    #[test]
+    fn the_container_has_limits_and_rotated_logs() {
+        let c = render(&spec_with(|_| {}), &template()).container;
+        assert_eq!(c.memory_swap_bytes, c.memory_bytes);
+        assert_eq!(c.nano_cpus, 1_000_000_000);
+        assert_eq!(c.log_options["max-size"], "10m");
+        assert_eq!(c.log_options["max-file"], "3");
+        assert_eq!(c.stop_grace_secs, 10);
+    }
+
+    #[test]
+    fn redact_masks_every_secret_of_the_config() {
+        let spec = spec_with(|f| {
+            f.authenticator_password = Secret::new("p@ss$word\"");
+            f.jwt_secret = Secret::new("j$wt\"secret-0123456789012345678901234");
+        });
+        let config = render(&spec, &template()).config;
+        for leaked in [
+            "p@ss$word\"",
+            "p%40ss%24word%22",
+            "j$wt\"secret-0123456789012345678901234",
+            "j$$wt\\\"secret-0123456789012345678901234",
+        ] {
+            let message = format!("bad value <{leaked}> here");
+            assert_eq!(config.redact(&message), "bad value <***> here", "{leaked}");
+        }
+        assert_eq!(
+            config.redact("Error in $: no secrets"),
+            "Error in $: no secrets"
         );
     }
 }

@@ -5,6 +5,7 @@
 //! `NotFound / Conflict / Unavailable / Other`, never on status codes.
 
 pub mod docker;
+mod docker_logs;
 pub mod fake;
 
 use std::collections::BTreeMap;
@@ -96,6 +97,16 @@ pub enum Event {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, RuntimeError>> + Send>>;
 
+/// Lines of a container's log, without Docker's timestamps.
+pub type LineStream = Pin<Box<dyn Stream<Item = Result<String, RuntimeError>> + Send>>;
+
+/// A position in a container's log, from [`Runtime::log_cursor`]: what [`Runtime::log_after`]
+/// yields was written after it. Only the runtime that made it can read it (Docker: the
+/// timestamp of the last line, in nanoseconds since the epoch, so no clock but the daemon's
+/// is involved; the fake: a line count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogCursor(pub u128);
+
 /// The operations the controller needs from a container engine, and nothing more.
 pub trait Runtime: Send + Sync + 'static {
     /// Cheap reachability check.
@@ -124,7 +135,9 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         signal: &str,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    /// Removes a container, running or not.
+    /// Stops a container gracefully (SIGTERM, then SIGKILL once its stop grace has passed;
+    /// at once when it is not running) and then removes it. Never force-removes a running
+    /// PostgREST; takes at most the grace period plus Docker's own time.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// A stream that yields whenever one of the labelled containers dies, is destroyed, runs
     /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away,
@@ -138,6 +151,13 @@ pub trait Runtime: Send + Sync + 'static {
         name: &str,
         holder: &str,
     ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
+
+    /// Where the container's log ends now.
+    fn log_cursor(&self, id: &str) -> impl Future<Output = Result<LogCursor, RuntimeError>> + Send;
+
+    /// What the container writes (stdout and stderr) after `cursor`, as it comes: the stream
+    /// follows the log and ends when the container stops. The caller bounds the wait.
+    fn log_after(&self, id: &str, cursor: LogCursor) -> LineStream;
 
     /// The last `lines` lines the container wrote (stdout and stderr), to tell an operator why
     /// it does not serve. Never called on a hot path.

@@ -12,6 +12,7 @@ use crate::configs::ConfigDir;
 use crate::reconcile::LoopConfig;
 use crate::render::Template;
 use crate::spec::Secret;
+use crate::spec_key::SpecKey;
 use crate::state_dir::StateDir;
 
 /// Signals a config reload may be sent as. SIGUSR2 is PostgREST's own; SIGHUP only works
@@ -124,6 +125,18 @@ impl TryFrom<ServeArgs> for Settings {
         if args.memory_mb < 16 {
             return Err(invalid("PGM_MEMORY_MB", "must be at least 16"));
         }
+        if !(args.cpus.is_finite() && (0.01..=1024.0).contains(&args.cpus)) {
+            return Err(invalid("PGM_CPUS", "must be between 0.01 and 1024"));
+        }
+        if !(1..=300).contains(&args.stop_grace_secs) {
+            return Err(invalid("PGM_STOP_GRACE_SECS", "must be between 1 and 300"));
+        }
+        if !(1..=300).contains(&args.reload_timeout_secs) {
+            return Err(invalid(
+                "PGM_RELOAD_TIMEOUT_SECS",
+                "must be between 1 and 300",
+            ));
+        }
         if args.pids_limit < 16 {
             return Err(invalid("PGM_PIDS_LIMIT", "must be at least 16"));
         }
@@ -186,8 +199,13 @@ impl TryFrom<ServeArgs> for Settings {
             domain: args.domain,
             uid: args.config_uid,
             memory_bytes: args.memory_mb << 20,
+            nano_cpus: (args.cpus * 1e9).round() as i64,
             pids_limit: args.pids_limit,
             healthcheck_interval_secs: args.healthcheck_secs,
+            stop_grace_secs: args.stop_grace_secs,
+            // A key of this process only; `serve` replaces it with the persistent one from
+            // the config directory (`SpecKey::load_or_create`) before the loop starts.
+            spec_key: SpecKey::random().map_err(|e| invalid("PGM_CONFIG_DIR", e.to_string()))?,
         };
         let caddy = args
             .caddy_admin_url
@@ -203,6 +221,7 @@ impl TryFrom<ServeArgs> for Settings {
                 resync: Duration::from_secs(args.resync_secs),
                 concurrency: args.concurrency,
                 reload_signal,
+                reload_timeout: Duration::from_secs(args.reload_timeout_secs),
                 admin_port: crate::render::ADMIN_PORT,
             },
             docker_host: args.docker_host,
@@ -237,6 +256,9 @@ mod tests {
         assert_eq!(c.template.instance, "default");
         assert_eq!((c.concurrency, c.resync.as_secs()), (4, 30));
         assert_eq!(c.reload_signal, "SIGUSR2");
+        assert_eq!(c.reload_timeout, Duration::from_secs(10));
+        assert_eq!(c.template.nano_cpus, 1_000_000_000);
+        assert_eq!(c.template.stop_grace_secs, 10);
         assert!(c.configs.path().is_absolute());
         assert_eq!(c.template.host_config_dir, c.configs.path());
         assert!(settings.api.is_none());
@@ -250,6 +272,9 @@ mod tests {
             (vec!["--reload-signal", "SIGKILL"], "PGM_RELOAD_SIGNAL"),
             (vec!["--instance", "a b"], "PGM_INSTANCE"),
             (vec!["--resync-secs", "0"], "PGM_RESYNC_SECS"),
+            (vec!["--cpus", "0"], "PGM_CPUS"),
+            (vec!["--cpus", "NaN"], "PGM_CPUS"),
+            (vec!["--stop-grace-secs", "0"], "PGM_STOP_GRACE_SECS"),
             (vec!["--host-config-dir", "relative"], "HOST_CONFIG_DIR"),
             (vec![], "INTERNAL_API_KEY"),
             (vec!["--internal-api-key", "short"], "INTERNAL_API_KEY"),

@@ -65,6 +65,37 @@ fn new_state_file_runs_a_hardened_container() {
     assert_eq!(c.restart_policy, "unless-stopped");
     assert!(c.has_healthcheck);
     assert_eq!(c.user, "1000:1000");
+    // Limits (issue 10, finding 9): one CPU, no swap beyond memory, rotated json-file logs,
+    // and a grace between SIGTERM and SIGKILL when it is stopped.
+    let host: serde_json::Value = serde_json::from_str(&docker_ok(&[
+        "inspect",
+        "-f",
+        "{{json .HostConfig}}",
+        &c.name,
+    ]))
+    .expect("HostConfig as JSON");
+    assert_eq!(host["NanoCpus"], 1_000_000_000i64, "{host}");
+    assert_eq!(host["MemorySwap"], host["Memory"], "{host}");
+    assert_eq!(host["Memory"], 256i64 << 20, "{host}");
+    assert_eq!(host["LogConfig"]["Type"], "json-file", "{host}");
+    assert_eq!(host["LogConfig"]["Config"]["max-size"], "10m", "{host}");
+    assert_eq!(host["LogConfig"]["Config"]["max-file"], "3", "{host}");
+    let config: serde_json::Value =
+        serde_json::from_str(&docker_ok(&["inspect", "-f", "{{json .Config}}", &c.name]))
+            .expect("Config as JSON");
+    assert_eq!(config["StopTimeout"], 10, "{config}");
+    assert_eq!(config["StopSignal"], "SIGTERM", "{config}");
+
+    // The spec-hash key: next to the project directories, private, and never mounted.
+    let key = env.config_dir.join(".spec-key");
+    assert_eq!(mode_and_uid(&key).0, 0o600);
+    assert_eq!(fs::metadata(&key).unwrap().len(), 32);
+    let (listed, listing, _) = exec(&c.name, &["ls", "-a", "/etc/postgrest"]);
+    assert!(listed && listing.contains("postgrest.conf"), "{listing}");
+    assert!(
+        !listing.contains("spec-key"),
+        "the key is visible inside: {listing}"
+    );
 
     // Reachable from another container on the network, by name.
     let body = env
@@ -480,6 +511,116 @@ fn restarted_manager_adopts_running_containers() {
     let secrets = [&secret_a[..], &secret_b, &changed_b, &password];
     assert_no_secrets(&first_log, &secrets);
     assert_no_secrets(&log, &secrets);
+}
+
+/// A manager upgraded from the unkeyed spec-hash finds containers whose label it cannot
+/// produce: each is recreated exactly once, then left alone across resync passes and across a
+/// restart of the manager (the key persists in the config directory).
+#[test]
+fn an_unkeyed_spec_hash_is_recreated_once_then_adopted() {
+    let env = TestEnv::new();
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    // What the previous release left: our labels, an unkeyed 64-bit hash. The command exits
+    // at once on SIGTERM, as PostgREST does.
+    let name = env.container(&id);
+    let old = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "launchdb.managed-by=postgrest-manager",
+        "--label",
+        &format!("launchdb.instance={}", env.instance),
+        "--label",
+        &format!("launchdb.project-id={id}"),
+        "--label",
+        "launchdb.spec-hash=5d41402abc4b2a76",
+        &image(),
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1; done",
+    ]);
+    let old = old.trim().to_owned();
+    let since = docker_now();
+
+    let mut first = Manager::start_with(&env, ManagerOpts::quick_resync());
+    let recreated = wait_until("the old container replaced by a serving one", || {
+        let c = inspect(&name)?;
+        (c.id != old && c.running && http_get(c.ip?, "/", None).ok()? == 200).then_some(c)
+    });
+    first.wait_passes(4);
+    let events = container_events(&name, &since);
+    let count = |action: &str| events.iter().filter(|e| *e == action).count();
+    assert_eq!((count("create"), count("destroy")), (1, 1), "{events:?}");
+    assert_eq!(inspect(&name).unwrap().id, recreated.id);
+    first.kill();
+
+    let since = docker_now();
+    let second = Manager::start_with(&env, ManagerOpts::quick_resync());
+    second.wait_passes(4);
+    let after = inspect(&name).unwrap();
+    assert_eq!(after.id, recreated.id, "the restarted manager recreated it");
+    assert_eq!(after.started_at, recreated.started_at);
+    let events = container_events(&name, &since);
+    assert!(
+        !events.iter().any(|e| e == "create" || e == "destroy"),
+        "{events:?}"
+    );
+    assert!(
+        !second.log().contains("action=Recreate"),
+        "{}",
+        second.log()
+    );
+    assert_no_secrets(&second.log(), &[&jwt_secret, &password]);
+}
+
+/// Removing a project stops its PostgREST with SIGTERM and lets it exit on its own (exit 0)
+/// before the container is removed: never a SIGKILL to a serving PostgREST (137).
+#[test]
+fn a_removed_project_gets_sigterm_first() {
+    let env = TestEnv::new();
+    let _manager = Manager::start(&env);
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let c = env.wait_serving(&id);
+    let since = docker_now();
+    env.remove_state(&id);
+    env.wait_gone(&id);
+    let out = docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &docker_now(),
+        "--filter",
+        &format!("container={}", c.id),
+        "--format",
+        "{{.Action}} signal={{index .Actor.Attributes \"signal\"}} exit={{index .Actor.Attributes \"exitCode\"}}",
+    ]);
+    let events: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("exec_") && !l.starts_with("health_status"))
+        .collect();
+    let kills: Vec<&&str> = events.iter().filter(|e| e.starts_with("kill ")).collect();
+    assert!(
+        !kills.is_empty() && kills.iter().all(|e| e.contains("signal=15 ")),
+        "only SIGTERM, no SIGKILL: {events:?}"
+    );
+    let die = events
+        .iter()
+        .position(|e| e.starts_with("die "))
+        .expect("it died");
+    assert!(events[die].ends_with("exit=0"), "{events:?}");
+    let first_kill = events.iter().position(|e| e.starts_with("kill ")).unwrap();
+    assert!(first_kill < die, "{events:?}");
+    assert!(
+        events.iter().position(|e| e.starts_with("destroy ")) > Some(die),
+        "{events:?}"
+    );
 }
 
 /// SIGTERM stops the manager (exit 0) and leaves the containers running.

@@ -72,6 +72,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         resync: Duration::from_secs(30),
         concurrency: 4,
         reload_signal: "SIGUSR2".into(),
+        reload_timeout: Duration::from_secs(10),
         admin_port: live_port,
     };
     let fake = FakeRuntime::new();

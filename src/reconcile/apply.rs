@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::LoopConfig;
 use crate::plan::Action;
 use crate::render::{owner_labels, Rendered};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{LogCursor, Runtime, RuntimeError};
 use crate::spec::ProjectId;
 
 /// How an action ended well.
@@ -33,7 +34,21 @@ pub(super) enum ActionError {
     Foreign { name: String, container: String },
     #[error("cannot write the rendered config: {0}")]
     Config(std::io::Error),
+    #[error("PostgREST refused the new config and keeps the old one in force: {0}")]
+    ReloadRefused(String),
+    #[error(
+        "PostgREST did not confirm the config reload ({0}); the old config may still be in force"
+    )]
+    ReloadUnconfirmed(String),
 }
+
+/// What PostgREST logs after it re-read its config file (on SIGUSR2, and also at start-up and
+/// when it reconnects: every one of them read the file after it was written).
+const RELOAD_DONE: &str = "Config reloaded";
+/// What PostgREST logs when it cannot use the re-read file; the old config stays in force.
+const RELOAD_FAILED: &str = "Failed reloading config: ";
+/// The most of PostgREST's reason that is kept for the status.
+const REASON_MAX: usize = 300;
 
 /// A planned action, ready to run.
 #[derive(Debug)]
@@ -166,7 +181,10 @@ pub(super) async fn apply<R: Runtime>(
             rendered,
         } => {
             write_config(cfg, &project, &rendered).await?;
+            // Where PostgREST's log ends before the signal: only what it writes after counts.
+            let cursor = runtime.log_cursor(&container).await?;
             runtime.signal(&container, &cfg.reload_signal).await?;
+            confirm_reload(runtime, cfg, &container, cursor, &rendered).await?;
             loaded(cfg, &project, container, &rendered, true).await
         }
         Job::Remove {
@@ -265,6 +283,47 @@ async fn loaded(
         digest,
         reloaded,
     })
+}
+
+/// Waits for PostgREST's own word on a reload: a signal delivered proves nothing (a refused
+/// file leaves the old config, and the old JWT secret, in force). Only `Config reloaded`
+/// after `cursor` makes the reload count; `Failed reloading config` is an error with
+/// PostgREST's reason (secrets masked); silence past the timeout is an error too. Either error
+/// leaves the loaded-config record as it was, so the loop retries with backoff.
+async fn confirm_reload<R: Runtime>(
+    runtime: &R,
+    cfg: &LoopConfig,
+    container: &str,
+    cursor: LogCursor,
+    rendered: &Rendered,
+) -> Result<(), ActionError> {
+    let mut lines = runtime.log_after(container, cursor);
+    let verdict = async {
+        while let Some(line) = lines.next().await {
+            let line = line?;
+            if let Some((_, reason)) = line.split_once(RELOAD_FAILED) {
+                let mut reason = rendered.config.redact(reason.trim());
+                if let Some((cut, _)) = reason.char_indices().nth(REASON_MAX) {
+                    reason.truncate(cut);
+                }
+                return Err(ActionError::ReloadRefused(reason));
+            }
+            if line.contains(RELOAD_DONE) {
+                return Ok(());
+            }
+        }
+        Err(ActionError::ReloadUnconfirmed(
+            "its log ended: the container stopped".into(),
+        ))
+    };
+    tokio::time::timeout(cfg.reload_timeout, verdict)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ActionError::ReloadUnconfirmed(format!(
+                "no `Config reloaded` in its log within {} s",
+                cfg.reload_timeout.as_secs_f64()
+            )))
+        })
 }
 
 async fn remove_container<R: Runtime>(runtime: &R, container: &str) -> Result<(), ActionError> {

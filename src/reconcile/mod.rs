@@ -60,6 +60,8 @@ pub struct LoopConfig {
     pub resync: Duration,
     pub concurrency: usize,
     pub reload_signal: String,
+    /// How long a reload waits for PostgREST's own word (`Config reloaded`) in its log.
+    pub reload_timeout: Duration,
     /// PostgREST's admin port, probed for `/ready`.
     pub admin_port: u16,
 }
@@ -77,6 +79,7 @@ impl LoopConfig {
             resync: Duration::from_secs(3600),
             concurrency: 2,
             reload_signal: "SIGUSR2".into(),
+            reload_timeout: Duration::from_secs(10),
             admin_port: 1,
         };
         cfg.state.ensure().unwrap();
@@ -221,8 +224,10 @@ impl<R: Runtime> Controller<R> {
                         Err(e) => error!(error = %e, "an action panicked"),
                     }
                     self.dispatch(&mut actions);
-                    // Level-triggered: once the queue drains, look again to confirm.
-                    if actions.is_empty() {
+                    // Level-triggered: once nothing is left to dispatch, look again to
+                    // confirm. Not only once every action is done: a removal may take its
+                    // whole stop grace, and the others must not wait for it to be seen.
+                    if actions.is_empty() || self.pending.is_empty() {
                         pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     }
                     self.publish();

@@ -515,6 +515,132 @@ async fn a_failed_reload_signal_is_retried_and_reported() {
 }
 
 #[tokio::test]
+async fn a_reload_counts_only_once_postgrest_confirms_it() {
+    let mut env = Env::new();
+    env.cfg.reload_timeout = Duration::from_millis(300);
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    let before = converged(&env, &handle, "p1").await;
+    let container = container_id(&before, "p1");
+    let old_digest = before.projects[&pid("p1")].loaded_digest.clone();
+    let signals = |calls: &[Call]| {
+        calls
+            .iter()
+            .filter(|c| matches!(c, Call::Signal(..)))
+            .count()
+    };
+    env.fake.take_calls();
+
+    // The signal is delivered, and PostgREST says nothing: not loaded, an error, retried.
+    env.fake.reply_to_signals("postgrest-p1", None);
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    handle.wake();
+    let silent = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not confirm the config reload"))
+        })
+        .await
+        .expect("an unconfirmed reload shows as the project's error");
+    let status = &silent.projects[&pid("p1")];
+    assert!(!status.converged(), "{status:?}");
+    assert_eq!(status.loaded_digest, old_digest);
+    assert_eq!(status.container.as_ref().unwrap().id, container);
+    let mut calls = env.fake.take_calls();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while signals(&calls) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retried: {calls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        calls.extend(env.fake.take_calls());
+    }
+
+    // PostgREST refuses the file: its reason is the error, with the secret masked.
+    env.fake.reply_to_signals(
+        "postgrest-p1",
+        Some(&format!(
+            "29/Nov/2026:09:35:32 +0000: Failed reloading config: jwt-secret {SECRET_B} is not allowed"
+        )),
+    );
+    let refused = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused the new config"))
+        })
+        .await
+        .expect("a refused reload shows as the project's error");
+    let error = refused.projects[&pid("p1")].last_error.clone().unwrap();
+    assert!(error.contains("jwt-secret *** is not allowed"), "{error}");
+    assert!(!error.contains(SECRET_B), "{error}");
+    assert!(!refused.projects[&pid("p1")].converged());
+
+    // Once PostgREST confirms, the reload counts; same container, error cleared.
+    env.fake.reply_to_signals(
+        "postgrest-p1",
+        Some("29/Nov/2026:09:35:33 +0000: Config reloaded"),
+    );
+    let after = converged(&env, &handle, "p1").await;
+    assert_eq!(container_id(&after, "p1"), container);
+    assert_eq!(after.projects[&pid("p1")].last_error, None);
+    calls.extend(env.fake.take_calls());
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Create(_) | Call::Remove(_))),
+        "a reload never recreates: {calls:?}"
+    );
+}
+
+/// A removal is a graceful stop that may take the whole grace period: it runs as the
+/// project's job, and the loop keeps converging the others meanwhile.
+#[tokio::test]
+async fn a_slow_graceful_removal_does_not_hold_up_the_others() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let grace = Duration::from_secs(4);
+    env.fake.slow_removals(grace);
+    std::fs::remove_file(env.cfg.state.file(&pid("p1"))).unwrap();
+    handle.wake();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.fake.in_flight() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removal never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let start = std::time::Instant::now();
+    env.write("p2", |_| {});
+    converged(&env, &handle, "p2").await;
+    assert!(start.elapsed() < grace, "p2 waited for p1's removal");
+    assert!(
+        env.fake
+            .containers()
+            .iter()
+            .any(|c| c.name == "postgrest-p1"),
+        "p1 is still stopping"
+    );
+    handle
+        .wait_for(WAIT, |s| !s.projects.contains_key(&pid("p1")))
+        .await
+        .expect("p1 is removed once its grace is over");
+    assert!(!env
+        .fake
+        .containers()
+        .iter()
+        .any(|c| c.name == "postgrest-p1"));
+}
+
+#[tokio::test]
 async fn shutdown_leaves_containers_running() {
     let env = Env::new();
     env.write("p1", |_| {});

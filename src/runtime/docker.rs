@@ -9,17 +9,21 @@ use std::sync::Mutex;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
-    EventMessage, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    EventMessage, HealthConfig, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
+use super::{
+    docker_logs, ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime,
+    RuntimeError, State,
+};
 use crate::render::{
     ContainerSpec, CONFIG_MOUNT, LABEL_LEASE_HOLDER, LABEL_MANAGED_BY, MANAGED_BY,
 };
@@ -203,13 +207,23 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         security_opt: Some(vec!["no-new-privileges".into()]),
         tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
         memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_swap_bytes),
+        nano_cpus: Some(spec.nano_cpus),
         pids_limit: Some(spec.pids_limit),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(spec.log_options.clone().into_iter().collect()),
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
         labels: Some(spec.labels.clone().into_iter().collect()),
+        // PostgREST exits on SIGTERM (v16 drains requests first); `stop` waits this long
+        // before SIGKILL, also for a `docker stop` by hand.
+        stop_signal: Some("SIGTERM".into()),
+        stop_timeout: Some(i64::try_from(spec.stop_grace_secs).unwrap_or(i64::MAX)),
         healthcheck: Some(HealthConfig {
             test: Some(spec.healthcheck.clone()),
             interval: Some(spec.healthcheck_interval_secs as i64 * SECOND_NS),
@@ -317,7 +331,18 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        // Without `t`, Docker waits the container's own StopTimeout (the grace it was created
+        // with) between SIGTERM and SIGKILL; a container already stopped answers 304, fine.
+        let stop = StopContainerOptionsBuilder::default().build();
+        self.docker()?
+            .stop_container(id, Some(stop))
+            .await
+            .map_err(map_error)?;
+        // Not forced: if it runs again (started by hand meanwhile), this is a conflict and the
+        // action is retried, with a graceful stop again.
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(false)
+            .build();
         self.docker()?
             .remove_container(id, Some(options))
             .await
@@ -365,6 +390,17 @@ impl Runtime for DockerRuntime {
             out.push_str(&chunk.map_err(map_error)?.to_string());
         }
         Ok(out)
+    }
+
+    async fn log_cursor(&self, id: &str) -> Result<LogCursor, RuntimeError> {
+        docker_logs::cursor(&self.docker()?, id).await
+    }
+
+    fn log_after(&self, id: &str, cursor: LogCursor) -> LineStream {
+        match self.docker() {
+            Ok(docker) => docker_logs::after(&docker, id, cursor),
+            Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+        }
     }
 
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, Semaphore};
 
-use super::{ContainerInfo, Event, EventStream, Health, Runtime, RuntimeError, State};
+use super::{
+    ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime, RuntimeError, State,
+};
 use crate::render::ContainerSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,11 @@ struct Inner {
     claims: BTreeMap<String, String>,
     /// What each container "wrote", by name.
     logs: BTreeMap<String, String>,
+    /// What a container writes when it gets a signal, by name; PostgREST's `Config reloaded`
+    /// unless set (`None`: nothing, a reload nobody confirms).
+    signal_replies: BTreeMap<String, Option<String>>,
+    /// How long a removal takes, as a PostgREST given its stop grace would.
+    remove_delay: Option<std::time::Duration>,
     next_id: u64,
     /// Held calls wait for a permit here.
     gate: Option<Arc<Semaphore>>,
@@ -178,6 +185,21 @@ impl FakeRuntime {
             .insert(name.to_owned(), text.to_owned());
     }
 
+    /// What the container `name` writes to its log on every signal from now on: a line
+    /// (e.g. PostgREST's `Failed reloading config: ...`), or nothing at all.
+    pub fn reply_to_signals(&self, name: &str, line: Option<&str>) {
+        self.inner
+            .lock()
+            .unwrap()
+            .signal_replies
+            .insert(name.to_owned(), line.map(str::to_owned));
+    }
+
+    /// Makes every removal take `delay` (a graceful stop that uses its grace period).
+    pub fn slow_removals(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().remove_delay = Some(delay);
+    }
+
     /// Makes every reload signal fail, as when the daemon refuses the kill call.
     pub fn fail_signals(&self, failing: bool) {
         self.inner.lock().unwrap().failing_signals = failing;
@@ -287,21 +309,39 @@ impl Runtime for FakeRuntime {
 
     async fn signal(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
         let _ticket = self.begin(id).await;
-        let inner = self.enter(Call::Signal(id.into(), signal.into()))?;
+        let mut inner = self.enter(Call::Signal(id.into(), signal.into()))?;
         if inner.failing_signals {
             return Err(RuntimeError::Other(format!("cannot kill container {id}")));
         }
-        match inner.containers.get(id) {
-            Some(c) if c.state == State::Running => Ok(()),
-            Some(_) => Err(RuntimeError::Conflict(format!(
-                "container {id} is not running"
-            ))),
-            None => Err(RuntimeError::NotFound),
+        let name = match inner.containers.get(id) {
+            Some(c) if c.state == State::Running => c.name.clone(),
+            Some(_) => {
+                return Err(RuntimeError::Conflict(format!(
+                    "container {id} is not running"
+                )))
+            }
+            None => return Err(RuntimeError::NotFound),
+        };
+        // PostgREST answers a reload in its log, as the real one does.
+        let reply = inner
+            .signal_replies
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| Some("Config reloaded".into()));
+        if let Some(line) = reply {
+            let log = inner.logs.entry(name).or_default();
+            log.push_str(&line);
+            log.push('\n');
         }
+        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let _ticket = self.begin(id).await;
+        let delay = self.inner.lock().unwrap().remove_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut inner = self.enter(Call::Remove(id.into()))?;
         inner
             .containers
@@ -337,6 +377,30 @@ impl Runtime for FakeRuntime {
         let text = inner.logs.get(&name).cloned().unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         Ok(tail.into_iter().rev().map(|l| format!("{l}\n")).collect())
+    }
+
+    async fn log_cursor(&self, id: &str) -> Result<LogCursor, RuntimeError> {
+        let inner = self.inner.lock().unwrap();
+        if inner.unavailable {
+            return Err(RuntimeError::Unavailable("fake daemon is down".into()));
+        }
+        let name = &inner.containers.get(id).ok_or(RuntimeError::NotFound)?.name;
+        let lines = inner.logs.get(name).map_or(0, |text| text.lines().count());
+        Ok(LogCursor(lines as u128))
+    }
+
+    /// The lines after the cursor that are there now, and then nothing more (a fake
+    /// container writes only when signalled, and the signal comes before this is read).
+    fn log_after(&self, id: &str, cursor: LogCursor) -> LineStream {
+        let inner = self.inner.lock().unwrap();
+        let name = inner.containers.get(id).map(|c| c.name.clone());
+        let text = name
+            .and_then(|name| inner.logs.get(&name).cloned())
+            .unwrap_or_default();
+        let skip = usize::try_from(cursor.0).unwrap_or(usize::MAX);
+        let lines: Vec<Result<String, RuntimeError>> =
+            text.lines().skip(skip).map(|l| Ok(l.to_owned())).collect();
+        Box::pin(futures_util::stream::iter(lines).chain(futures_util::stream::pending()))
     }
 
     fn events(&self, _labels: &BTreeMap<String, String>) -> EventStream {

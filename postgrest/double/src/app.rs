@@ -282,6 +282,10 @@ pub struct App {
     pub api_listening: AtomicBool,
 }
 
+/// While this file exists, config re-reads are refused with its content as the reason
+/// ([`App::reload_config`]); `/tmp` is the container's writable tmpfs.
+pub const REFUSE_RELOAD_FILE: &str = "/tmp/postgrest-double-refuse-reload";
+
 /// Exits as PostgREST does when its connection worker kills the main thread: GHC's top handler
 /// prints `<prog>: thread killed` and exits with 1.
 fn die() -> ! {
@@ -322,8 +326,17 @@ impl App {
 
     /// `reReadConfig False`: SIGUSR2, and every successful (re)connection when `db-config`.
     /// Only the reloadable keys change; a bad file keeps the old config.
+    ///
+    /// Fault injection for tests (not PostgREST behaviour): while [`REFUSE_RELOAD_FILE`]
+    /// exists, every re-read is refused with its content as the reason, exactly as PostgREST
+    /// refuses a file it cannot use. It stands in for a refusal the manager cannot foresee (a
+    /// rule of a newer PostgREST), which no valid spec can produce against this double.
     pub fn reload_config(&self) {
-        match config::load(&self.path) {
+        let loaded = match std::fs::read_to_string(REFUSE_RELOAD_FILE) {
+            Ok(reason) => Err(reason.trim().to_owned()),
+            Err(_) => config::load(&self.path),
+        };
+        match loaded {
             Ok((new, _)) => {
                 let merged = self.config().reloaded(new);
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
