@@ -111,7 +111,9 @@ impl StateDir {
         let mut loaded = Loaded::default();
         let mut read_any = false;
         let mut seen = BTreeMap::new();
-        let dir = nofollow::open_dir(&self.path)?;
+        // The handle files are read through, opened at the first read: an idle pass opens
+        // nothing but the listing.
+        let mut dir: Option<std::fs::File> = None;
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -142,7 +144,13 @@ impl StateDir {
                 Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
                 _ => {
                     read_any = true;
-                    match read_spec(dir.as_fd(), &id) {
+                    let handle = match dir.take() {
+                        Some(handle) => handle,
+                        None => nofollow::open_dir(&self.path)?,
+                    };
+                    let read = read_spec(handle.as_fd(), &id);
+                    dir = Some(handle);
+                    match read {
                         Ok(Some((spec, opened))) => {
                             stamp = FileStamp::of(&opened);
                             Ok(Arc::new(spec))
@@ -675,6 +683,17 @@ mod tests {
         for name in [LOCK_FILE, SERVE_LOCK_FILE] {
             assert!(!dir.path().join(format!("target{name}")).exists(), "{name}");
         }
+        // A FIFO in its place is refused at once, not waited on for a reader.
+        std::fs::remove_file(state.path().join(LOCK_FILE)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            state.path().join(LOCK_FILE),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(state.lock().is_err());
     }
 
     #[test]

@@ -72,9 +72,11 @@ pub fn ensure_subdir(dir: BorrowedFd<'_>, name: &str, mode: u32) -> std::io::Res
 }
 
 /// Opens (creating it, mode 0600) the file `name` of `dir` for writing, without following a
-/// link and without truncating it: for lock files.
+/// link, without truncating it and without blocking (a FIFO in its place would otherwise wait
+/// for a reader): for lock files. `flock` on it still waits; `O_NONBLOCK` does not change that.
 pub fn open_lock_file(dir: BorrowedFd<'_>, name: &str) -> std::io::Result<File> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let file = match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)) {
         Ok(fd) => File::from(fd),
         Err(e) => return Err(refusal(dir, name, "a file", e.into())),
