@@ -50,11 +50,11 @@ ln -s /run "$rootfs/var/run" # as on Alpine
 chmod 1777 "$rootfs/tmp"
 cat >"$rootfs/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/bin/sh
-postgrest:x:1000:1000:postgrest:/nonexistent:/bin/false
+postgrest:x:10001:10001:postgrest:/nonexistent:/bin/false
 PASSWD
 cat >"$rootfs/etc/group" <<'GROUP'
 root:x:0:
-postgrest:x:1000:
+postgrest:x:10001:
 GROUP
 # A reproducible tar, so its hash identifies the content and a rerun can skip the import.
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$work/rootfs.tar" .
@@ -87,7 +87,7 @@ cp "$binary" "$here/bin/postgrest.tmp"
 mv "$here/bin/postgrest.tmp" "$here/bin/postgrest"
 
 # 4. The image. The context is a copy of just the files the Dockerfile uses: postgrest/ may also
-#    hold the manager's rendered configs (secrets, 0700 dirs owned by UID 1000).
+#    hold the manager's rendered configs (secrets, 0700 dirs owned by UID 10001).
 ctx="$work/context"
 mkdir -p "$ctx/bin"
 cp "$here"/{Dockerfile,docker-entrypoint.sh,healthcheck.sh,install-postgrest.sh} "$ctx/"

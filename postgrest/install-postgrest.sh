@@ -16,7 +16,7 @@ target=/usr/local/bin/postgrest
 
 mkdir -p /usr/local/bin /etc/postgrest /run
 # A tmpfs mounted on /run takes the mode of the image's /run (Docker copies it up), whatever its
-# mode= option says. UID 1000 must be able to write the wrapper's /var/run/postgrest.pid there.
+# mode= option says. PostgREST's UID (10001) must be able to write the wrapper's /var/run/postgrest.pid there.
 chmod 1777 /run
 [ -e /var/run ] || { mkdir -p /var && ln -s /run /var/run; } # Alpine has it; the pid file path relies on it
 case "$POSTGREST_SOURCE" in

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// PostgREST's UID (and GID) unless `PGM_CONFIG_UID` says otherwise, and the image's `USER`.
+/// Not 1000: that is often the host's first human account, who could then read every
+/// project's config (through `/proc/<pid>/root` of a container, or the directory itself).
+/// 10001 is above the range `useradd` hands out first and has no account on a usual host; a
+/// host where it has one is refused at start (`settings::login_account`).
+pub const DEFAULT_CONFIG_UID: u32 = 10001;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "postgrest-manager",
@@ -62,9 +69,15 @@ pub struct ServeArgs {
     /// Signal that makes PostgREST reload its config (SIGUSR2, or SIGHUP through the wrapper).
     #[arg(long, env = "PGM_RELOAD_SIGNAL", default_value = "SIGUSR2")]
     pub reload_signal: String,
-    /// UID PostgREST runs as in its container; it owns the rendered config files.
-    #[arg(long, env = "PGM_CONFIG_UID", default_value_t = 1000)]
+    /// UID (and GID) PostgREST runs as in its container; it owns the rendered config files.
+    /// The default has no account on a usual host (1000 is often its first human, who could
+    /// then read every project's secrets); a UID of a host login account is refused.
+    #[arg(long, env = "PGM_CONFIG_UID", default_value_t = DEFAULT_CONFIG_UID)]
     pub config_uid: u32,
+    /// The Docker host's account list, to refuse a PGM_CONFIG_UID that is a login account
+    /// (in a container, mount the host's /etc/passwd read-only and point this at it).
+    #[arg(long, env = "PGM_HOST_PASSWD", default_value = "/etc/passwd")]
+    pub host_passwd: PathBuf,
     /// Database host for projects that do not set `db_host` (PgBouncer).
     #[arg(long, env = "PGM_DB_HOST", default_value = "pgbouncer")]
     pub db_host: String,

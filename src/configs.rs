@@ -6,15 +6,25 @@
 //! written only after a container was started with, or signalled to reload, a config; so a
 //! manager that dies between rewriting a file and signalling finds no matching record on
 //! restart and signals again.
+//!
+//! The manager runs as root and chowns what it writes here, so nothing below the directory is
+//! reached by path: every project directory, config file and record is opened through its
+//! directory's handle without following links (`state_dir::nofollow`), and a link planted where
+//! a directory or file belongs is an error, never followed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::render::{RenderedConfig, CONFIG_FILE};
 use crate::spec::ProjectId;
-use crate::state_dir::write_atomic;
+use crate::state_dir::check_trusted;
+use crate::state_dir::nofollow::{
+    ensure_subdir, open_dir, open_regular, open_subdir, read_capped, read_file, set_owner_and_mode,
+    write_atomic_at,
+};
 
 const LOADED_DIR: &str = ".loaded";
 
@@ -49,34 +59,44 @@ impl ConfigDir {
         self.path.join(LOADED_DIR).join(id.as_str())
     }
 
+    /// Creates the directory and `.loaded/` if missing, refuses the directory (clearly) when
+    /// anyone but this process's user or root could change it or a directory above it
+    /// ([`check_trusted`]), and keeps both 0700 through their handles.
     pub fn ensure(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.path.join(LOADED_DIR))?;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))?;
-        std::fs::set_permissions(
-            self.path.join(LOADED_DIR),
-            std::fs::Permissions::from_mode(0o700),
-        )
+        std::fs::create_dir_all(&self.path)?;
+        check_trusted(&self.path, rustix::process::geteuid().as_raw())?;
+        let root = open_dir(&self.path)?;
+        set_owner_and_mode(&root, 0o700, None)?;
+        let loaded = ensure_subdir(root.as_fd(), LOADED_DIR, 0o700)?;
+        set_owner_and_mode(&loaded, 0o700, None)
     }
 
     /// Writes the project's config if its content differs; returns whether it wrote.
     /// Directory 0700 and file 0600, both owned by the container's UID; atomic, so the
     /// container sees the old file or the new one through its directory mount.
+    ///
+    /// Owner and mode are set through the handles every time, also when the content is
+    /// unchanged: a directory rendered for an earlier UID (the default was 1000) is handed to
+    /// the new one before its container is recreated to run as it.
     pub fn write(&self, id: &ProjectId, config: &RenderedConfig) -> std::io::Result<bool> {
-        let dir = self.project_dir(id);
-        let file = self.config_file(id);
-        if std::fs::read(&file).is_ok_and(|current| current == config.text.as_bytes()) {
-            return Ok(false);
+        let root = open_dir(&self.path)?;
+        let dir = ensure_subdir(root.as_fd(), id.as_str(), 0o700)?;
+        set_owner_and_mode(&dir, 0o700, Some(self.uid)).map_err(|e| chown_error(e, self.uid))?;
+        if let Some((file, _)) = open_regular(dir.as_fd(), CONFIG_FILE)? {
+            if read_capped(&file, CONFIG_FILE)? == config.text.as_bytes() {
+                set_owner_and_mode(&file, 0o600, Some(self.uid))
+                    .map_err(|e| chown_error(e, self.uid))?;
+                return Ok(false);
+            }
         }
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        std::os::unix::fs::chown(&dir, Some(self.uid), Some(self.uid))
-            .map_err(|e| chown_error(e, self.uid))?;
-        write_atomic(&file, config.text.as_bytes(), 0o600, Some(self.uid))
-            .map_err(|e| chown_error(e, self.uid))?;
+        write_atomic_at(
+            &dir,
+            CONFIG_FILE,
+            config.text.as_bytes(),
+            0o600,
+            Some(self.uid),
+        )
+        .map_err(|e| chown_error(e, self.uid))?;
         Ok(true)
     }
 
@@ -111,9 +131,10 @@ impl ConfigDir {
 
     /// Records that `container` has loaded the config with `digest`.
     pub fn remember(&self, id: &ProjectId, container: &str, digest: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.path.join(LOADED_DIR))?;
-        write_atomic(
-            &self.record(id),
+        let records = ensure_subdir(open_dir(&self.path)?.as_fd(), LOADED_DIR, 0o700)?;
+        write_atomic_at(
+            &records,
+            id.as_str(),
             format!("{container} {digest}\n").as_bytes(),
             0o600,
             None,
@@ -126,11 +147,13 @@ impl ConfigDir {
 
     /// Every record: project -> (container id, config digest).
     pub fn loaded(&self) -> std::io::Result<BTreeMap<ProjectId, (String, String)>> {
-        let entries = match std::fs::read_dir(self.path.join(LOADED_DIR)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e),
-        };
+        let records: File =
+            match open_dir(&self.path).and_then(|root| open_subdir(root.as_fd(), LOADED_DIR)) {
+                Ok(records) => records,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
+                Err(e) => return Err(e),
+            };
+        let entries = std::fs::read_dir(self.path.join(LOADED_DIR))?;
         let mut loaded = BTreeMap::new();
         for entry in entries {
             let entry = entry?;
@@ -141,7 +164,16 @@ impl ConfigDir {
             else {
                 continue;
             };
-            let text = std::fs::read_to_string(entry.path())?;
+            // A record that is not a plain file (a link, say) is no record: the project's
+            // config is then signalled again, which is harmless; it is never followed.
+            let text = match read_file(records.as_fd(), id.as_str()) {
+                Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(project = %id, error = %e, "ignoring a load record");
+                    continue;
+                }
+            };
             if let Some((container, digest)) = text.trim().split_once(' ') {
                 loaded.insert(id, (container.to_owned(), digest.to_owned()));
             }
@@ -170,6 +202,8 @@ fn chown_error(error: std::io::Error, uid: u32) -> std::io::Error {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -204,6 +238,81 @@ mod tests {
         assert!(dir.projects().unwrap().is_empty());
         assert!(dir.loaded().unwrap().is_empty());
         dir.remove(&id).unwrap();
+    }
+
+    fn config() -> RenderedConfig {
+        RenderedConfig {
+            text: "jwt-secret = \"x\"\n".into(),
+            digest: "d1".into(),
+        }
+    }
+
+    fn own_uid() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_project_dir_that_is_a_link_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ConfigDir::new(tmp.path().join("projects"), own_uid());
+        dir.ensure().unwrap();
+        let id = ProjectId::parse("p1").unwrap();
+        // Someone who could write the checkout points the project's directory at another one.
+        let target = tmp.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let before = std::fs::metadata(&target).unwrap();
+        std::os::unix::fs::symlink(&target, dir.project_dir(&id)).unwrap();
+
+        let error = dir.write(&id, &config()).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        let after = std::fs::metadata(&target).unwrap();
+        assert_eq!(after.mode(), before.mode(), "the target was chmodded");
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        assert!(
+            !target.join(CONFIG_FILE).exists(),
+            "a config went through the link"
+        );
+
+        // A link in place of the config file or of a record is refused as well.
+        std::fs::remove_file(dir.project_dir(&id)).unwrap();
+        std::fs::create_dir(dir.project_dir(&id)).unwrap();
+        std::os::unix::fs::symlink(target.join("x"), dir.config_file(&id)).unwrap();
+        let error = dir.write(&id, &config()).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(!target.join("x").exists());
+        std::os::unix::fs::symlink(target.join("r"), dir.record(&id)).unwrap();
+        std::fs::write(target.join("r"), "c1 d1\n").unwrap();
+        assert!(
+            dir.loaded().unwrap().is_empty(),
+            "a record was read through a link"
+        );
+    }
+
+    /// A directory and file rendered for the old default UID get the configured one, even when
+    /// the content is unchanged (only root may hand files to another UID).
+    #[test]
+    fn an_existing_config_of_another_uid_is_handed_to_the_configured_one() {
+        use std::os::unix::fs::MetadataExt;
+        if own_uid() != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let old = ConfigDir::new(tmp.path().join("projects"), 1000);
+        old.ensure().unwrap();
+        let id = ProjectId::parse("p1").unwrap();
+        assert!(old.write(&id, &config()).unwrap());
+        let new = ConfigDir::new(tmp.path().join("projects"), 10001);
+        assert!(
+            !new.write(&id, &config()).unwrap(),
+            "same content, not rewritten"
+        );
+        for path in [new.project_dir(&id), new.config_file(&id)] {
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!((m.uid(), m.gid()), (10001, 10001), "{}", path.display());
+        }
     }
 
     trait OwnerUid {

@@ -22,6 +22,54 @@ const RELOAD_SIGNALS: [&str; 2] = ["SIGUSR2", "SIGHUP"];
 /// The shortest `INTERNAL_API_KEY` the API accepts.
 pub const MIN_API_KEY_LEN: usize = 32;
 
+pub use crate::args::DEFAULT_CONFIG_UID;
+
+/// The name of the account with `uid` in `passwd` (the text of `/etc/passwd`) if it is one a
+/// person can log in as: a shell that is not `nologin`, `false` or `sync`. Such a user could
+/// read every project's secrets if the configs were handed to that UID.
+pub fn login_account(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, entry_uid, _, _, _, shell] = fields[..] else {
+            return None;
+        };
+        if entry_uid.parse::<u32>() != Ok(uid) {
+            return None;
+        }
+        let program = shell.trim().rsplit('/').next().unwrap_or_default();
+        let no_login = matches!(program, "nologin" | "false" | "sync");
+        (!no_login).then(|| name.to_owned())
+    })
+}
+
+/// Refuses a `PGM_CONFIG_UID` that is a host login account, unless it is the manager's own
+/// (who can read everything it writes anyway).
+fn check_config_uid(uid: u32, passwd_path: &Path) -> Result<(), SettingsError> {
+    if uid == rustix::process::geteuid().as_raw() {
+        return Ok(());
+    }
+    let passwd = std::fs::read_to_string(passwd_path).map_err(|e| {
+        invalid(
+            "PGM_HOST_PASSWD",
+            format!(
+                "cannot read {} to check PGM_CONFIG_UID against the host's accounts: {e}",
+                passwd_path.display()
+            ),
+        )
+    })?;
+    match login_account(&passwd, uid) {
+        Some(name) => Err(invalid(
+            "PGM_CONFIG_UID",
+            format!(
+                "UID {uid} is the host login account {name:?}, who could then read every \
+                 project's secrets; use a UID with no account, such as the default \
+                 {DEFAULT_CONFIG_UID}"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Validated settings for `serve`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -152,6 +200,7 @@ impl TryFrom<ServeArgs> for Settings {
         if args.api_header_timeout_secs == 0 {
             return Err(invalid("PGM_API_HEADER_TIMEOUT_SECS", "must be at least 1"));
         }
+        check_config_uid(args.config_uid, &args.host_passwd)?;
         let config_dir = absolute(&args.config_dir)?;
         let host_config_dir = match args.host_config_dir {
             Some(dir) if dir.is_absolute() => dir,
@@ -262,6 +311,48 @@ mod tests {
         assert!(c.configs.path().is_absolute());
         assert_eq!(c.template.host_config_dir, c.configs.path());
         assert!(settings.api.is_none());
+        assert_eq!(c.template.uid, DEFAULT_CONFIG_UID);
+    }
+
+    #[test]
+    fn login_accounts_are_found_by_uid_and_shell() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                      sync:x:4:65534:sync:/bin:/bin/sync\n\
+                      svc:x:999:999::/nonexistent:/bin/false\n\
+                      # a comment line\n\
+                      alice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n\
+                      bob:x:1001:1001::/home/bob:\n\
+                      broken line\n";
+        assert_eq!(login_account(passwd, 1000).as_deref(), Some("alice"));
+        // An empty shell field is /bin/sh.
+        assert_eq!(login_account(passwd, 1001).as_deref(), Some("bob"));
+        for uid in [1, 4, 999, 10001] {
+            assert_eq!(login_account(passwd, uid), None, "{uid}");
+        }
+    }
+
+    #[test]
+    fn a_config_uid_of_a_login_account_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\n",
+        )
+        .unwrap();
+        let passwd = passwd.to_str().unwrap();
+        let error =
+            parse(&["--no-api", "--config-uid", "1000", "--host-passwd", passwd]).unwrap_err();
+        assert!(error.contains("PGM_CONFIG_UID"), "{error}");
+        assert!(error.contains("alice"), "{error}");
+        assert!(parse(&["--no-api", "--config-uid", "1002", "--host-passwd", passwd]).is_ok());
+        // The manager's own UID is allowed: it reads everything it writes anyway.
+        let own = rustix::process::geteuid().as_raw().to_string();
+        assert!(parse(&["--no-api", "--config-uid", &own, "--host-passwd", passwd]).is_ok());
+        let missing = dir.path().join("missing");
+        let error = parse(&["--no-api", "--host-passwd", missing.to_str().unwrap()]).unwrap_err();
+        assert!(error.contains("PGM_HOST_PASSWD"), "{error}");
     }
 
     #[test]

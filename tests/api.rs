@@ -1306,3 +1306,59 @@ fn reload_latency_through_the_api() {
         times[RUNS - 1]
     );
 }
+
+/// Issue 10, finding 3: a state directory anyone may write, or a config directory its group
+/// may write, stops `serve` at once, non-zero, with the directory and the fix in the message,
+/// before the loop runs; the directory is left as it was (refused, not quietly repaired).
+#[test]
+fn serve_refuses_a_writable_state_or_config_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let network = format!("{}9net", env.instance);
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let key = launch::api_key();
+    let chmod = |dir: &Path, mode: u32| {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for (dir, mode) in [(&env.state_dir, 0o777), (&env.config_dir, 0o770)] {
+        chmod(dir, mode);
+        let log = env.root().join(format!("writable-{}.log", unique_id()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgrest-manager"));
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&env.state_dir)
+            .arg("--config-dir")
+            .arg(&env.config_dir)
+            .args(["--instance", &env.instance, "--network", &network])
+            .args(["--image", &image(), "--listen", "127.0.0.1:0"])
+            .env("INTERNAL_API_KEY", &key)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let status = env
+            .spawn(&mut cmd)
+            .wait_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("serve ran with {} at {mode:o}", dir.display()));
+        let stderr = fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("refusing {}", dir.display()))
+                && stderr.contains("writable by its group or by everyone"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("postgrest-manager started") && !stderr.contains("pass finished"),
+            "the loop ran:\n{stderr}"
+        );
+        let now = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(now, mode, "the directory was changed");
+        chmod(dir, 0o700);
+    }
+    assert!(
+        inspect(&env.container(&id)).is_none(),
+        "a container was created"
+    );
+    assert!(!env.config_dir.join(&id).exists(), "a config was rendered");
+}

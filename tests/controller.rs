@@ -64,7 +64,7 @@ fn new_state_file_runs_a_hardened_container() {
     assert!(c.memory > 0 && c.pids_limit > 0);
     assert_eq!(c.restart_policy, "unless-stopped");
     assert!(c.has_healthcheck);
-    assert_eq!(c.user, "1000:1000");
+    assert_eq!(c.user, "10001:10001");
     // Limits (issue 10, finding 9): one CPU, no swap beyond memory, rotated json-file logs,
     // and a grace between SIGTERM and SIGKILL when it is stopped.
     let host: serde_json::Value = serde_json::from_str(&docker_ok(&[
@@ -104,8 +104,8 @@ fn new_state_file_runs_a_hardened_container() {
     assert!(body.trim_start().starts_with('{'), "not JSON: {body}");
 
     // The secrets on disk: dir 0700, file 0600, owned by PostgREST's UID.
-    assert_eq!(mode_and_uid(&own), (0o700, 1000));
-    assert_eq!(mode_and_uid(&env.config_file(&a)), (0o600, 1000));
+    assert_eq!(mode_and_uid(&own), (0o700, 10001));
+    assert_eq!(mode_and_uid(&env.config_file(&a)), (0o600, 10001));
 
     // No published ports: reachable on the network only.
     for (what, ports) in [

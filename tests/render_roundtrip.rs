@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use postgrest_manager::render::{render, Template};
+use postgrest_manager::settings::DEFAULT_CONFIG_UID;
 use postgrest_manager::spec::{ProjectId, Secret, Spec, SpecFile};
 use support::*;
 
@@ -56,7 +57,7 @@ fn generated_secrets_survive_toml_rendering_and_postgrest_parsing() {
     let template = Template {
         image: image(),
         network: env.network.clone(),
-        ..Template::for_tests(&env.instance, env.config_dir.clone(), 1000)
+        ..Template::for_tests(&env.instance, env.config_dir.clone(), DEFAULT_CONFIG_UID)
     };
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut cases = vec![Case {

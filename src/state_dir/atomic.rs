@@ -1,12 +1,13 @@
 //! Writes that readers see whole or not at all, and the sweep of what a killed writer left.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use super::nofollow::{open_dir, write_atomic_at};
 
 /// Writes `contents` to `path` so that readers see the old file or the new one, never a torn
 /// one: a temp file in the same directory (a dotfile, which the loader ignores), fsync, rename,
-/// fsync of the directory.
+/// fsync of the directory (see [`write_atomic_at`], which does the work through the directory's
+/// handle, never following a link at `path`).
 ///
 /// With an `owner`, the temp file is chowned to that UID (and GID) before the rename, so the
 /// file never exists under its final name with the wrong owner.
@@ -16,27 +17,15 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<u32>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), unique()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        if let Some(uid) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(uid))?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    write_atomic_at(&open_dir(dir)?, name, contents, mode, owner)
 }
 
 /// Removes `write_atomic`'s leftovers in `dir` older than `age`.
@@ -66,11 +55,4 @@ pub fn sweep_temp_files(dir: &Path, age: std::time::Duration) -> std::io::Result
 
 pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
-}
-
-/// A per-process counter, so concurrent writers in one process never share a temp file.
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }

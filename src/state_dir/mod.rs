@@ -2,14 +2,18 @@
 //! the writer lock, atomic writes, and the one way to edit a project's file.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod atomic;
+pub(crate) mod nofollow;
+mod trust;
 
 use atomic::sync_dir;
 pub use atomic::{sweep_temp_files, write_atomic};
+pub use nofollow::MAX_FILE_BYTES;
+pub use trust::check_trusted;
 
 use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
 
@@ -70,10 +74,20 @@ impl StateDir {
         self.path.join(format!("{id}.toml"))
     }
 
-    /// Creates the directory (0700) if missing.
+    /// Creates the directory if missing, refuses it (clearly) when anyone but this process's
+    /// user or root could change it or a directory above it ([`check_trusted`]), and keeps it
+    /// 0700 through its handle.
     pub fn ensure(&self) -> std::io::Result<()> {
+        self.open().map(drop)
+    }
+
+    /// [`StateDir::ensure`], and the directory's handle, which every entry is opened through.
+    fn open(&self) -> std::io::Result<std::fs::File> {
         std::fs::create_dir_all(&self.path)?;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))
+        check_trusted(&self.path, rustix::process::geteuid().as_raw())?;
+        let dir = nofollow::open_dir(&self.path)?;
+        nofollow::set_owner_and_mode(&dir, 0o700, None)?;
+        Ok(dir)
     }
 
     /// Reads every project file. One bad file never stops the others; only a directory that
@@ -97,6 +111,9 @@ impl StateDir {
         let mut loaded = Loaded::default();
         let mut read_any = false;
         let mut seen = BTreeMap::new();
+        // The handle files are read through, opened at the first read: an idle pass opens
+        // nothing but the listing.
+        let mut dir: Option<std::fs::File> = None;
         for entry in std::fs::read_dir(&self.path)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -109,25 +126,35 @@ impl StateDir {
                 }
                 Entry::Ignored => continue,
             };
-            // A directory named `x.toml` is not a project file. A symlink counts as its target;
-            // anything else is stat'ed relative to the open directory, not by its full path.
-            let metadata = match entry.file_type() {
-                Ok(kind) if !kind.is_symlink() => entry.metadata(),
-                _ => std::fs::metadata(entry.path()),
-            };
-            let Ok(metadata) = metadata else {
+            // The entry itself, never a link's target (`lstat`, relative to the directory).
+            // A directory named `x.toml` is not a project file; a link, a FIFO, a device is
+            // an invalid one, and the read below says so without following or blocking.
+            let Ok(metadata) = entry.metadata() else {
                 continue;
             };
-            if !metadata.is_file() {
+            if metadata.is_dir() {
                 continue;
             }
-            let stamp = FileStamp::of(&metadata);
+            // The cache is checked against this `lstat` (a pass over idle files opens none of
+            // them); a file that is read is stamped with the `fstat` of the handle it was read
+            // through, so the cache describes exactly what was parsed even if the entry was
+            // swapped between the two: the next pass sees the difference and reads again.
+            let mut stamp = FileStamp::of(&metadata);
             let result = match cache.entries.remove(&id) {
                 Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
                 _ => {
                     read_any = true;
-                    match self.read(&id) {
-                        Ok(Some(spec)) => Ok(Arc::new(spec)),
+                    let handle = match dir.take() {
+                        Some(handle) => handle,
+                        None => nofollow::open_dir(&self.path)?,
+                    };
+                    let read = read_spec(handle.as_fd(), &id);
+                    dir = Some(handle);
+                    match read {
+                        Ok(Some((spec, opened))) => {
+                            stamp = FileStamp::of(&opened);
+                            Ok(Arc::new(spec))
+                        }
                         // Deleted between listing and reading: it is simply gone.
                         Ok(None) => continue,
                         Err(error) => Err(error),
@@ -157,13 +184,15 @@ impl StateDir {
         }
     }
 
-    /// Reads one project's wire form, for read-modify-write callers (CLI, API).
+    /// Reads one project's wire form, for read-modify-write callers (CLI, API): like the
+    /// loader, once, without following a link, at most [`MAX_FILE_BYTES`].
     pub fn read_file(&self, id: &ProjectId) -> Result<Option<SpecFile>, SpecError> {
-        match std::fs::read_to_string(self.file(id)) {
-            Ok(text) => SpecFile::parse(&text).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SpecError::Io(e.kind().to_string())),
-        }
+        let dir = match nofollow::open_dir(&self.path) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpecError::Io(e.kind().to_string())),
+        };
+        Ok(read_wire(dir.as_fd(), id)?.map(|(file, _)| file))
     }
 
     /// Validates and writes one project's file atomically (0600). A file that would not load
@@ -198,7 +227,7 @@ impl StateDir {
         id: &ProjectId,
         change: impl FnOnce(Result<Option<SpecFile>, SpecError>) -> Result<SpecFile, E>,
     ) -> Result<Edited, E> {
-        let existed = self.file(id).exists();
+        let existed = std::fs::symlink_metadata(self.file(id)).is_ok();
         let current = self.read_file(id);
         let before = current.as_ref().ok().cloned().flatten();
         let file = change(current)?;
@@ -225,13 +254,7 @@ impl StateDir {
     /// Takes the lock only one serving manager may hold on this directory, without waiting:
     /// `Ok(None)` when another process holds it. Released when the process ends.
     pub fn serve_lock(&self) -> std::io::Result<Option<StateLock>> {
-        self.ensure()?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.path.join(SERVE_LOCK_FILE))?;
+        let file = nofollow::open_lock_file(self.open()?.as_fd(), SERVE_LOCK_FILE)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(StateLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -242,18 +265,18 @@ impl StateDir {
     /// A random token made once and kept in the directory: two managers are the same
     /// instance on a Docker daemon only if they serve the same state (wherever it is mounted).
     pub fn identity(&self) -> std::io::Result<String> {
-        let path = self.path.join(IDENTITY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let dir = self.open()?;
+        if let Some((bytes, _)) = nofollow::read_file(dir.as_fd(), IDENTITY_FILE)? {
+            let token = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if !token.is_empty() {
+                return Ok(token);
+            }
         }
         let mut bytes = [0u8; 16];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.ensure()?;
-        write_atomic(&path, format!("{token}\n").as_bytes(), 0o600, None)?;
+        let text = format!("{token}\n");
+        nofollow::write_atomic_at(&dir, IDENTITY_FILE, text.as_bytes(), 0o600, None)?;
         Ok(token)
     }
 
@@ -290,14 +313,41 @@ impl StateDir {
         }
     }
 
+    /// `.lock`, opened through the directory's handle: a link in its place is refused, so
+    /// the lock can never create or open a file anywhere else.
     fn lock_file(&self) -> std::io::Result<std::fs::File> {
-        self.ensure()?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.path.join(LOCK_FILE))
+        nofollow::open_lock_file(self.open()?.as_fd(), LOCK_FILE)
+    }
+}
+
+/// Reads and parses `<id>.toml` in `dir` ([`nofollow::read_file`]): the wire form and the
+/// metadata of the file that was read. A link, a FIFO, a device or a file over
+/// [`MAX_FILE_BYTES`] is an invalid file that says what it is.
+fn read_wire(
+    dir: std::os::fd::BorrowedFd<'_>,
+    id: &ProjectId,
+) -> Result<Option<(SpecFile, std::fs::Metadata)>, SpecError> {
+    let name = format!("{id}.toml");
+    let read = nofollow::read_file(dir, &name).map_err(|e| match e {
+        nofollow::ReadError::Io(_, e) => SpecError::Io(e.kind().to_string()),
+        other => SpecError::Io(other.to_string()),
+    })?;
+    let Some((bytes, metadata)) = read else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| SpecError::Io("the file is not valid UTF-8".to_owned()))?;
+    Ok(Some((SpecFile::parse(&text)?, metadata)))
+}
+
+/// [`read_wire`], validated.
+fn read_spec(
+    dir: std::os::fd::BorrowedFd<'_>,
+    id: &ProjectId,
+) -> Result<Option<(Spec, std::fs::Metadata)>, SpecError> {
+    match read_wire(dir, id)? {
+        Some((file, metadata)) => Ok(Some((Spec::from_file(id.clone(), file)?, metadata))),
+        None => Ok(None),
     }
 }
 
@@ -552,6 +602,117 @@ mod tests {
             .unwrap();
         assert_eq!(bumped.spec.reload_token, 1);
         assert_ne!(inode(), before);
+    }
+
+    /// A FIFO, a link (to a big file, to `/dev/zero`), a file over 64 KiB: each is an invalid
+    /// file that says what it is, read without blocking or following, and the others load.
+    #[test]
+    fn the_loader_refuses_fifos_links_devices_and_oversized_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        let good = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
+        state.write(&id("good"), &good).unwrap();
+        let text = good.to_toml();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            state.file(&id("fifo")),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A valid spec padded past the cap with a comment: only the size is wrong with it.
+        let padded = format!("{text}# {}\n", "x".repeat(100 * 1024));
+        std::fs::write(state.file(&id("big")), &padded).unwrap();
+        let outside = dir.path().join("outside.toml");
+        std::fs::write(&outside, &text).unwrap();
+        std::os::unix::fs::symlink(&outside, state.file(&id("link"))).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", state.file(&id("zero"))).unwrap();
+
+        let mut cache = LoadCache::default();
+        let loaded = state.load_cached(&mut cache).unwrap();
+        assert_eq!(loaded.specs.keys().collect::<Vec<_>>(), [&id("good")]);
+        let message = |name: &str| loaded.invalid[&id(name)].to_string();
+        assert!(message("fifo").contains("is a FIFO"), "{}", message("fifo"));
+        assert!(
+            message("big").contains("larger than 64 KiB"),
+            "{}",
+            message("big")
+        );
+        for link in ["link", "zero"] {
+            assert!(message(link).contains("symbolic link"), "{}", message(link));
+        }
+        // The read-modify-write path reads the same way.
+        assert!(state.read_file(&id("zero")).is_err());
+        assert!(state.read_file(&id("fifo")).is_err());
+
+        // Replaced by a good file: it loads (the cache sees the new inode).
+        std::fs::remove_file(state.file(&id("big"))).unwrap();
+        std::fs::write(state.file(&id("big")), &text).unwrap();
+        let loaded = state.load_cached(&mut cache).unwrap();
+        assert!(loaded.specs.contains_key(&id("big")));
+        assert_eq!(loaded.invalid.len(), 3);
+
+        // Straight through the handle: a link is never opened, a FIFO opens without a writer.
+        let handle = nofollow::open_dir(state.path()).unwrap();
+        assert!(matches!(
+            nofollow::read_file(handle.as_fd(), "zero.toml"),
+            Err(nofollow::ReadError::Link(_))
+        ));
+        assert!(matches!(
+            nofollow::read_file(handle.as_fd(), "fifo.toml"),
+            Err(nofollow::ReadError::NotRegular(_, "FIFO"))
+        ));
+    }
+
+    #[test]
+    fn lock_files_that_are_links_are_refused_and_never_created_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        for name in [LOCK_FILE, SERVE_LOCK_FILE] {
+            let target = dir.path().join(format!("target{name}"));
+            std::os::unix::fs::symlink(&target, state.path().join(name)).unwrap();
+            assert!(!target.exists());
+        }
+        let error = state.lock().unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert!(state.try_lock().is_err());
+        assert!(state.serve_lock().is_err());
+        for name in [LOCK_FILE, SERVE_LOCK_FILE] {
+            assert!(!dir.path().join(format!("target{name}")).exists(), "{name}");
+        }
+        // A FIFO in its place is refused at once, not waited on for a reader.
+        std::fs::remove_file(state.path().join(LOCK_FILE)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            state.path().join(LOCK_FILE),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(state.lock().is_err());
+    }
+
+    #[test]
+    fn a_writable_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        state.ensure().unwrap();
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = state.ensure().unwrap_err().to_string();
+        assert!(
+            error.contains("writable by its group or by everyone"),
+            "{error}"
+        );
+        // Refused, not quietly repaired: the operator decides.
+        let mode = std::fs::metadata(state.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o777);
     }
 
     #[test]
