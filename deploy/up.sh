@@ -90,6 +90,14 @@ fi
 # 3. Host directories, then the stack.
 mkdir -p "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"
 chmod 700 "$LAUNCHDB_DATA_DIR" "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"
+# The manager runs as root in its container and refuses a state or config directory that
+# another user owns (README, "Security model"): say so here rather than as an unhealthy stack.
+for dir in "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"; do
+    if [ "$(stat -c %u "$dir")" != 0 ]; then
+        log "$dir is owned by UID $(stat -c %u "$dir"), not root: run up.sh as root or chown it to root"
+        exit 1
+    fi
+done
 
 fail() {
     log "$*"

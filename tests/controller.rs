@@ -1102,3 +1102,42 @@ fn rapid_same_size_edits_in_place_converge_to_the_last() {
     all.push(&password);
     assert_no_secrets(&manager.log(), &all);
 }
+
+/// Issue 10, finding 10: a manager restarted with another `PGM_CONFIG_UID` (4242 stands in for
+/// the old default 1000, which is a login account on this host and so refused now) recreates
+/// the container once, running as the new UID (its user is in the spec-hash), and hands the
+/// existing config directory and file to that UID, so PostgREST can read them and serves.
+#[test]
+fn a_new_config_uid_recreates_the_container_once_and_hands_it_the_config() {
+    let env = TestEnv::new();
+    let id = env.project_id();
+    let (jwt_secret, password) = (secret("jwt"), secret("pw"));
+    env.write_state(&id, &state_toml(&jwt_secret, &password));
+    let mut old = Manager::start_with(
+        &env,
+        ManagerOpts {
+            args: vec!["--config-uid".into(), "4242".into()],
+            ..ManagerOpts::default()
+        },
+    );
+    let before = env.wait_serving(&id);
+    assert_eq!(before.user, "4242:4242");
+    let project_dir = env.config_dir.join(&id);
+    assert_eq!(mode_and_uid(&project_dir), (0o700, 4242));
+    assert_eq!(mode_and_uid(&env.config_file(&id)), (0o600, 4242));
+    old.kill();
+
+    let new = Manager::start_with(&env, ManagerOpts::quick_resync());
+    let after = wait_until("the container recreated as UID 10001", || {
+        inspect(&env.container(&id)).filter(|c| c.id != before.id && c.user == "10001:10001")
+    });
+    let serving = env.wait_serving(&id);
+    assert_eq!(serving.id, after.id);
+    wait_jwt_status(&serving, &jwt_secret, "authenticated", 200);
+    assert_eq!(mode_and_uid(&project_dir), (0o700, 10001));
+    assert_eq!(mode_and_uid(&env.config_file(&id)), (0o600, 10001));
+    // Once: across further passes (a resync among them) it stays the same container.
+    new.wait_passes(3);
+    let later = inspect(&env.container(&id)).expect("the container");
+    assert_eq!((later.id, later.restart_count), (after.id, 0));
+}

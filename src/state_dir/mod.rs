@@ -1,5 +1,7 @@
 //! The desired-state directory: loading every file (one bad file never stops the others),
-//! the writer lock, atomic writes, and the one way to edit a project's file.
+//! the writer lock, atomic writes, and the one way to edit a project's file. Every entry is
+//! opened through the directory's handle without following links (`nofollow.rs`), and the
+//! directory is refused unless only the manager's user or root can change it (`trust.rs`).
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
