@@ -125,6 +125,9 @@ pub struct Rendered {
     pub config: RenderedConfig,
     pub container: ContainerSpec,
     pub spec_hash: String,
+    /// Every key in the config, and whether a reload can change it (names only, no values):
+    /// what `plan` and `diff` use to say why a change reloads or recreates.
+    pub keys: Vec<(&'static str, bool)>,
 }
 
 /// Userinfo in `db-uri`: everything outside RFC 3986 "unreserved" is percent-encoded.
@@ -265,6 +268,10 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
         config: RenderedConfig { text, digest },
         container,
         spec_hash,
+        keys: keys
+            .iter()
+            .map(|(k, _, r)| (*k, *r == Reload::Yes))
+            .collect(),
     }
 }
 

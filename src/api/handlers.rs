@@ -9,8 +9,8 @@ use axum::Json;
 use tracing::info;
 
 use super::dto::{
-    DeleteResponse, HealthResponse, ListResponse, ProjectView, PutRequest, RestartResponse,
-    SpawnRequest, SpawnResponse,
+    DeleteResponse, HealthResponse, ListResponse, PlanLine, PlanResponse, ProjectView, PutRequest,
+    RestartResponse, SpawnRequest, SpawnResponse,
 };
 use super::extract::{parse_id, ApiJson, ProjectPath};
 use super::wait::parsed;
@@ -220,7 +220,7 @@ pub(super) async fn list(State(ctx): State<Shared>) -> Json<ListResponse> {
     path = "/internal/postgrest/{id}",
     params(("id" = String, Path, description = "Project id")),
     responses(
-        (status = 200, description = "Desired and actual state, health, last error, last reload", body = ProjectView),
+        (status = 200, description = "Desired and actual state, health (Docker's) beside readiness (the manager's own probe), last error, last reload, and the last 20 events", body = ProjectView),
         (status = 400, description = "Invalid project id", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 404, description = "Neither a state file nor a container", body = ErrorBody),
@@ -234,7 +234,7 @@ pub(super) async fn get_project(
 ) -> Result<Json<ProjectView>, ApiError> {
     let snapshot = ctx.handle.snapshot();
     if let Some(status) = snapshot.projects.get(&id) {
-        return Ok(Json(ctx.view(&id, status)));
+        return Ok(Json(ctx.view(&id, status).with_events(status)));
     }
     // Written a moment ago and not loaded yet: say so rather than 404.
     match ctx.read_file(&id).await {
@@ -247,6 +247,26 @@ pub(super) async fn get_project(
         Ok(None) => Err(ApiError::NotFound(format!("no project {id}"))),
         Err(e) => Err(e),
     }
+}
+
+#[utoipa::path(
+    get,
+    path = "/internal/plan",
+    responses(
+        (status = 200, description = "What the loop's last pass planned per project, and why; it changes nothing", body = PlanResponse),
+        (status = 401, description = "Missing or wrong key", body = ErrorBody),
+    ),
+    security(("internal_key" = [])),
+    tag = "postgrest"
+)]
+pub(super) async fn plan(State(ctx): State<Shared>) -> Json<PlanResponse> {
+    let snapshot = ctx.handle.snapshot();
+    let projects: Vec<PlanLine> = snapshot.plan.iter().map(PlanLine::from).collect();
+    Json(PlanResponse {
+        converged: snapshot.plan.iter().all(|line| !line.verb.is_work()),
+        pass: snapshot.passes,
+        projects,
+    })
 }
 
 #[utoipa::path(

@@ -38,8 +38,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use dto::{
-    DeleteResponse, HealthResponse, ListResponse, ProjectView, PutRequest, RestartResponse,
-    SpawnRequest, SpawnResponse,
+    DeleteResponse, EventView, HealthResponse, ListResponse, PlanLine, PlanResponse, ProjectView,
+    PutRequest, RestartResponse, SpawnRequest, SpawnResponse,
 };
 pub use error::{ApiError, ErrorBody};
 
@@ -147,6 +147,7 @@ fn routes() -> (Router<Shared>, Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(spawn))
         .routes(routes!(restart))
         .routes(routes!(list))
+        .routes(routes!(plan))
         .routes(routes!(get_project, put_project, delete_project))
         .routes(routes!(openapi_json))
         .split_for_parts();

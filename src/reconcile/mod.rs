@@ -30,7 +30,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-pub use snapshot::{ContainerView, DesiredView, Handle, ProjectStatus, Readiness, Snapshot};
+pub use snapshot::{
+    ContainerView, DesiredView, Event, EventKind, Handle, ProjectStatus, Readiness, Snapshot,
+    EVENTS_KEPT,
+};
 
 use crate::configs::ConfigDir;
 use crate::plan::{self, Observed};
@@ -318,6 +321,7 @@ impl<R: Runtime> Controller<R> {
             loaded: self.table.loaded(),
         };
         let plan = plan::plan(&self.table.projects, &observed);
+        self.table.explain(&plan, &observed);
         debug!(actions = plan.actions.len(), "planned");
 
         for conflict in plan.conflicts {
@@ -441,7 +445,7 @@ impl<R: Runtime> Controller<R> {
             if record.in_flight || record.backing_off(now) {
                 continue;
             }
-            record.in_flight = true;
+            record.begin(&job);
             let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
             let span = info_span!("reconcile", project = %project);
             actions.spawn(

@@ -10,10 +10,13 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::apply::{ActionError, Outcome};
+use super::apply::{ActionError, Job, Outcome};
 use super::retry::Retry;
-use super::snapshot::{ContainerView, DesiredView, ProjectStatus, Readiness, Snapshot};
-use crate::plan::{self, Desired, Want, Wanted};
+use super::snapshot::{
+    ContainerView, DesiredView, Event, EventKind, Events, ProjectStatus, Readiness, Snapshot,
+    EVENTS_KEPT,
+};
+use crate::plan::{self, Desired, Observed, Plan, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError};
 use crate::spec::ProjectId;
@@ -36,6 +39,24 @@ pub(super) struct Project {
     pub error: Option<RecordedError>,
     pub last_reload: Option<SystemTime>,
     pub in_flight: bool,
+    /// The action in flight, with the rendering it carries and why it was planned.
+    running: Option<Running>,
+    /// The rendering the container loaded (in this manager's life): what `plan` compares the
+    /// desired rendering with, key by key, to say why.
+    applied: Option<Arc<Rendered>>,
+    /// What the last pass planned for the project, and why.
+    planned: Option<(Verb, String)>,
+    /// The last [`EVENTS_KEPT`] events. They do not keep the record alive: a project gone for
+    /// good takes its events with it.
+    pub events: Events,
+}
+
+#[derive(Debug)]
+struct Running {
+    verb: Verb,
+    /// The planned reason, without its verb (`jwt_secret changed`).
+    reason: String,
+    rendered: Option<Arc<Rendered>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +94,67 @@ impl Project {
     pub fn backing_off(&self, now: Instant) -> bool {
         self.retry.as_ref().is_some_and(|r| r.waiting(now))
     }
+
+    /// `job` is dispatched: remember what it is and why, for the event when it ends.
+    pub fn begin(&mut self, job: &Job) {
+        self.in_flight = true;
+        let (verb, rendered) = match job {
+            Job::Create { rendered, .. } => (Verb::Create, Some(rendered)),
+            Job::Recreate { rendered, .. } => (Verb::Recreate, Some(rendered)),
+            Job::Start { rendered, .. } => (Verb::Start, Some(rendered)),
+            Job::Reload { rendered, .. } => (Verb::Reload, Some(rendered)),
+            Job::Remove { .. } => (Verb::Remove, None),
+            Job::RemoveConfig { .. } => (Verb::RemoveConfig, None),
+        };
+        let reason = match &self.planned {
+            Some((planned, reason)) if *planned == verb => reason
+                .split_once(": ")
+                .map_or(reason.as_str(), |(_, why)| why)
+                .to_owned(),
+            _ => verb.as_str().to_owned(),
+        };
+        self.running = Some(Running {
+            verb,
+            reason,
+            rendered: rendered.cloned(),
+        });
+    }
+
+    /// Adds an event to the ring (dropping the oldest past [`EVENTS_KEPT`]) and logs it.
+    fn event(&mut self, id: &ProjectId, kind: EventKind, reason: String) {
+        info!(project = %id, event = %kind, reason = %reason, "event");
+        let events = Arc::make_mut(&mut self.events);
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event {
+            at: SystemTime::now(),
+            kind,
+            reason,
+        });
+    }
+
+    /// The event for an action that ended well. `had_loaded`: the project had a container
+    /// with a config loaded before, so a `Create` brings back one that went missing.
+    fn succeeded(&mut self, id: &ProjectId, running: Running, had_loaded: bool) {
+        let Running { verb, reason, .. } = running;
+        let (kind, reason) = match verb {
+            Verb::Create if had_loaded => (
+                EventKind::Healed,
+                "the container was missing; created again".to_owned(),
+            ),
+            Verb::Create => (
+                EventKind::Created,
+                "container created and started".to_owned(),
+            ),
+            Verb::Recreate => (EventKind::Recreated, reason),
+            Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
+            Verb::Reload => (EventKind::Reloaded, reason),
+            Verb::RemoveConfig => (EventKind::Removed, "the rendered config".to_owned()),
+            _ => (EventKind::Removed, reason),
+        };
+        self.event(id, kind, reason);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +162,8 @@ pub(super) struct Table {
     pub projects: BTreeMap<ProjectId, Project>,
     /// `*.toml` files whose name is not a valid project id.
     pub misnamed: Vec<String>,
+    /// What the last pass planned, per project, and why.
+    pub preview: Arc<Vec<Preview>>,
 }
 
 impl Table {
@@ -113,6 +197,7 @@ impl Table {
                         "no container until it is fixed"
                     };
                     error!(project = %id, error = %now, "invalid state file; {kept}");
+                    project.event(id, EventKind::InvalidFile, format!("{now}; {kept}"));
                 }
                 (Some(_), None) if specs.contains_key(id) => {
                     info!(project = %id, "state file valid again");
@@ -130,6 +215,11 @@ impl Table {
             if project.file_error.is_none() {
                 let message = error.to_string();
                 error!(project = %id, error = %message, "invalid state file; no container until it is fixed");
+                project.event(
+                    &id,
+                    EventKind::InvalidFile,
+                    format!("{message}; no container until it is fixed"),
+                );
                 project.file_error = Some(message);
             }
             if project.good.is_none() {
@@ -220,6 +310,7 @@ impl Table {
     ) -> Option<RuntimeError> {
         let project = self.projects.entry(id.clone()).or_default();
         project.in_flight = false;
+        let running = project.running.take();
         match result {
             Ok(outcome) => {
                 project.retry = None;
@@ -227,6 +318,14 @@ impl Table {
                     info!(project = %id, "recovered");
                 }
                 project.foreign = None;
+                if let Some(running) = running {
+                    let had_loaded = project.loaded.is_some();
+                    project.applied = match &outcome {
+                        Outcome::Loaded { .. } => running.rendered.clone(),
+                        Outcome::Removed => None,
+                    };
+                    project.succeeded(id, running, had_loaded);
+                }
                 match outcome {
                     Outcome::Loaded {
                         container,
@@ -268,13 +367,40 @@ impl Table {
             match error {
                 ActionError::Foreign { .. } => {
                     error!(project = %id, error = %recorded.message, "conflict");
+                    project.event(id, EventKind::Conflict, recorded.message.clone());
                 }
                 _ => {
                     warn!(project = %id, error = %recorded.message, "action failed; retrying with backoff");
+                    project.event(id, EventKind::Failed, recorded.message.clone());
                 }
             }
             project.error = Some(recorded);
         }
+    }
+
+    /// Puts the pass's plan into words, per project (published, and the reason of each
+    /// action's event). The keys that changed come from the rendering the container loaded
+    /// in this manager's life; after a restart of the manager the reason says what is known.
+    pub fn explain(&mut self, plan: &Plan, observed: &Observed) {
+        let changes = |id: &ProjectId| {
+            let project = self.projects.get(id)?;
+            let (applied, good) = (project.applied.as_ref()?, project.good.as_ref()?);
+            Some(plan::changed_keys(
+                &applied.config.text,
+                &good.rendered.config.text,
+                &good.rendered.keys,
+            ))
+        };
+        let preview = plan::preview(&self.projects, observed, plan, changes);
+        for project in self.projects.values_mut() {
+            project.planned = None;
+        }
+        for line in &preview {
+            if let Some(project) = self.projects.get_mut(&line.project) {
+                project.planned = Some((line.verb, line.reason.clone()));
+            }
+        }
+        self.preview = Arc::new(preview);
     }
 
     /// The published view: every project with a record or a container of ours.
@@ -298,6 +424,7 @@ impl Table {
                     conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
                     last_reload: project.last_reload,
                     loaded_digest: None,
+                    events: project.events.clone(),
                 },
             );
         }
@@ -320,6 +447,7 @@ impl Table {
                 continue;
             };
             status.last_reload = project.last_reload;
+            status.events = project.events.clone();
             if let Some((loaded_by, digest)) = &project.loaded {
                 if loaded_by == &container.id {
                     status.loaded_digest = Some(digest.clone());
@@ -345,5 +473,6 @@ pub(super) fn snapshot(
         projects: table.snapshot(listing, readiness),
         misnamed: table.misnamed.clone(),
         passes,
+        plan: table.preview.clone(),
     }
 }

@@ -5,7 +5,11 @@
 //! project, so the loop never has two things to do to one project at once; whatever remains
 //! after that action is planned on the next pass.
 
+mod explain;
+
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use explain::{changed_keys, config_keys, preview, KeyChange, Preview, Verb};
 
 use crate::spec::ProjectId;
 
