@@ -1188,3 +1188,103 @@ fn a_second_manager_of_an_instance_refuses_to_start() {
     assert_eq!(after.id, container.id);
     assert!(after.running);
 }
+
+/// What only the manager's memory holds, seen through its API and `status --api`: readiness
+/// from its own `/ready` probe while Docker's healthcheck still says `starting` (its first
+/// check is minutes away), and the project's events with their reasons (created, reloaded,
+/// healed after a `docker rm -f`), each also one INFO line in the log. No secret anywhere.
+#[test]
+fn events_and_readiness_come_from_the_running_manager() {
+    let env = TestEnv::new();
+    let api = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            args: ["--healthcheck-secs", "600"].map(String::from).to_vec(),
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let uri = format!("/internal/postgrest/{id}");
+    let (jwt, jwt_2, password) = (secret("jwt"), secret("jwt"), secret("pw"));
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &jwt, &password)),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let view = wait_until("the view to show the probe's readiness", || {
+        let view = api.call("GET", &uri, None).json();
+        (view["ready"] == json!(true)).then_some(view)
+    });
+    assert_eq!(view["health"], "starting", "{view}");
+    assert_eq!(inspect(&env.container(&id)).unwrap().health, "starting");
+    assert_eq!(view["events"][0]["kind"], "created", "{view}");
+
+    let put = api.call(
+        "PUT",
+        &uri,
+        Some(json!({"jwtSecret": jwt_2, "authenticatorPassword": password})),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    docker_ok(&["rm", "-f", &env.container(&id)]);
+    let view = wait_until("a healed event", || {
+        let view = api.call("GET", &uri, None).json();
+        let kinds: Vec<Value> = view["events"]
+            .as_array()?
+            .iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        (kinds == [json!("created"), json!("reloaded"), json!("healed")]).then_some(view)
+    });
+    assert_eq!(view["events"][1]["reason"], "jwt_secret changed", "{view}");
+    assert_eq!(
+        view["events"][2]["reason"], "the container was missing; created again",
+        "{view}"
+    );
+    let log = api.log();
+    for kind in ["created", "reloaded", "healed"] {
+        assert!(
+            log.lines().any(|l| l.contains("event")
+                && l.contains(&format!("project={id}"))
+                && l.contains(&format!("event={kind}"))),
+            "no {kind} event line in the log"
+        );
+    }
+
+    let plan = api.call("GET", "/internal/plan", None);
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    // The new container serves, as the probe sees it, while its health is still `starting`.
+    wait_until("the healed container to be ready", || {
+        let view = api.call("GET", &uri, None).json();
+        (view["ready"] == json!(true)).then_some(())
+    });
+    let status = env
+        .cli_command(&["status", &id, "--api", &format!("http://{}", api.addr())])
+        .env("INTERNAL_API_KEY", api.key())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("ready:       yes (the manager's probe of /ready)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("health:      starting (Docker's healthcheck)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("healed        the container was missing"),
+        "{out}"
+    );
+    let secrets = [jwt.as_str(), jwt_2.as_str(), password.as_str()];
+    for text in [
+        out.as_ref(),
+        view.to_string().as_str(),
+        log.as_str(),
+        plan.body.as_str(),
+    ] {
+        assert_no_secrets_in("the manager's answers and log", text, &secrets);
+    }
+}
