@@ -142,10 +142,15 @@ pub enum StateCommand {
         wait: WaitArgs,
         project_id: String,
     },
-    /// Make the project's PostgREST reload its config (bumps `reload_token`).
+    /// Make the project's PostgREST reload its config (bumps `reload_token`), or with
+    /// `--schema` its schema cache (bumps `schema_reload_token`: SIGUSR1, e.g. after a
+    /// migration; the config and the container stay).
     Reload {
         #[command(flatten)]
         state: StateArgs,
+        /// Reload the schema cache instead of the config.
+        #[arg(long)]
+        schema: bool,
         project_id: String,
     },
     /// Remove a project's desired state: its container and rendered config go.

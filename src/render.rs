@@ -128,6 +128,9 @@ pub struct Rendered {
     /// Every key in the config, and whether a reload can change it (names only, no values):
     /// what `plan` and `diff` use to say why a change reloads or recreates.
     pub keys: Vec<(&'static str, bool)>,
+    /// The spec's `schema_reload_token`: not in the config (a schema reload is a signal, not a
+    /// config change), carried so the loop can record which token a container has seen.
+    pub schema_token: u64,
 }
 
 /// Userinfo in `db-uri`: everything outside RFC 3986 "unreserved" is percent-encoded.
@@ -272,6 +275,7 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
             .iter()
             .map(|(k, _, r)| (*k, *r == Reload::Yes))
             .collect(),
+        schema_token: spec.schema_reload_token,
     }
 }
 

@@ -1288,3 +1288,102 @@ fn events_and_readiness_come_from_the_running_manager() {
         assert_no_secrets_in("the manager's answers and log", text, &secrets);
     }
 }
+
+/// How many times the PostgREST double in `container` loaded its schema cache (at start, and
+/// after each SIGUSR1).
+fn schema_loads(container: &str) -> usize {
+    let out = docker(&["logs", container]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.matches("Schema cache loaded").count()
+}
+
+/// A schema reload (after a migration, through PgBouncer where `NOTIFY pgrst` cannot arrive):
+/// `POST .../reload-schema` answers once SIGUSR1 was delivered, and `reload --schema` asks the
+/// same through the state file. The container keeps its id, its config is not reloaded, and
+/// PostgREST (the double) reloads its schema cache each time, as its log says.
+#[test]
+fn reload_schema_sends_sigusr1_to_the_same_container() {
+    let env = TestEnv::new();
+    let api = Manager::start_api(&env);
+    let id = env.project_id();
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("jwt"), &secret("pw"))),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let name = env.container(&id);
+    let first = inspect(&name).unwrap();
+    wait_until("the first schema load", || {
+        (schema_loads(&name) == 1).then_some(())
+    });
+    let since = docker_now();
+
+    let reload = api.call(
+        "POST",
+        &format!("/internal/postgrest/{id}/reload-schema"),
+        None,
+    );
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    let body = reload.json();
+    assert_eq!(body["dockerId"], json!(first.id), "{body}");
+    assert_eq!(body["schemaReloadToken"], 1, "{body}");
+    wait_until("the double to reload its schema cache", || {
+        (schema_loads(&name) == 2).then_some(())
+    });
+
+    let cli = env.cli(&["reload", "--schema", &id]);
+    assert_eq!(cli.code, Some(0), "{cli:?}");
+    let view = wait_until("the second schema reload's event", || {
+        let view = api
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
+        (view["events"].as_array()?.len() == 3).then_some(view)
+    });
+    wait_until("a second schema reload", || {
+        (schema_loads(&name) == 3).then_some(())
+    });
+    let kinds: Vec<&Value> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["reason"])
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|r| r.as_str().is_some_and(|r| r.starts_with("schema cache")))
+            .count(),
+        2,
+        "{view}"
+    );
+    assert_eq!(inspect(&name).unwrap().id, first.id);
+    // Exactly two signals reached the container, both SIGUSR1 (10): no config reload
+    // (SIGUSR2), no restart. (PostgREST logs `Config reloaded` after a schema reload too, so
+    // its log cannot tell; Docker's events can.)
+    let signals = docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &docker_now(),
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        "event=kill",
+        "--format",
+        "{{.Actor.Attributes.signal}}",
+    ]);
+    assert_eq!(signals.split_whitespace().collect::<Vec<_>>(), ["10", "10"]);
+
+    let missing = api.call(
+        "POST",
+        "/internal/postgrest/nosuchproject/reload-schema",
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+}

@@ -56,6 +56,21 @@ pub struct RestartResponse {
     pub reload_token: u64,
 }
 
+/// `POST /internal/postgrest/{id}/reload-schema`: answered once SIGUSR1 was delivered.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadSchemaResponse {
+    pub project_id: String,
+    #[schema(example = "schema reloaded")]
+    pub status: String,
+    #[schema(example = "PostgREST schema cache reload requested via SIGUSR1")]
+    pub message: String,
+    pub container_name: String,
+    /// The same container as before: a schema reload never recreates.
+    pub docker_id: String,
+    pub schema_reload_token: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteResponse {

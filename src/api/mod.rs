@@ -39,7 +39,7 @@ use utoipa_axum::routes;
 
 pub use dto::{
     DeleteResponse, EventView, HealthResponse, ListResponse, PlanLine, PlanResponse, ProjectView,
-    PutRequest, RestartResponse, SpawnRequest, SpawnResponse,
+    PutRequest, ReloadSchemaResponse, RestartResponse, SpawnRequest, SpawnResponse,
 };
 pub use error::{ApiError, ErrorBody};
 
@@ -146,6 +146,7 @@ fn routes() -> (Router<Shared>, Router<Shared>, utoipa::openapi::OpenApi) {
     let (internal, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(spawn))
         .routes(routes!(restart))
+        .routes(routes!(reload_schema))
         .routes(routes!(list))
         .routes(routes!(plan))
         .routes(routes!(get_project, put_project, delete_project))

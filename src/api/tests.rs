@@ -618,6 +618,7 @@ async fn openapi_describes_every_route() {
     for path in [
         "/internal/postgrest/spawn",
         "/internal/postgrest/{id}/restart",
+        "/internal/postgrest/{id}/reload-schema",
         "/internal/postgrest/{id}",
         "/internal/postgrest",
         "/internal/openapi.json",

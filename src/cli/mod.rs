@@ -153,8 +153,18 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
             let waited = wait_for(&wait, &id, Want::Gone)?;
             Ok(format!("{id}: disabled{waited}"))
         }
-        StateCommand::Reload { state, project_id } => {
+        StateCommand::Reload {
+            state,
+            schema,
+            project_id,
+        } => {
             let (state, id) = (StateDir::new(state.state_dir), parse_id(&project_id)?);
+            if schema {
+                edit(&state, &id, |f| {
+                    f.bump_schema_reload();
+                })?;
+                return Ok(format!("{id}: schema reload requested"));
+            }
             edit(&state, &id, |f| {
                 f.bump_reload();
             })?;

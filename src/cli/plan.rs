@@ -121,6 +121,7 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
                 enabled: spec.enabled,
                 spec_hash: r.spec_hash.clone(),
                 config_digest: r.config.digest.clone(),
+                schema_token: spec.schema_reload_token,
             }),
         );
         rendered.insert(id.clone(), r);
@@ -161,6 +162,10 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
         loaded: cfg
             .configs
             .loaded()
+            .map_err(|e| failed(format!("{}: {e}", cfg.configs.path().display())))?,
+        schema: cfg
+            .configs
+            .schema_seen()
             .map_err(|e| failed(format!("{}: {e}", cfg.configs.path().display())))?,
     };
     let planned = plan::plan(&wants, &observed);

@@ -26,6 +26,7 @@ pub enum Verb {
     Recreate,
     Start,
     Reload,
+    ReloadSchema,
     Remove,
     RemoveConfig,
     /// Converged, or nothing the loop may do (paused by hand, being restarted by Docker).
@@ -43,6 +44,7 @@ impl Verb {
             Verb::Recreate => "recreate",
             Verb::Start => "start",
             Verb::Reload => "reload",
+            Verb::ReloadSchema => "reload schema",
             Verb::Remove => "remove",
             Verb::RemoveConfig => "remove config",
             Verb::Nothing => "nothing",
@@ -293,6 +295,10 @@ fn explain(
             });
             (Verb::Reload, format!("reload: {why}"))
         }
+        Action::ReloadSchema { .. } => (
+            Verb::ReloadSchema,
+            "reload schema: schema_reload_token bumped (SIGUSR1)".into(),
+        ),
         Action::Remove { keep_config, .. } => {
             let why = match want {
                 None => "file deleted",
@@ -341,6 +347,7 @@ mod tests {
             enabled,
             spec_hash: hash.into(),
             config_digest: "new".into(),
+            schema_token: 0,
         })
     }
 

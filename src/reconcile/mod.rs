@@ -177,6 +177,12 @@ impl<R: Runtime> Controller<R> {
                 warn!(error = %e, "cannot read the records of loaded configs; every running container will be signalled once");
             }
         }
+        match self.cfg.configs.schema_seen() {
+            Ok(seen) => self.table.seed_schema(seen),
+            Err(e) => {
+                warn!(error = %e, "cannot read the records of schema reloads; a container asked for one gets it again");
+            }
+        }
 
         let mut actions: JoinSet<Done> = JoinSet::new();
         let mut resync =
@@ -319,6 +325,7 @@ impl<R: Runtime> Controller<R> {
             foreign: self.table.foreign(),
             config_dirs,
             loaded: self.table.loaded(),
+            schema: self.table.schema_seen(),
         };
         let plan = plan::plan(&self.table.projects, &observed);
         self.table.explain(&plan, &observed);

@@ -50,6 +50,8 @@ pub struct ProjectStatus {
     pub last_reload: Option<SystemTime>,
     /// Digest of the config the container is known to have loaded.
     pub loaded_digest: Option<String>,
+    /// The `schema_reload_token` the container has its schema cache as of.
+    pub schema_token_seen: Option<u64>,
     /// The last [`EVENTS_KEPT`] things that happened to the project, oldest first.
     pub events: Events,
 }

@@ -33,6 +33,8 @@ pub(super) struct Project {
     pub file_error: Option<String>,
     /// (container id, config digest) the container is known to have loaded.
     pub loaded: Option<(String, String)>,
+    /// (container id, schema_reload_token) the container has its schema cache as of.
+    pub schema: Option<(String, u64)>,
     /// A container without our labels found holding the project's name.
     pub foreign: Option<String>,
     pub retry: Option<Retry>,
@@ -85,6 +87,7 @@ impl Project {
             && self.want.is_none()
             && self.file_error.is_none()
             && self.loaded.is_none()
+            && self.schema.is_none()
             && self.error.is_none()
             && self.retry.is_none()
             && !self.in_flight
@@ -103,6 +106,7 @@ impl Project {
             Job::Recreate { rendered, .. } => (Verb::Recreate, Some(rendered)),
             Job::Start { rendered, .. } => (Verb::Start, Some(rendered)),
             Job::Reload { rendered, .. } => (Verb::Reload, Some(rendered)),
+            Job::ReloadSchema { rendered, .. } => (Verb::ReloadSchema, Some(rendered)),
             Job::Remove { .. } => (Verb::Remove, None),
             Job::RemoveConfig { .. } => (Verb::RemoveConfig, None),
         };
@@ -150,6 +154,10 @@ impl Project {
             Verb::Recreate => (EventKind::Recreated, reason),
             Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
             Verb::Reload => (EventKind::Reloaded, reason),
+            Verb::ReloadSchema => (
+                EventKind::Reloaded,
+                "schema cache (SIGUSR1): schema_reload_token bumped".to_owned(),
+            ),
             Verb::RemoveConfig => (EventKind::Removed, "the rendered config".to_owned()),
             _ => (EventKind::Removed, reason),
         };
@@ -240,6 +248,7 @@ impl Table {
                 enabled: spec.enabled,
                 spec_hash: rendered.spec_hash.clone(),
                 config_digest: rendered.config.digest.clone(),
+                schema_token: spec.schema_reload_token,
             };
             project.want = Some(Want::Spec(planned.clone()));
             project.good = Some(Good {
@@ -275,6 +284,20 @@ impl Table {
         for project in self.projects.values_mut() {
             project.foreign = None;
         }
+    }
+
+    /// Seeds the records of schema reloads (kept on disk across restarts of the manager).
+    pub fn seed_schema(&mut self, seen: BTreeMap<ProjectId, (String, u64)>) {
+        for (id, record) in seen {
+            self.projects.entry(id).or_default().schema = Some(record);
+        }
+    }
+
+    pub fn schema_seen(&self) -> BTreeMap<ProjectId, (String, u64)> {
+        self.projects
+            .iter()
+            .filter_map(|(id, p)| Some((id.clone(), p.schema.clone()?)))
+            .collect()
     }
 
     pub fn loaded(&self) -> BTreeMap<ProjectId, (String, String)> {
@@ -320,10 +343,19 @@ impl Table {
                 project.foreign = None;
                 if let Some(running) = running {
                     let had_loaded = project.loaded.is_some();
-                    project.applied = match &outcome {
-                        Outcome::Loaded { .. } => running.rendered.clone(),
-                        Outcome::Removed => None,
-                    };
+                    match &outcome {
+                        Outcome::Loaded { container, .. } => {
+                            // A container started now loaded its schema cache as it starts.
+                            let started =
+                                matches!(running.verb, Verb::Create | Verb::Recreate | Verb::Start);
+                            if let (true, Some(rendered)) = (started, &running.rendered) {
+                                project.schema = Some((container.clone(), rendered.schema_token));
+                            }
+                            project.applied = running.rendered.clone();
+                        }
+                        Outcome::Removed => project.applied = None,
+                        Outcome::SchemaReloaded { .. } => {}
+                    }
                     project.succeeded(id, running, had_loaded);
                 }
                 match outcome {
@@ -337,7 +369,13 @@ impl Table {
                         }
                         project.loaded = Some((container, digest));
                     }
-                    Outcome::Removed => project.loaded = None,
+                    Outcome::Removed => {
+                        project.loaded = None;
+                        project.schema = None;
+                    }
+                    Outcome::SchemaReloaded { container, token } => {
+                        project.schema = Some((container, token));
+                    }
                 }
             }
             Err(ActionError::Runtime(e @ RuntimeError::Unavailable(_))) => return Some(e),
@@ -424,6 +462,7 @@ impl Table {
                     conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
                     last_reload: project.last_reload,
                     loaded_digest: None,
+                    schema_token_seen: None,
                     events: project.events.clone(),
                 },
             );
@@ -451,6 +490,11 @@ impl Table {
             if let Some((loaded_by, digest)) = &project.loaded {
                 if loaded_by == &container.id {
                     status.loaded_digest = Some(digest.clone());
+                }
+            }
+            if let Some((seen_by, token)) = &project.schema {
+                if seen_by == &container.id {
+                    status.schema_token_seen = Some(*token);
                 }
             }
         }

@@ -813,3 +813,52 @@ async fn the_event_ring_keeps_the_last_twenty() {
     passes(&handle, 1).await;
     assert!(!handle.snapshot().projects.contains_key(&pid("p1")));
 }
+
+#[tokio::test]
+async fn a_schema_reload_is_one_sigusr1_to_the_same_container_and_survives_a_restart() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, stop, task) = env.start();
+    let before = converged(&env, &handle, "p1").await;
+    let container = container_id(&before, "p1");
+    let config = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    env.fake.take_calls();
+
+    env.write("p1", |f| f.schema_reload_token = Some(1));
+    handle.wake();
+    let after = handle
+        .wait_for(WAIT, |s| {
+            s.projects
+                .get(&pid("p1"))
+                .is_some_and(|p| p.schema_token_seen == Some(1))
+        })
+        .await
+        .expect("the schema reload is delivered");
+    assert_eq!(container_id(&after, "p1"), container);
+    assert_eq!(
+        changes(&env.fake),
+        [Call::Signal(container.clone(), "SIGUSR1".into())]
+    );
+    let event = event(&handle, "p1", EventKind::Reloaded, 1).await;
+    assert_eq!(
+        event.reason,
+        "schema cache (SIGUSR1): schema_reload_token bumped"
+    );
+    // The config is untouched: no config reload, no rewrite.
+    let unchanged = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    assert_eq!(unchanged, config);
+    passes(&handle, 2).await;
+    assert_eq!(changes(&env.fake), []);
+
+    // A new manager remembers what the container had: no second signal.
+    let _ = stop.send(());
+    task.await.unwrap();
+    let (handle, _stop, _task) = env.start();
+    let snapshot = handle
+        .wait_for(WAIT, |s| s.reconciled_once)
+        .await
+        .expect("reconciled");
+    assert_eq!(snapshot.projects[&pid("p1")].schema_token_seen, Some(1));
+    passes(&handle, 2).await;
+    assert_eq!(changes(&env.fake), []);
+}
