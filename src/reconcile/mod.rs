@@ -7,12 +7,13 @@
 //! that resets on success. While Docker is unreachable it retries with backoff, logs the
 //! outage once and the recovery once, and then lists and reconciles everything.
 //!
-//! Rooms: `table` (what the loop remembers per project), `apply` (one action against Docker
-//! and the config directory), `events` (Docker's event stream), `snapshot` (what it publishes),
-//! `retry` (backoff).
+//! Rooms: `table` (what the loop remembers per project), `history` (its events and the plan
+//! in words), `apply` (one action against Docker and the config directory), `events` (Docker's
+//! event stream), `snapshot` (what it publishes), `retry` (backoff).
 
 mod apply;
 mod events;
+mod history;
 mod ready;
 mod retry;
 mod snapshot;

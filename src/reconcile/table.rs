@@ -10,13 +10,13 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::apply::{ActionError, Job, Outcome};
+use super::apply::{ActionError, Outcome};
+use super::history::Running;
 use super::retry::Retry;
 use super::snapshot::{
-    ContainerView, DesiredView, Event, EventKind, Events, ProjectStatus, Readiness, Snapshot,
-    EVENTS_KEPT,
+    ContainerView, DesiredView, EventKind, Events, ProjectStatus, Readiness, Snapshot,
 };
-use crate::plan::{self, Desired, Observed, Plan, Preview, Verb, Want, Wanted};
+use crate::plan::{self, Desired, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError};
 use crate::spec::ProjectId;
@@ -42,23 +42,15 @@ pub(super) struct Project {
     pub last_reload: Option<SystemTime>,
     pub in_flight: bool,
     /// The action in flight, with the rendering it carries and why it was planned.
-    running: Option<Running>,
+    pub running: Option<Running>,
     /// The rendering the container loaded (in this manager's life): what `plan` compares the
     /// desired rendering with, key by key, to say why.
-    applied: Option<Arc<Rendered>>,
+    pub applied: Option<Arc<Rendered>>,
     /// What the last pass planned for the project, and why.
-    planned: Option<(Verb, String)>,
+    pub planned: Option<(Verb, String)>,
     /// The last [`EVENTS_KEPT`] events. They do not keep the record alive: a project gone for
     /// good takes its events with it.
     pub events: Events,
-}
-
-#[derive(Debug)]
-struct Running {
-    verb: Verb,
-    /// The planned reason, without its verb (`jwt_secret changed`).
-    reason: String,
-    rendered: Option<Arc<Rendered>>,
 }
 
 #[derive(Debug)]
@@ -96,72 +88,6 @@ impl Project {
     /// Held back by its backoff at `now`.
     pub fn backing_off(&self, now: Instant) -> bool {
         self.retry.as_ref().is_some_and(|r| r.waiting(now))
-    }
-
-    /// `job` is dispatched: remember what it is and why, for the event when it ends.
-    pub fn begin(&mut self, job: &Job) {
-        self.in_flight = true;
-        let (verb, rendered) = match job {
-            Job::Create { rendered, .. } => (Verb::Create, Some(rendered)),
-            Job::Recreate { rendered, .. } => (Verb::Recreate, Some(rendered)),
-            Job::Start { rendered, .. } => (Verb::Start, Some(rendered)),
-            Job::Reload { rendered, .. } => (Verb::Reload, Some(rendered)),
-            Job::ReloadSchema { rendered, .. } => (Verb::ReloadSchema, Some(rendered)),
-            Job::Remove { .. } => (Verb::Remove, None),
-            Job::RemoveConfig { .. } => (Verb::RemoveConfig, None),
-        };
-        let reason = match &self.planned {
-            Some((planned, reason)) if *planned == verb => reason
-                .split_once(": ")
-                .map_or(reason.as_str(), |(_, why)| why)
-                .to_owned(),
-            _ => verb.as_str().to_owned(),
-        };
-        self.running = Some(Running {
-            verb,
-            reason,
-            rendered: rendered.cloned(),
-        });
-    }
-
-    /// Adds an event to the ring (dropping the oldest past [`EVENTS_KEPT`]) and logs it.
-    fn event(&mut self, id: &ProjectId, kind: EventKind, reason: String) {
-        info!(project = %id, event = %kind, reason = %reason, "event");
-        let events = Arc::make_mut(&mut self.events);
-        if events.len() == EVENTS_KEPT {
-            events.pop_front();
-        }
-        events.push_back(Event {
-            at: SystemTime::now(),
-            kind,
-            reason,
-        });
-    }
-
-    /// The event for an action that ended well. `had_loaded`: the project had a container
-    /// with a config loaded before, so a `Create` brings back one that went missing.
-    fn succeeded(&mut self, id: &ProjectId, running: Running, had_loaded: bool) {
-        let Running { verb, reason, .. } = running;
-        let (kind, reason) = match verb {
-            Verb::Create if had_loaded => (
-                EventKind::Healed,
-                "the container was missing; created again".to_owned(),
-            ),
-            Verb::Create => (
-                EventKind::Created,
-                "container created and started".to_owned(),
-            ),
-            Verb::Recreate => (EventKind::Recreated, reason),
-            Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
-            Verb::Reload => (EventKind::Reloaded, reason),
-            Verb::ReloadSchema => (
-                EventKind::Reloaded,
-                "schema cache (SIGUSR1): schema_reload_token bumped".to_owned(),
-            ),
-            Verb::RemoveConfig => (EventKind::Removed, "the rendered config".to_owned()),
-            _ => (EventKind::Removed, reason),
-        };
-        self.event(id, kind, reason);
     }
 }
 
@@ -414,31 +340,6 @@ impl Table {
             }
             project.error = Some(recorded);
         }
-    }
-
-    /// Puts the pass's plan into words, per project (published, and the reason of each
-    /// action's event). The keys that changed come from the rendering the container loaded
-    /// in this manager's life; after a restart of the manager the reason says what is known.
-    pub fn explain(&mut self, plan: &Plan, observed: &Observed) {
-        let changes = |id: &ProjectId| {
-            let project = self.projects.get(id)?;
-            let (applied, good) = (project.applied.as_ref()?, project.good.as_ref()?);
-            Some(plan::changed_keys(
-                &applied.config.text,
-                &good.rendered.config.text,
-                &good.rendered.keys,
-            ))
-        };
-        let preview = plan::preview(&self.projects, observed, plan, changes);
-        for project in self.projects.values_mut() {
-            project.planned = None;
-        }
-        for line in &preview {
-            if let Some(project) = self.projects.get_mut(&line.project) {
-                project.planned = Some((line.verb, line.reason.clone()));
-            }
-        }
-        self.preview = Arc::new(preview);
     }
 
     /// The published view: every project with a record or a container of ours.
