@@ -164,10 +164,15 @@ pub enum StateCommand {
         wait: WaitArgs,
         project_id: String,
     },
-    /// Make the project's PostgREST reload its config (bumps `reload_token`).
+    /// Make the project's PostgREST reload its config (bumps `reload_token`), or with
+    /// `--schema` its schema cache (bumps `schema_reload_token`: SIGUSR1, e.g. after a
+    /// migration; the config and the container stay).
     Reload {
         #[command(flatten)]
         state: StateArgs,
+        /// Reload the schema cache instead of the config.
+        #[arg(long)]
+        schema: bool,
         project_id: String,
     },
     /// Remove a project's desired state: its container and rendered config go.
@@ -188,17 +193,49 @@ pub enum StateCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one project, or all: desired state, actual state, health, last error.
+    /// Show one project, or all: desired state, actual state, health, last error. With
+    /// `--api` (and the key in INTERNAL_API_KEY) it asks the running manager instead, which
+    /// also knows readiness from its own probe and each project's last 20 events.
     Status {
         #[command(flatten)]
         state: StateArgs,
         #[command(flatten)]
         docker: DockerArgs,
+        #[command(flatten)]
+        api: ApiArgs,
         project_id: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// What the manager's loop would do now, per project, and why, without doing anything:
+    /// read state/, list Docker, plan. Takes `serve`'s settings, so it renders exactly as the
+    /// manager does. Exit code 0 when everything is converged, 2 when there is work.
+    Plan {
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The project's config as the manager would write it, against the one on disk (what the
+    /// container loaded), secrets masked. Exit code 0 when they are the same, 2 when not.
+    Diff {
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        project_id: String,
+    },
+}
+
+/// Asking a running manager's API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The manager's API (`http://127.0.0.1:9000`). Unset: read files and Docker only.
+    #[arg(long = "api", env = "PGM_API", value_name = "URL")]
+    pub url: Option<String>,
+    /// The API key; keep it in the environment, command lines are visible to every user.
+    #[arg(long = "api-key", env = "INTERNAL_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 /// How to find this manager's containers, for the actual state.

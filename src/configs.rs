@@ -27,6 +27,9 @@ use crate::state_dir::nofollow::{
 };
 
 const LOADED_DIR: &str = ".loaded";
+/// `<config_dir>/.schema/<id>`: `<container id> <schema_reload_token>`, the token whose
+/// schema reload the container has had (started with, or sent SIGUSR1 for).
+const SCHEMA_DIR: &str = ".schema";
 
 #[derive(Debug, Clone)]
 pub struct ConfigDir {
@@ -142,7 +145,67 @@ impl ConfigDir {
     }
 
     pub fn forget(&self, id: &ProjectId) -> std::io::Result<()> {
-        ignore_missing(std::fs::remove_file(self.record(id)))
+        ignore_missing(std::fs::remove_file(self.record(id)))?;
+        ignore_missing(std::fs::remove_file(self.schema_record(id)))
+    }
+
+    fn schema_record(&self, id: &ProjectId) -> PathBuf {
+        self.path.join(SCHEMA_DIR).join(id.as_str())
+    }
+
+    /// Records that `container` has loaded its schema cache as of `token`.
+    pub fn remember_schema(
+        &self,
+        id: &ProjectId,
+        container: &str,
+        token: u64,
+    ) -> std::io::Result<()> {
+        let records = ensure_subdir(open_dir(&self.path)?.as_fd(), SCHEMA_DIR, 0o700)?;
+        write_atomic_at(
+            &records,
+            id.as_str(),
+            format!("{container} {token}\n").as_bytes(),
+            0o600,
+            None,
+        )
+    }
+
+    /// Every schema record: project -> (container id, schema_reload_token).
+    pub fn schema_seen(&self) -> std::io::Result<BTreeMap<ProjectId, (String, u64)>> {
+        let records: File =
+            match open_dir(&self.path).and_then(|root| open_subdir(root.as_fd(), SCHEMA_DIR)) {
+                Ok(records) => records,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
+                Err(e) => return Err(e),
+            };
+        let entries = std::fs::read_dir(self.path.join(SCHEMA_DIR))?;
+        let mut seen = BTreeMap::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| ProjectId::parse(n).ok())
+            else {
+                continue;
+            };
+            // Like the load records: a record that is not a plain file is no record (the
+            // schema reload is sent again), and it is never followed.
+            let text = match read_file(records.as_fd(), id.as_str()) {
+                Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(project = %id, error = %e, "ignoring a schema record");
+                    continue;
+                }
+            };
+            if let Some((container, token)) = text.trim().split_once(' ') {
+                if let Ok(token) = token.parse() {
+                    seen.insert(id, (container.to_owned(), token));
+                }
+            }
+        }
+        Ok(seen)
     }
 
     /// Every record: project -> (container id, config digest).
@@ -234,9 +297,14 @@ mod tests {
             ("c1".to_owned(), "d1".to_owned())
         );
 
+        dir.remember_schema(&id, "c1", 3).unwrap();
+        assert_eq!(dir.schema_seen().unwrap()[&id], ("c1".to_owned(), 3));
+        assert_eq!(dir.projects().unwrap(), BTreeSet::from([id.clone()]));
+
         dir.remove(&id).unwrap();
         assert!(dir.projects().unwrap().is_empty());
         assert!(dir.loaded().unwrap().is_empty());
+        assert!(dir.schema_seen().unwrap().is_empty());
         dir.remove(&id).unwrap();
     }
 

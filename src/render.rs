@@ -190,6 +190,12 @@ pub struct Rendered {
     pub config: RenderedConfig,
     pub container: ContainerSpec,
     pub spec_hash: String,
+    /// Every key in the config, and whether a reload can change it (names only, no values):
+    /// what `plan` and `diff` use to say why a change reloads or recreates.
+    pub keys: Vec<(&'static str, bool)>,
+    /// The spec's `schema_reload_token`: not in the config (a schema reload is a signal, not a
+    /// config change), carried so the loop can record which token a container has seen.
+    pub schema_token: u64,
 }
 
 /// Userinfo in `db-uri`: everything outside RFC 3986 "unreserved" is percent-encoded.
@@ -349,6 +355,11 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
         config: RenderedConfig { text, digest },
         container,
         spec_hash,
+        keys: keys
+            .iter()
+            .map(|(k, _, r)| (*k, *r == Reload::Yes))
+            .collect(),
+        schema_token: spec.schema_reload_token,
     }
 }
 

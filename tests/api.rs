@@ -1362,3 +1362,202 @@ fn serve_refuses_a_writable_state_or_config_directory() {
     );
     assert!(!env.config_dir.join(&id).exists(), "a config was rendered");
 }
+
+/// What only the manager's memory holds, seen through its API and `status --api`: readiness
+/// from its own `/ready` probe while Docker's healthcheck still says `starting` (its first
+/// check is minutes away), and the project's events with their reasons (created, reloaded,
+/// healed after a `docker rm -f`), each also one INFO line in the log. No secret anywhere.
+#[test]
+fn events_and_readiness_come_from_the_running_manager() {
+    let env = TestEnv::new();
+    let api = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            args: ["--healthcheck-secs", "600"].map(String::from).to_vec(),
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let uri = format!("/internal/postgrest/{id}");
+    let (jwt, jwt_2, password) = (secret("jwt"), secret("jwt"), secret("pw"));
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &jwt, &password)),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let view = wait_until("the view to show the probe's readiness", || {
+        let view = api.call("GET", &uri, None).json();
+        (view["ready"] == json!(true)).then_some(view)
+    });
+    assert_eq!(view["health"], "starting", "{view}");
+    assert_eq!(inspect(&env.container(&id)).unwrap().health, "starting");
+    assert_eq!(view["events"][0]["kind"], "created", "{view}");
+
+    let put = api.call(
+        "PUT",
+        &uri,
+        Some(json!({"jwtSecret": jwt_2, "authenticatorPassword": password})),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    docker_ok(&["rm", "-f", &env.container(&id)]);
+    let view = wait_until("a healed event", || {
+        let view = api.call("GET", &uri, None).json();
+        let kinds: Vec<Value> = view["events"]
+            .as_array()?
+            .iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        (kinds == [json!("created"), json!("reloaded"), json!("healed")]).then_some(view)
+    });
+    assert_eq!(view["events"][1]["reason"], "jwt_secret changed", "{view}");
+    assert_eq!(
+        view["events"][2]["reason"], "the container was missing; created again",
+        "{view}"
+    );
+    let log = api.log();
+    for kind in ["created", "reloaded", "healed"] {
+        assert!(
+            log.lines().any(|l| l.contains("event")
+                && l.contains(&format!("project={id}"))
+                && l.contains(&format!("event={kind}"))),
+            "no {kind} event line in the log"
+        );
+    }
+
+    let plan = api.call("GET", "/internal/plan", None);
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    // The new container serves, as the probe sees it, while its health is still `starting`.
+    wait_until("the healed container to be ready", || {
+        let view = api.call("GET", &uri, None).json();
+        (view["ready"] == json!(true)).then_some(())
+    });
+    let status = env
+        .cli_command(&["status", &id, "--api", &format!("http://{}", api.addr())])
+        .env("INTERNAL_API_KEY", api.key())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("ready:       yes (the manager's probe of /ready)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("health:      starting (Docker's healthcheck)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("healed        the container was missing"),
+        "{out}"
+    );
+    let secrets = [jwt.as_str(), jwt_2.as_str(), password.as_str()];
+    for text in [
+        out.as_ref(),
+        view.to_string().as_str(),
+        log.as_str(),
+        plan.body.as_str(),
+    ] {
+        assert_no_secrets_in("the manager's answers and log", text, &secrets);
+    }
+}
+
+/// How many times the PostgREST double in `container` loaded its schema cache (at start, and
+/// after each SIGUSR1).
+fn schema_loads(container: &str) -> usize {
+    let out = docker(&["logs", container]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.matches("Schema cache loaded").count()
+}
+
+/// A schema reload (after a migration, through PgBouncer where `NOTIFY pgrst` cannot arrive):
+/// `POST .../reload-schema` answers once SIGUSR1 was delivered, and `reload --schema` asks the
+/// same through the state file. The container keeps its id, its config is not reloaded, and
+/// PostgREST (the double) reloads its schema cache each time, as its log says.
+#[test]
+fn reload_schema_sends_sigusr1_to_the_same_container() {
+    let env = TestEnv::new();
+    let api = Manager::start_api(&env);
+    let id = env.project_id();
+    let spawn = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&id, &secret("jwt"), &secret("pw"))),
+    );
+    assert_eq!(spawn.status, 201, "{}", spawn.body);
+    let name = env.container(&id);
+    let first = inspect(&name).unwrap();
+    wait_until("the first schema load", || {
+        (schema_loads(&name) == 1).then_some(())
+    });
+    let since = docker_now();
+
+    let reload = api.call(
+        "POST",
+        &format!("/internal/postgrest/{id}/reload-schema"),
+        None,
+    );
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    let body = reload.json();
+    assert_eq!(body["dockerId"], json!(first.id), "{body}");
+    assert_eq!(body["schemaReloadToken"], 1, "{body}");
+    wait_until("the double to reload its schema cache", || {
+        (schema_loads(&name) == 2).then_some(())
+    });
+
+    let cli = env.cli(&["reload", "--schema", &id]);
+    assert_eq!(cli.code, Some(0), "{cli:?}");
+    let view = wait_until("the second schema reload's event", || {
+        let view = api
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
+        (view["events"].as_array()?.len() == 3).then_some(view)
+    });
+    wait_until("a second schema reload", || {
+        (schema_loads(&name) == 3).then_some(())
+    });
+    let kinds: Vec<&Value> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["reason"])
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|r| r.as_str().is_some_and(|r| r.starts_with("schema cache")))
+            .count(),
+        2,
+        "{view}"
+    );
+    assert_eq!(inspect(&name).unwrap().id, first.id);
+    // Exactly two signals reached the container, both SIGUSR1 (10): no config reload
+    // (SIGUSR2), no restart. (PostgREST logs `Config reloaded` after a schema reload too, so
+    // its log cannot tell; Docker's events can.)
+    let signals = docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &docker_now(),
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        "event=kill",
+        "--format",
+        "{{.Actor.Attributes.signal}}",
+    ]);
+    assert_eq!(signals.split_whitespace().collect::<Vec<_>>(), ["10", "10"]);
+
+    let missing = api.call(
+        "POST",
+        "/internal/postgrest/nosuchproject/reload-schema",
+        None,
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
+}

@@ -409,3 +409,111 @@ fn a_write_waits_for_the_lock_no_longer_than_the_api_timeout() {
     assert!(!env.state_file(&id).exists(), "written without the lock");
     holder.kill();
 }
+
+/// `plan` computes what the loop would do without doing it, and says why; its exit code is 0
+/// when everything is converged and 2 when there is work. Under a stopped manager nothing
+/// converges, so the plan after an edit stays put for the test to read. `diff` shows the
+/// rendered config against the loaded one with every secret masked.
+#[test]
+fn plan_says_what_the_loop_would_do_and_diff_masks_secrets() {
+    let env = TestEnv::new();
+    let (a, b) = (env.project_id(), env.project_id());
+    let (jwt, password) = (secret("jwt"), secret("pw"));
+    let mut manager = Manager::start(&env);
+    for id in [&a, &b] {
+        let added = env.cli(&["add-project", id, &jwt, &password]);
+        assert_eq!(added.code, Some(0), "{added:?}");
+    }
+    env.wait_serving(&a);
+    env.wait_serving(&b);
+    let (config_dir, image) = (env.config_dir.display().to_string(), image());
+    let settings = [
+        "--config-dir",
+        config_dir.as_str(),
+        "--network",
+        env.network.as_str(),
+        "--image",
+        image.as_str(),
+    ];
+    let cli = |command: &[&str]| {
+        let args: Vec<&str> = command.iter().chain(&settings).copied().collect();
+        env.cli(&args)
+    };
+    // Converged once the manager has recorded both configs as loaded.
+    let converged = wait_until("plan to exit 0", || {
+        let run = cli(&["plan"]);
+        (run.code == Some(0)).then_some(run)
+    });
+    for id in [&a, &b] {
+        assert!(
+            converged
+                .stdout
+                .contains(&format!("{id}  nothing: converged")),
+            "{converged:?}"
+        );
+    }
+    let same = cli(&["diff", &a]);
+    assert_eq!(same.code, Some(0), "{same:?}");
+    assert!(same.stdout.contains("loaded by container"), "{same:?}");
+
+    manager.kill();
+    let (new_jwt, new_password) = (secret("jwt"), secret("pw"));
+    env.write_state(&a, &state_toml(&new_jwt, &password));
+    env.write_state(
+        &b,
+        &format!("{}enabled = false\n", state_toml(&jwt, &password)),
+    );
+    let work = cli(&["plan"]);
+    assert_eq!(work.code, Some(2), "{work:?}");
+    assert!(
+        work.stdout
+            .contains(&format!("{a}  reload: jwt_secret changed")),
+        "{work:?}"
+    );
+    assert!(
+        work.stdout.contains(&format!("{b}  remove: disabled")),
+        "{work:?}"
+    );
+    let json = cli(&["plan", "--json"]);
+    assert_eq!(json.code, Some(2), "{json:?}");
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(parsed["converged"], false);
+    assert_eq!(
+        parsed["projects"][0],
+        json!({"projectId": a, "action": "reload", "reason": "reload: jwt_secret changed"})
+    );
+
+    env.write_state(&a, &state_toml(&new_jwt, &new_password));
+    let recreate = cli(&["plan"]);
+    assert_eq!(recreate.code, Some(2), "{recreate:?}");
+    assert!(
+        recreate.stdout.contains(&format!(
+            "{a}  recreate: authenticator_password changed (db-uri is not reloadable)"
+        )),
+        "{recreate:?}"
+    );
+
+    let diff = cli(&["diff", &a]);
+    assert_eq!(diff.code, Some(2), "{diff:?}");
+    assert!(diff.stdout.contains("- jwt-secret = \"***\""), "{diff:?}");
+    assert!(diff.stdout.contains("+ jwt-secret = \"***\""), "{diff:?}");
+    assert!(diff.stdout.contains(":***@"), "{diff:?}");
+    let secrets = [jwt.as_str(), password.as_str(), &new_jwt, &new_password];
+    for run in [&work, &json, &recreate, &diff, &same, &converged] {
+        assert_no_secrets_in("plan/diff output", &run.stdout, &secrets);
+        assert_no_secrets_in("plan/diff errors", &run.stderr, &secrets);
+    }
+    // Nothing was done: the old container still runs, with the old config.
+    assert!(inspect(&env.container(&b)).is_some_and(|c| c.running));
+
+    // A manager again: it converges, and the plan says so.
+    let _manager = Manager::start(&env);
+    env.wait_gone(&b);
+    wait_until("plan to exit 0 after the manager converged", || {
+        let run = cli(&["plan"]);
+        (run.code == Some(0)).then_some(())
+    });
+    assert_eq!(cli(&["diff", &a]).code, Some(0));
+    let missing = cli(&["diff", &env.project_id()]);
+    assert_eq!(missing.code, Some(3), "{missing:?}");
+}

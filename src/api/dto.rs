@@ -5,8 +5,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::plan::Preview;
 use crate::plan::State as ContainerState;
-use crate::reconcile::{ProjectStatus, Readiness};
+use crate::reconcile::{Event, ProjectStatus, Readiness};
 use crate::render::SERVER_PORT;
 use crate::spec::{DesiredState, ProjectId, Secret};
 
@@ -53,6 +54,21 @@ pub struct RestartResponse {
     pub container_name: String,
     pub docker_id: String,
     pub reload_token: u64,
+}
+
+/// `POST /internal/postgrest/{id}/reload-schema`: answered once SIGUSR1 was delivered.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadSchemaResponse {
+    pub project_id: String,
+    #[schema(example = "schema reloaded")]
+    pub status: String,
+    #[schema(example = "PostgREST schema cache reload requested via SIGUSR1")]
+    pub message: String,
+    pub container_name: String,
+    /// The same container as before: a schema reload never recreates.
+    pub docker_id: String,
+    pub schema_reload_token: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -128,6 +144,68 @@ pub struct ProjectView {
     pub last_reload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload_token: Option<u64>,
+    /// The last 20 things that happened to the project, oldest first (`GET` of one project
+    /// only; the list leaves them out). Kept in the manager's memory: a restart starts afresh.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventView>,
+}
+
+/// One event: what happened to a project, when, and why (names keys, never values).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// RFC 3339, UTC.
+    #[schema(example = "2026-11-29T09:40:34Z")]
+    pub at: String,
+    /// `created`, `reloaded`, `recreated`, `removed`, `failed`, `healed`, `conflict` or
+    /// `invalid file`.
+    #[schema(example = "reloaded")]
+    pub kind: String,
+    #[schema(example = "jwt_secret changed")]
+    pub reason: String,
+}
+
+impl From<&Event> for EventView {
+    fn from(event: &Event) -> EventView {
+        EventView {
+            at: rfc3339(event.at),
+            kind: event.kind.to_string(),
+            reason: event.reason.clone(),
+        }
+    }
+}
+
+/// `GET /internal/plan`: what the loop's last pass planned.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanResponse {
+    /// Whether every project is converged (no line has work).
+    pub converged: bool,
+    /// The pass the plan comes from (passes are counted from the manager's start).
+    pub pass: u64,
+    pub projects: Vec<PlanLine>,
+}
+
+/// One project's line of the plan.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanLine {
+    pub project_id: String,
+    /// `create`, `recreate`, `start`, `reload`, `remove`, `remove config`, `nothing`,
+    /// `frozen` or `conflict`.
+    #[schema(example = "reload")]
+    pub action: String,
+    #[schema(example = "reload: jwt_secret changed")]
+    pub reason: String,
+}
+
+impl From<&Preview> for PlanLine {
+    fn from(line: &Preview) -> PlanLine {
+        PlanLine {
+            project_id: line.project.to_string(),
+            action: line.verb.as_str().to_owned(),
+            reason: line.reason.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -165,11 +243,18 @@ impl ProjectView {
             last_error: status.last_error.clone(),
             last_reload: status.last_reload.map(rfc3339),
             reload_token: status.desired.as_ref().map(|d| d.spec.reload_token),
+            events: Vec::new(),
         }
     }
 }
 
 impl ProjectView {
+    /// Adds the project's events (the view of one project shows them; the list does not).
+    pub fn with_events(mut self, status: &ProjectStatus) -> ProjectView {
+        self.events = status.events.iter().map(EventView::from).collect();
+        self
+    }
+
     /// Adds the state of Caddy's routes: `pending` is why they are not in place, if they are not.
     pub fn with_route(mut self, pending: Option<&Option<String>>) -> ProjectView {
         if self.desired == DesiredState::Enabled {

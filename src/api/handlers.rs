@@ -223,7 +223,7 @@ pub(super) async fn list(State(ctx): State<Shared>) -> Json<ListResponse> {
     path = "/internal/postgrest/{id}",
     params(("id" = String, Path, description = "Project id")),
     responses(
-        (status = 200, description = "Desired and actual state, health, last error, last reload", body = ProjectView),
+        (status = 200, description = "Desired and actual state, health (Docker's) beside readiness (the manager's own probe), last error, last reload, and the last 20 events", body = ProjectView),
         (status = 400, description = "Invalid project id", body = ErrorBody),
         (status = 401, description = "Missing or wrong key", body = ErrorBody),
         (status = 404, description = "Neither a state file nor a container", body = ErrorBody),
@@ -237,7 +237,7 @@ pub(super) async fn get_project(
 ) -> Result<Json<ProjectView>, ApiError> {
     let snapshot = ctx.handle.snapshot();
     if let Some(status) = snapshot.projects.get(&id) {
-        return Ok(Json(ctx.view(&id, status)));
+        return Ok(Json(ctx.view(&id, status).with_events(status)));
     }
     // Written a moment ago and not loaded yet: say so rather than 404.
     match ctx.read_file(&id).await {
@@ -282,7 +282,10 @@ pub(super) async fn put_project(
     // A broken file is simply replaced: PUT carries the whole spec.
     let edited = ctx
         .edit(&id, move |current| {
-            let token = current.ok().flatten().and_then(|f| f.reload_token);
+            let current = current.ok().flatten();
+            let token = current.as_ref().and_then(|f| f.reload_token);
+            // Not part of PUT's body: a schema reload is asked for through its own endpoint.
+            let schema_token = current.as_ref().and_then(|f| f.schema_reload_token);
             Ok(SpecFile {
                 jwt_secret: body.jwt_secret,
                 authenticator_password: body.authenticator_password,
@@ -296,6 +299,7 @@ pub(super) async fn put_project(
                 max_rows: body.max_rows,
                 db_pool: body.db_pool,
                 reload_token: body.reload_token.or(token),
+                schema_reload_token: schema_token,
             })
         })
         .await?;

@@ -8,8 +8,8 @@
 //! attributes (through `utoipa_axum::routes!`), so the document cannot drift from the
 //! handlers.
 //!
-//! Rooms: `handlers`, `dto` (bodies and views), `wait` (writing and waiting for the loop),
-//! `extract`, `auth`, `locks`, `error`.
+//! Rooms: `handlers`, `ops` (the plan, the schema reload), `dto` (bodies and views), `wait`
+//! (writing and waiting for the loop), `extract`, `auth`, `locks`, `error`.
 //!
 //! [`Snapshot`]: crate::reconcile::Snapshot
 
@@ -19,6 +19,7 @@ mod error;
 mod extract;
 mod handlers;
 mod locks;
+mod ops;
 pub mod serve;
 #[cfg(test)]
 mod tests;
@@ -38,8 +39,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use dto::{
-    DeleteResponse, HealthResponse, ListResponse, ProjectView, PutRequest, RestartResponse,
-    SpawnRequest, SpawnResponse,
+    DeleteResponse, EventView, HealthResponse, ListResponse, PlanLine, PlanResponse, ProjectView,
+    PutRequest, ReloadSchemaResponse, RestartResponse, SpawnRequest, SpawnResponse,
 };
 pub use error::{ApiError, ErrorBody};
 
@@ -49,6 +50,7 @@ use crate::spec::Secret;
 use crate::state_dir::StateDir;
 use handlers::*;
 use locks::Locks;
+use ops::*;
 
 /// The largest request body accepted; a full spec is well under 1 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -146,7 +148,9 @@ fn routes() -> (Router<Shared>, Router<Shared>, utoipa::openapi::OpenApi) {
     let (internal, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(spawn))
         .routes(routes!(restart))
+        .routes(routes!(reload_schema))
         .routes(routes!(list))
+        .routes(routes!(plan))
         .routes(routes!(get_project, put_project, delete_project))
         .routes(routes!(openapi_json))
         .split_for_parts();

@@ -619,9 +619,11 @@ async fn openapi_describes_every_route() {
     for path in [
         "/internal/postgrest/spawn",
         "/internal/postgrest/{id}/restart",
+        "/internal/postgrest/{id}/reload-schema",
         "/internal/postgrest/{id}",
         "/internal/postgrest",
         "/internal/openapi.json",
+        "/internal/plan",
         "/healthz",
         "/readyz",
     ] {
@@ -629,6 +631,8 @@ async fn openapi_describes_every_route() {
     }
     assert!(paths["/internal/postgrest/{id}"]["put"].is_object());
     assert!(doc["components"]["schemas"]["SpawnResponse"].is_object());
+    assert!(doc["components"]["schemas"]["EventView"].is_object());
+    assert!(doc["components"]["schemas"]["ProjectView"]["properties"]["events"].is_object());
     assert!(doc["components"]["securitySchemes"]["internal_key"].is_object());
     assert_eq!(doc, serde_json::to_value(openapi_document()).unwrap());
 }
@@ -687,4 +691,45 @@ async fn shutdown_answers_waiting_requests_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // The desired state was saved before the wait; the next manager converges it.
     assert!(h.state_text("p").is_some());
+}
+
+#[tokio::test]
+async fn plan_and_events_say_what_happened_and_why() {
+    let h = harness().await;
+    let (status, _) = h.raw(Method::GET, "/internal/plan", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    h.spawn_new("p1").await;
+    let (status, plan) = h.call(Method::GET, "/internal/plan", None).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["converged"], true, "{plan}");
+    assert_eq!(
+        plan["projects"],
+        json!([{"projectId": "p1", "action": "nothing", "reason": "nothing: converged"}])
+    );
+
+    let (status, view) = h.call(Method::GET, "/internal/postgrest/p1", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["events"][0]["kind"], "created", "{view}");
+    assert_eq!(view["events"][0]["reason"], "container created and started");
+    assert!(view["events"][0]["at"].as_str().unwrap().ends_with('Z'));
+    // The list stays lean: no events there.
+    let (_, list) = h.call(Method::GET, "/internal/postgrest", None).await;
+    assert!(list["containers"][0].get("events").is_none(), "{list}");
+
+    // A new secret through PUT: reloaded, and the event names the key, never its value.
+    let new_secret = "another-jwt-secret-0123456789abcdef012";
+    let (status, _) = h
+        .call(
+            Method::PUT,
+            "/internal/postgrest/p1",
+            Some(json!({"jwtSecret": new_secret, "authenticatorPassword": "pw-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, view) = h.call(Method::GET, "/internal/postgrest/p1", None).await;
+    assert_eq!(view["events"][1]["kind"], "reloaded", "{view}");
+    assert_eq!(view["events"][1]["reason"], "jwt_secret changed", "{view}");
+    let text = view.to_string();
+    assert!(!text.contains(SECRET) && !text.contains(new_secret) && !text.contains("pw-1"));
 }

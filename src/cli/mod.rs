@@ -1,8 +1,12 @@
 //! The state-editing subcommands: they work on the state directory directly, so they work
 //! while the daemon is down, and the daemon picks the change up. `list` and `status` read the
 //! state directory and, when Docker answers, this instance's containers; they never need the
-//! daemon either.
+//! daemon either. `status --api` asks the running daemon instead (its probe and its events
+//! live in its memory); `plan` and `diff` compute what the daemon would do, standalone.
 
+mod describe;
+mod plan;
+mod remote;
 mod status;
 
 use std::io::BufRead;
@@ -15,6 +19,12 @@ use status::{render_rows, status_rows, wait_for, Want};
 
 /// Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 no such project.
 pub fn run(command: StateCommand) -> ExitCode {
+    let command = match command {
+        // Their exit code says whether there is work, so they print their own output.
+        StateCommand::Plan { serve, json } => return plan::run_plan(*serve, json),
+        StateCommand::Diff { serve, project_id } => return plan::run_diff(*serve, &project_id),
+        other => other,
+    };
     match execute(command) {
         Ok(message) => {
             println!("{message}");
@@ -143,8 +153,18 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
             let waited = wait_for(&wait, &id, Want::Gone)?;
             Ok(format!("{id}: disabled{waited}"))
         }
-        StateCommand::Reload { state, project_id } => {
+        StateCommand::Reload {
+            state,
+            schema,
+            project_id,
+        } => {
             let (state, id) = (StateDir::new(state.state_dir), parse_id(&project_id)?);
+            if schema {
+                edit(&state, &id, |f| {
+                    f.bump_schema_reload();
+                })?;
+                return Ok(format!("{id}: schema reload requested"));
+            }
             edit(&state, &id, |f| {
                 f.bump_reload();
             })?;
@@ -182,16 +202,31 @@ pub fn execute(command: StateCommand) -> Result<String, CliError> {
         StateCommand::Status {
             state,
             docker,
+            api,
             project_id,
             json,
         } => {
             let state = StateDir::new(state.state_dir);
             let id = project_id.as_deref().map(parse_id).transpose()?;
+            if api.url.is_some() {
+                return describe::remote_status(&api, id.as_ref(), json);
+            }
             let rows = status_rows(&state, &docker, id.as_ref())?;
             if let (Some(id), true) = (&id, rows.is_empty()) {
                 return Err(no_such_project(&state, id));
             }
-            Ok(render_rows(&rows, json))
+            let mut out = render_rows(&rows, json);
+            if id.is_some() && !json {
+                out.push_str(
+                    "\n(readiness from the manager's probe and the project's events: \
+                     status --api <url>, or PGM_API, with INTERNAL_API_KEY)",
+                );
+            }
+            Ok(out)
         }
+        // Their exit code carries the answer (0 nothing to do, 2 work): `run` calls them.
+        StateCommand::Plan { .. } | StateCommand::Diff { .. } => Err(failed(
+            "plan and diff answer through their exit code; run them through cli::run",
+        )),
     }
 }

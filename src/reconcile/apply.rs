@@ -13,6 +13,9 @@ use crate::render::{owner_labels, Rendered};
 use crate::runtime::{LogCursor, Runtime, RuntimeError};
 use crate::spec::ProjectId;
 
+/// PostgREST's schema-cache reload signal (postgrest-facts.md); the image's wrapper forwards it.
+pub(super) const SCHEMA_RELOAD_SIGNAL: &str = "SIGUSR1";
+
 /// How an action ended well.
 #[derive(Debug)]
 pub(super) enum Outcome {
@@ -24,6 +27,8 @@ pub(super) enum Outcome {
     },
     /// The container is gone (and its config, unless kept).
     Removed,
+    /// The container was sent the schema-reload signal for this `schema_reload_token`.
+    SchemaReloaded { container: String, token: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,12 @@ pub(super) enum Job {
         container: String,
         rendered: Arc<Rendered>,
     },
+    /// Send the schema-reload signal (SIGUSR1).
+    ReloadSchema {
+        project: ProjectId,
+        container: String,
+        rendered: Arc<Rendered>,
+    },
     Remove {
         project: ProjectId,
         container: String,
@@ -111,6 +122,11 @@ impl Job {
                 container,
                 rendered: rendered()?,
             },
+            Action::ReloadSchema { project, container } => Job::ReloadSchema {
+                project,
+                container,
+                rendered: rendered()?,
+            },
             Action::Remove {
                 project,
                 container,
@@ -130,6 +146,7 @@ impl Job {
             | Job::Recreate { project, .. }
             | Job::Start { project, .. }
             | Job::Reload { project, .. }
+            | Job::ReloadSchema { project, .. }
             | Job::Remove { project, .. }
             | Job::RemoveConfig { project } => project,
         }
@@ -142,6 +159,7 @@ impl Job {
             Job::Recreate { .. } => "Recreate",
             Job::Start { .. } => "Start",
             Job::Reload { .. } => "Reload",
+            Job::ReloadSchema { .. } => "ReloadSchema",
             Job::Remove { .. } => "Remove",
             Job::RemoveConfig { .. } => "RemoveConfig",
         }
@@ -173,6 +191,7 @@ pub(super) async fn apply<R: Runtime>(
         } => {
             write_config(cfg, &project, &rendered).await?;
             runtime.start(&container).await?;
+            schema_loaded(cfg, &project, &container, rendered.schema_token).await;
             loaded(cfg, &project, container, &rendered, false).await
         }
         Job::Reload {
@@ -186,6 +205,16 @@ pub(super) async fn apply<R: Runtime>(
             runtime.signal(&container, &cfg.reload_signal).await?;
             confirm_reload(runtime, cfg, &container, cursor, &rendered).await?;
             loaded(cfg, &project, container, &rendered, true).await
+        }
+        Job::ReloadSchema {
+            project,
+            container,
+            rendered,
+        } => {
+            runtime.signal(&container, SCHEMA_RELOAD_SIGNAL).await?;
+            let token = rendered.schema_token;
+            schema_loaded(cfg, &project, &container, token).await;
+            Ok(Outcome::SchemaReloaded { container, token })
         }
         Job::Remove {
             project,
@@ -260,7 +289,19 @@ async fn create<R: Runtime>(
         Err(e) => return Err(e.into()),
     };
     runtime.start(&id).await?;
+    // A starting PostgREST loads its schema cache: the token asked for so far is served.
+    schema_loaded(cfg, project, &id, rendered.schema_token).await;
     loaded(cfg, project, id, rendered, false).await
+}
+
+/// Records that the container has its schema cache as of `token` (a failure costs at most
+/// one extra schema reload after a restart of the manager: logged, not fatal).
+async fn schema_loaded(cfg: &LoopConfig, project: &ProjectId, container: &str, token: u64) {
+    let configs = cfg.configs.clone();
+    let (p, c) = (project.clone(), container.to_owned());
+    if let Err(e) = blocking(move || configs.remember_schema(&p, &c, token)).await {
+        warn!(project = %project, error = %e, "cannot record the schema reload");
+    }
 }
 
 /// The container runs with `rendered` loaded: record it on disk (a failure costs at most one

@@ -7,12 +7,13 @@
 //! that resets on success. While Docker is unreachable it retries with backoff, logs the
 //! outage once and the recovery once, and then lists and reconciles everything.
 //!
-//! Rooms: `table` (what the loop remembers per project), `apply` (one action against Docker
-//! and the config directory), `events` (Docker's event stream), `snapshot` (what it publishes),
-//! `retry` (backoff).
+//! Rooms: `table` (what the loop remembers per project), `history` (its events and the plan
+//! in words), `apply` (one action against Docker and the config directory), `events` (Docker's
+//! event stream), `snapshot` (what it publishes), `retry` (backoff).
 
 mod apply;
 mod events;
+mod history;
 mod ready;
 mod retry;
 mod snapshot;
@@ -30,7 +31,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-pub use snapshot::{ContainerView, DesiredView, Handle, ProjectStatus, Readiness, Snapshot};
+pub use snapshot::{
+    ContainerView, DesiredView, Event, EventKind, Handle, ProjectStatus, Readiness, Snapshot,
+    EVENTS_KEPT,
+};
 
 use crate::configs::ConfigDir;
 use crate::plan::{self, Observed};
@@ -177,6 +181,12 @@ impl<R: Runtime> Controller<R> {
                 warn!(error = %e, "cannot read the records of loaded configs; every running container will be signalled once");
             }
         }
+        match self.cfg.configs.schema_seen() {
+            Ok(seen) => self.table.seed_schema(seen),
+            Err(e) => {
+                warn!(error = %e, "cannot read the records of schema reloads; a container asked for one gets it again");
+            }
+        }
 
         let mut actions: JoinSet<Done> = JoinSet::new();
         let mut resync =
@@ -321,8 +331,10 @@ impl<R: Runtime> Controller<R> {
             foreign: self.table.foreign(),
             config_dirs,
             loaded: self.table.loaded(),
+            schema: self.table.schema_seen(),
         };
         let plan = plan::plan(&self.table.projects, &observed);
+        self.table.explain(&plan, &observed);
         debug!(actions = plan.actions.len(), "planned");
 
         for conflict in plan.conflicts {
@@ -446,7 +458,7 @@ impl<R: Runtime> Controller<R> {
             if record.in_flight || record.backing_off(now) {
                 continue;
             }
-            record.in_flight = true;
+            record.begin(&job);
             let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
             let span = info_span!("reconcile", project = %project);
             actions.spawn(

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 pub use super::ready::Readiness;
-use crate::plan::{Desired, State};
+use crate::plan::{Desired, Preview, State};
 use crate::runtime::Health;
 use crate::spec::{DesiredState, ProjectId, Spec};
 
@@ -25,6 +25,8 @@ pub struct Snapshot {
     /// Passes that got as far as planning, counted from start-up. Tests wait on it to prove
     /// that nothing happened across a pass (a resync included), instead of sleeping.
     pub passes: u64,
+    /// What the last pass planned, per project, and why (`GET /internal/plan`).
+    pub plan: Arc<Vec<Preview>>,
 }
 
 impl Snapshot {
@@ -48,6 +50,61 @@ pub struct ProjectStatus {
     pub last_reload: Option<SystemTime>,
     /// Digest of the config the container is known to have loaded.
     pub loaded_digest: Option<String>,
+    /// The `schema_reload_token` the container has its schema cache as of.
+    pub schema_token_seen: Option<u64>,
+    /// The last [`EVENTS_KEPT`] things that happened to the project, oldest first.
+    pub events: Events,
+}
+
+/// How many events each project keeps: a ring, so a project's memory stays bounded however
+/// long the manager runs.
+pub const EVENTS_KEPT: usize = 20;
+
+/// A project's event ring, shared between the loop's record and every published snapshot
+/// (publishing clones an `Arc`, not the events).
+pub type Events = Arc<std::collections::VecDeque<Event>>;
+
+/// One thing that happened to a project, as `kubectl describe` shows events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: SystemTime,
+    pub kind: EventKind,
+    /// Why, in words; names keys, never values.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Reloaded,
+    Recreated,
+    Removed,
+    Failed,
+    /// A container that was expected but missing or stopped came back.
+    Healed,
+    Conflict,
+    InvalidFile,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Reloaded => "reloaded",
+            EventKind::Recreated => "recreated",
+            EventKind::Removed => "removed",
+            EventKind::Failed => "failed",
+            EventKind::Healed => "healed",
+            EventKind::Conflict => "conflict",
+            EventKind::InvalidFile => "invalid file",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ProjectStatus {

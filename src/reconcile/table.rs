@@ -11,9 +11,12 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::apply::{ActionError, Outcome};
+use super::history::Running;
 use super::retry::Retry;
-use super::snapshot::{ContainerView, DesiredView, ProjectStatus, Readiness, Snapshot};
-use crate::plan::{self, Desired, Want, Wanted};
+use super::snapshot::{
+    ContainerView, DesiredView, EventKind, Events, ProjectStatus, Readiness, Snapshot,
+};
+use crate::plan::{self, Desired, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError};
 use crate::spec::ProjectId;
@@ -30,12 +33,24 @@ pub(super) struct Project {
     pub file_error: Option<String>,
     /// (container id, config digest) the container is known to have loaded.
     pub loaded: Option<(String, String)>,
+    /// (container id, schema_reload_token) the container has its schema cache as of.
+    pub schema: Option<(String, u64)>,
     /// A container without our labels found holding the project's name.
     pub foreign: Option<String>,
     pub retry: Option<Retry>,
     pub error: Option<RecordedError>,
     pub last_reload: Option<SystemTime>,
     pub in_flight: bool,
+    /// The action in flight, with the rendering it carries and why it was planned.
+    pub running: Option<Running>,
+    /// The rendering the container loaded (in this manager's life): what `plan` compares the
+    /// desired rendering with, key by key, to say why.
+    pub applied: Option<Arc<Rendered>>,
+    /// What the last pass planned for the project, and why.
+    pub planned: Option<(Verb, String)>,
+    /// The last [`EVENTS_KEPT`] events. They do not keep the record alive: a project gone for
+    /// good takes its events with it.
+    pub events: Events,
 }
 
 #[derive(Debug)]
@@ -64,6 +79,7 @@ impl Project {
             && self.want.is_none()
             && self.file_error.is_none()
             && self.loaded.is_none()
+            && self.schema.is_none()
             && self.error.is_none()
             && self.retry.is_none()
             && !self.in_flight
@@ -80,6 +96,8 @@ pub(super) struct Table {
     pub projects: BTreeMap<ProjectId, Project>,
     /// `*.toml` files whose name is not a valid project id.
     pub misnamed: Vec<String>,
+    /// What the last pass planned, per project, and why.
+    pub preview: Arc<Vec<Preview>>,
 }
 
 impl Table {
@@ -113,6 +131,7 @@ impl Table {
                         "no container until it is fixed"
                     };
                     error!(project = %id, error = %now, "invalid state file; {kept}");
+                    project.event(id, EventKind::InvalidFile, format!("{now}; {kept}"));
                 }
                 (Some(_), None) if specs.contains_key(id) => {
                     info!(project = %id, "state file valid again");
@@ -130,6 +149,11 @@ impl Table {
             if project.file_error.is_none() {
                 let message = error.to_string();
                 error!(project = %id, error = %message, "invalid state file; no container until it is fixed");
+                project.event(
+                    &id,
+                    EventKind::InvalidFile,
+                    format!("{message}; no container until it is fixed"),
+                );
                 project.file_error = Some(message);
             }
             if project.good.is_none() {
@@ -150,6 +174,7 @@ impl Table {
                 enabled: spec.enabled,
                 spec_hash: rendered.spec_hash.clone(),
                 config_digest: rendered.config.digest.clone(),
+                schema_token: spec.schema_reload_token,
             };
             project.want = Some(Want::Spec(planned.clone()));
             project.good = Some(Good {
@@ -187,6 +212,20 @@ impl Table {
         }
     }
 
+    /// Seeds the records of schema reloads (kept on disk across restarts of the manager).
+    pub fn seed_schema(&mut self, seen: BTreeMap<ProjectId, (String, u64)>) {
+        for (id, record) in seen {
+            self.projects.entry(id).or_default().schema = Some(record);
+        }
+    }
+
+    pub fn schema_seen(&self) -> BTreeMap<ProjectId, (String, u64)> {
+        self.projects
+            .iter()
+            .filter_map(|(id, p)| Some((id.clone(), p.schema.clone()?)))
+            .collect()
+    }
+
     pub fn loaded(&self) -> BTreeMap<ProjectId, (String, String)> {
         self.projects
             .iter()
@@ -220,6 +259,7 @@ impl Table {
     ) -> Option<RuntimeError> {
         let project = self.projects.entry(id.clone()).or_default();
         project.in_flight = false;
+        let running = project.running.take();
         match result {
             Ok(outcome) => {
                 project.retry = None;
@@ -227,6 +267,23 @@ impl Table {
                     info!(project = %id, "recovered");
                 }
                 project.foreign = None;
+                if let Some(running) = running {
+                    let had_loaded = project.loaded.is_some();
+                    match &outcome {
+                        Outcome::Loaded { container, .. } => {
+                            // A container started now loaded its schema cache as it starts.
+                            let started =
+                                matches!(running.verb, Verb::Create | Verb::Recreate | Verb::Start);
+                            if let (true, Some(rendered)) = (started, &running.rendered) {
+                                project.schema = Some((container.clone(), rendered.schema_token));
+                            }
+                            project.applied = running.rendered.clone();
+                        }
+                        Outcome::Removed => project.applied = None,
+                        Outcome::SchemaReloaded { .. } => {}
+                    }
+                    project.succeeded(id, running, had_loaded);
+                }
                 match outcome {
                     Outcome::Loaded {
                         container,
@@ -238,7 +295,13 @@ impl Table {
                         }
                         project.loaded = Some((container, digest));
                     }
-                    Outcome::Removed => project.loaded = None,
+                    Outcome::Removed => {
+                        project.loaded = None;
+                        project.schema = None;
+                    }
+                    Outcome::SchemaReloaded { container, token } => {
+                        project.schema = Some((container, token));
+                    }
                 }
             }
             Err(ActionError::Runtime(e @ RuntimeError::Unavailable(_))) => return Some(e),
@@ -268,9 +331,11 @@ impl Table {
             match error {
                 ActionError::Foreign { .. } => {
                     error!(project = %id, error = %recorded.message, "conflict");
+                    project.event(id, EventKind::Conflict, recorded.message.clone());
                 }
                 _ => {
                     warn!(project = %id, error = %recorded.message, "action failed; retrying with backoff");
+                    project.event(id, EventKind::Failed, recorded.message.clone());
                 }
             }
             project.error = Some(recorded);
@@ -298,6 +363,8 @@ impl Table {
                     conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
                     last_reload: project.last_reload,
                     loaded_digest: None,
+                    schema_token_seen: None,
+                    events: project.events.clone(),
                 },
             );
         }
@@ -320,9 +387,15 @@ impl Table {
                 continue;
             };
             status.last_reload = project.last_reload;
+            status.events = project.events.clone();
             if let Some((loaded_by, digest)) = &project.loaded {
                 if loaded_by == &container.id {
                     status.loaded_digest = Some(digest.clone());
+                }
+            }
+            if let Some((seen_by, token)) = &project.schema {
+                if seen_by == &container.id {
+                    status.schema_token_seen = Some(*token);
                 }
             }
         }
@@ -345,5 +418,6 @@ pub(super) fn snapshot(
         projects: table.snapshot(listing, readiness),
         misnamed: table.misnamed.clone(),
         passes,
+        plan: table.preview.clone(),
     }
 }

@@ -788,3 +788,203 @@ async fn readiness_comes_from_postgrest_with_its_own_reason() {
         .count();
     assert_eq!(creates, 1);
 }
+
+/// Waits until the project's events hold `count` of `kind`; returns the latest of them.
+async fn event(handle: &Handle, id: &str, kind: EventKind, count: usize) -> Event {
+    handle.wake();
+    let id = pid(id);
+    let of_kind = |s: &Snapshot| -> Vec<Event> {
+        s.projects
+            .get(&id)
+            .map(|p| {
+                p.events
+                    .iter()
+                    .filter(|e| e.kind == kind)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let snapshot = handle
+        .wait_for(WAIT, |s| of_kind(s).len() >= count)
+        .await
+        .unwrap_or_else(|s| panic!("no {kind} event: {:?}", s.projects.get(&id)));
+    of_kind(&snapshot).pop().unwrap()
+}
+
+#[tokio::test]
+async fn every_kind_of_event_is_recorded_once_with_its_reason() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    let created = event(&handle, "p1", EventKind::Created, 1).await;
+    assert_eq!(created.reason, "container created and started");
+
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    let reloaded = event(&handle, "p1", EventKind::Reloaded, 1).await;
+    assert_eq!(reloaded.reason, "jwt_secret changed");
+
+    let latest = |f: &mut SpecFile| {
+        f.jwt_secret = Secret::new(SECRET_B);
+        f.authenticator_password = Secret::new("new");
+    };
+    env.write("p1", latest);
+    let recreated = event(&handle, "p1", EventKind::Recreated, 1).await;
+    assert_eq!(
+        recreated.reason,
+        "authenticator_password changed (db-uri is not reloadable)"
+    );
+    converged(&env, &handle, "p1").await;
+
+    env.fake.remove_by_hand("postgrest-p1");
+    let healed = event(&handle, "p1", EventKind::Healed, 1).await;
+    assert_eq!(healed.reason, "the container was missing; created again");
+    converged(&env, &handle, "p1").await;
+    env.fake.set_state("postgrest-p1", State::Exited);
+    let healed = event(&handle, "p1", EventKind::Healed, 2).await;
+    assert_eq!(healed.reason, "the container is exited; started again");
+    converged(&env, &handle, "p1").await;
+
+    env.fake.fail_signals(true);
+    env.write("p1", |f| {
+        latest(f);
+        f.reload_token = Some(7);
+    });
+    let failed = event(&handle, "p1", EventKind::Failed, 1).await;
+    assert!(failed.reason.contains("cannot kill"), "{}", failed.reason);
+    // Retries of the same failure add no event.
+    passes(&handle, 3).await;
+    env.fake.fail_signals(false);
+    let reloaded = event(&handle, "p1", EventKind::Reloaded, 2).await;
+    assert_eq!(reloaded.reason, "reload_token bumped");
+
+    env.write_raw("p1", "jwt_secret = [");
+    let invalid = event(&handle, "p1", EventKind::InvalidFile, 1).await;
+    assert!(
+        invalid
+            .reason
+            .ends_with("the last good spec stays in force"),
+        "{}",
+        invalid.reason
+    );
+
+    env.write("p1", |f| {
+        latest(f);
+        f.enabled = Some(false);
+    });
+    let removed = event(&handle, "p1", EventKind::Removed, 1).await;
+    assert_eq!(removed.reason, "disabled");
+
+    env.fake.insert(ContainerInfo {
+        id: "foreign1".into(),
+        name: "postgrest-p2".into(),
+        labels: BTreeMap::new(),
+        state: State::Running,
+        health: Health::None,
+        ip: None,
+        exit_code: None,
+    });
+    env.write("p2", |_| {});
+    let conflict = event(&handle, "p2", EventKind::Conflict, 1).await;
+    assert!(conflict.reason.contains("foreign1"), "{}", conflict.reason);
+
+    // Each kind once (healed twice, reloaded twice, as done above), in order, no secret.
+    let snapshot = handle.snapshot();
+    let kinds: Vec<EventKind> = snapshot.projects[&pid("p1")]
+        .events
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    use EventKind::*;
+    assert_eq!(
+        kinds,
+        [
+            Created,
+            Reloaded,
+            Recreated,
+            Healed,
+            Healed,
+            Failed,
+            Reloaded,
+            InvalidFile,
+            Removed
+        ]
+    );
+    let all = format!("{:?}", snapshot.projects);
+    for secret in [SECRET_A, SECRET_B, "\"new\""] {
+        assert!(!all.contains(secret), "{secret} in {all}");
+    }
+}
+
+#[tokio::test]
+async fn the_event_ring_keeps_the_last_twenty() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    for token in 1..=25 {
+        env.write("p1", |f| f.reload_token = Some(token));
+        event(&handle, "p1", EventKind::Reloaded, token.min(19) as usize).await;
+        converged(&env, &handle, "p1").await;
+    }
+    let snapshot = handle.snapshot();
+    let events = &snapshot.projects[&pid("p1")].events;
+    assert_eq!(events.len(), EVENTS_KEPT);
+    assert!(events.iter().all(|e| e.kind == EventKind::Reloaded));
+
+    // Gone for good: the record, and its events, are dropped.
+    env.cfg.state.remove(&pid("p1")).unwrap();
+    gone(&handle, "p1").await;
+    passes(&handle, 1).await;
+    assert!(!handle.snapshot().projects.contains_key(&pid("p1")));
+}
+
+#[tokio::test]
+async fn a_schema_reload_is_one_sigusr1_to_the_same_container_and_survives_a_restart() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, stop, task) = env.start();
+    let before = converged(&env, &handle, "p1").await;
+    let container = container_id(&before, "p1");
+    let config = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    env.fake.take_calls();
+
+    env.write("p1", |f| f.schema_reload_token = Some(1));
+    handle.wake();
+    let after = handle
+        .wait_for(WAIT, |s| {
+            s.projects
+                .get(&pid("p1"))
+                .is_some_and(|p| p.schema_token_seen == Some(1))
+        })
+        .await
+        .expect("the schema reload is delivered");
+    assert_eq!(container_id(&after, "p1"), container);
+    assert_eq!(
+        changes(&env.fake),
+        [Call::Signal(container.clone(), "SIGUSR1".into())]
+    );
+    let event = event(&handle, "p1", EventKind::Reloaded, 1).await;
+    assert_eq!(
+        event.reason,
+        "schema cache (SIGUSR1): schema_reload_token bumped"
+    );
+    // The config is untouched: no config reload, no rewrite.
+    let unchanged = std::fs::read_to_string(env.cfg.configs.config_file(&pid("p1"))).unwrap();
+    assert_eq!(unchanged, config);
+    passes(&handle, 2).await;
+    assert_eq!(changes(&env.fake), []);
+
+    // A new manager remembers what the container had: no second signal.
+    let _ = stop.send(());
+    task.await.unwrap();
+    let (handle, _stop, _task) = env.start();
+    let snapshot = handle
+        .wait_for(WAIT, |s| s.reconciled_once)
+        .await
+        .expect("reconciled");
+    assert_eq!(snapshot.projects[&pid("p1")].schema_token_seen, Some(1));
+    passes(&handle, 2).await;
+    assert_eq!(changes(&env.fake), []);
+}

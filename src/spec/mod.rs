@@ -100,7 +100,7 @@ impl fmt::Display for Secret {
 }
 
 /// The keys of a state file, in [`SpecFile`]'s order.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "jwt_secret",
     "authenticator_password",
     "enabled",
@@ -113,6 +113,7 @@ const FIELDS: [&str; 12] = [
     "max_rows",
     "db_pool",
     "reload_token",
+    "schema_reload_token",
 ];
 
 /// The wire form of `state/<id>.toml`. Unknown keys are rejected so a typo is an error.
@@ -141,6 +142,10 @@ pub struct SpecFile {
     pub db_pool: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_token: Option<u64>,
+    /// Bumped to make PostgREST reload its schema cache (SIGUSR1), e.g. after a migration;
+    /// never part of the config, so it never reloads the config or recreates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_reload_token: Option<u64>,
 }
 
 impl SpecFile {
@@ -159,6 +164,7 @@ impl SpecFile {
             max_rows: None,
             db_pool: None,
             reload_token: None,
+            schema_reload_token: None,
         }
     }
 
@@ -203,6 +209,13 @@ impl SpecFile {
     pub fn bump_reload(&mut self) -> u64 {
         let token = self.reload_token.unwrap_or(0).wrapping_add(1);
         self.reload_token = Some(token);
+        token
+    }
+
+    /// Makes the next pass send the schema-reload signal; returns the new token.
+    pub fn bump_schema_reload(&mut self) -> u64 {
+        let token = self.schema_reload_token.unwrap_or(0).wrapping_add(1);
+        self.schema_reload_token = Some(token);
         token
     }
 
@@ -277,6 +290,7 @@ pub struct Spec {
     pub max_rows: u32,
     pub db_pool: u32,
     pub reload_token: u64,
+    pub schema_reload_token: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -361,6 +375,7 @@ impl Spec {
             max_rows,
             db_pool,
             reload_token: file.reload_token.unwrap_or(0),
+            schema_reload_token: file.schema_reload_token.unwrap_or(0),
         })
     }
 

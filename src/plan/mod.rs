@@ -5,7 +5,11 @@
 //! project, so the loop never has two things to do to one project at once; whatever remains
 //! after that action is planned on the next pass.
 
+mod explain;
+
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use explain::{changed_keys, config_keys, preview, KeyChange, Preview, Verb};
 
 use crate::spec::ProjectId;
 
@@ -24,6 +28,9 @@ pub struct Desired {
     pub enabled: bool,
     pub spec_hash: String,
     pub config_digest: String,
+    /// The spec's `schema_reload_token`: a container that has not had this schema reload
+    /// gets SIGUSR1.
+    pub schema_token: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,8 @@ pub struct Observed {
     pub config_dirs: BTreeSet<ProjectId>,
     /// Per project: (container id, config digest) last started or signalled with.
     pub loaded: BTreeMap<ProjectId, (String, String)>,
+    /// Per project: (container id, schema_reload_token) it last loaded its schema cache for.
+    pub schema: BTreeMap<ProjectId, (String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +98,11 @@ pub enum Action {
     },
     /// Rewrite the config and send the reload signal; the container keeps its id.
     Reload {
+        project: ProjectId,
+        container: String,
+    },
+    /// Send the schema-reload signal (SIGUSR1); the config and the container stay.
+    ReloadSchema {
         project: ProjectId,
         container: String,
     },
@@ -142,6 +156,7 @@ impl Action {
             | Action::Recreate { project, .. }
             | Action::Start { project, .. }
             | Action::Reload { project, .. }
+            | Action::ReloadSchema { project, .. }
             | Action::Remove { project, .. }
             | Action::RemoveConfig { project } => project,
         }
@@ -261,7 +276,21 @@ fn plan_project(
                 .is_some_and(|(loaded_by, digest)| {
                     *loaded_by == container.id && *digest == desired.config_digest
                 });
-            (!in_force).then_some(Step::Act(Action::Reload {
+            if !in_force {
+                return act(Action::Reload {
+                    project,
+                    container: id,
+                });
+            }
+            // A container without a record predates schema reloads: it needs one only if one
+            // was ever asked for.
+            let schema_seen = match observed.schema.get(&project) {
+                Some((seen_by, token)) => {
+                    *seen_by == container.id && *token == desired.schema_token
+                }
+                None => desired.schema_token == 0,
+            };
+            (!schema_seen).then_some(Step::Act(Action::ReloadSchema {
                 project,
                 container: id,
             }))
@@ -282,6 +311,7 @@ mod tests {
             enabled,
             spec_hash: hash.into(),
             config_digest: digest.into(),
+            schema_token: 0,
         })
     }
 
@@ -301,6 +331,7 @@ mod tests {
         foreign: Option<&'static str>,
         config_dir: bool,
         loaded: Option<(&'static str, &'static str)>,
+        schema: Option<(&'static str, u64)>,
     }
 
     const EMPTY: World = World {
@@ -308,6 +339,7 @@ mod tests {
         foreign: None,
         config_dir: false,
         loaded: None,
+        schema: None,
     };
 
     fn check(want: Option<Want>, world: World, expected: Option<Action>) {
@@ -327,6 +359,11 @@ mod tests {
             loaded: world
                 .loaded
                 .map(|(c, d)| (p("a"), (c.to_owned(), d.to_owned())))
+                .into_iter()
+                .collect(),
+            schema: world
+                .schema
+                .map(|(c, t)| (p("a"), (c.to_owned(), t)))
                 .into_iter()
                 .collect(),
         };
@@ -438,6 +475,55 @@ mod tests {
             ..EMPTY
         };
         check(Some(want(true, "h", "d")), stale, reload);
+    }
+
+    #[test]
+    fn schema_reload_once_the_config_is_in_force() {
+        let with_token = |token| match want(true, "h", "d") {
+            Want::Spec(d) => Want::Spec(Desired {
+                schema_token: token,
+                ..d
+            }),
+            frozen => frozen,
+        };
+        let reload_schema = Some(Action::ReloadSchema {
+            project: p("a"),
+            container: "c1".into(),
+        });
+        let world = |schema| World {
+            containers: running("h"),
+            loaded: Some(("c1", "d")),
+            schema,
+            ..EMPTY
+        };
+        check(
+            Some(with_token(2)),
+            world(Some(("c1", 1))),
+            reload_schema.clone(),
+        );
+        check(Some(with_token(2)), world(Some(("c1", 2))), None);
+        // The record is for another container: this one has not had the reload.
+        check(
+            Some(with_token(2)),
+            world(Some(("c0", 2))),
+            reload_schema.clone(),
+        );
+        // No record (a container from before schema reloads): only if one was asked for.
+        check(Some(with_token(0)), world(None), None);
+        check(Some(with_token(1)), world(None), reload_schema);
+        // A config reload comes first; the schema reload follows on the next pass.
+        let stale_config = World {
+            loaded: Some(("c1", "old")),
+            ..world(Some(("c1", 1)))
+        };
+        check(
+            Some(with_token(2)),
+            stale_config,
+            Some(Action::Reload {
+                project: p("a"),
+                container: "c1".into(),
+            }),
+        );
     }
 
     #[test]

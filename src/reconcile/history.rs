@@ -1,0 +1,119 @@
+//! A project's history and the loop's plan in words: each dispatched action remembers why it
+//! was planned, and when it ends well or badly the project's event ring gets one event (and
+//! the log one INFO line). Synchronous, no I/O, like the rest of the table.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::info;
+
+use super::apply::Job;
+use super::snapshot::{Event, EventKind, EVENTS_KEPT};
+use super::table::{Project, Table};
+use crate::plan::{self, Observed, Plan, Verb};
+use crate::render::Rendered;
+use crate::spec::ProjectId;
+
+/// The action in flight for a project.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub verb: Verb,
+    /// The planned reason, without its verb (`jwt_secret changed`).
+    pub reason: String,
+    pub rendered: Option<Arc<Rendered>>,
+}
+
+impl Project {
+    /// `job` is dispatched: remember what it is and why, for the event when it ends.
+    pub fn begin(&mut self, job: &Job) {
+        self.in_flight = true;
+        let (verb, rendered) = match job {
+            Job::Create { rendered, .. } => (Verb::Create, Some(rendered)),
+            Job::Recreate { rendered, .. } => (Verb::Recreate, Some(rendered)),
+            Job::Start { rendered, .. } => (Verb::Start, Some(rendered)),
+            Job::Reload { rendered, .. } => (Verb::Reload, Some(rendered)),
+            Job::ReloadSchema { rendered, .. } => (Verb::ReloadSchema, Some(rendered)),
+            Job::Remove { .. } => (Verb::Remove, None),
+            Job::RemoveConfig { .. } => (Verb::RemoveConfig, None),
+        };
+        let reason = match &self.planned {
+            Some((planned, reason)) if *planned == verb => reason
+                .split_once(": ")
+                .map_or(reason.as_str(), |(_, why)| why)
+                .to_owned(),
+            _ => verb.as_str().to_owned(),
+        };
+        self.running = Some(Running {
+            verb,
+            reason,
+            rendered: rendered.cloned(),
+        });
+    }
+
+    /// Adds an event to the ring (dropping the oldest past [`EVENTS_KEPT`]) and logs it.
+    pub(super) fn event(&mut self, id: &ProjectId, kind: EventKind, reason: String) {
+        info!(project = %id, event = %kind, reason = %reason, "event");
+        let events = Arc::make_mut(&mut self.events);
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event {
+            at: SystemTime::now(),
+            kind,
+            reason,
+        });
+    }
+
+    /// The event for an action that ended well. `had_loaded`: the project had a container
+    /// with a config loaded before, so a `Create` brings back one that went missing.
+    pub(super) fn succeeded(&mut self, id: &ProjectId, running: Running, had_loaded: bool) {
+        let Running { verb, reason, .. } = running;
+        let (kind, reason) = match verb {
+            Verb::Create if had_loaded => (
+                EventKind::Healed,
+                "the container was missing; created again".to_owned(),
+            ),
+            Verb::Create => (
+                EventKind::Created,
+                "container created and started".to_owned(),
+            ),
+            Verb::Recreate => (EventKind::Recreated, reason),
+            Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
+            Verb::Reload => (EventKind::Reloaded, reason),
+            Verb::ReloadSchema => (
+                EventKind::Reloaded,
+                "schema cache (SIGUSR1): schema_reload_token bumped".to_owned(),
+            ),
+            Verb::RemoveConfig => (EventKind::Removed, "the rendered config".to_owned()),
+            _ => (EventKind::Removed, reason),
+        };
+        self.event(id, kind, reason);
+    }
+}
+
+impl Table {
+    /// Puts the pass's plan into words, per project (published, and the reason of each
+    /// action's event). The keys that changed come from the rendering the container loaded
+    /// in this manager's life; after a restart of the manager the reason says what is known.
+    pub fn explain(&mut self, plan: &Plan, observed: &Observed) {
+        let changes = |id: &ProjectId| {
+            let project = self.projects.get(id)?;
+            let (applied, good) = (project.applied.as_ref()?, project.good.as_ref()?);
+            Some(plan::changed_keys(
+                &applied.config.text,
+                &good.rendered.config.text,
+                &good.rendered.keys,
+            ))
+        };
+        let preview = plan::preview(&self.projects, observed, plan, changes);
+        for project in self.projects.values_mut() {
+            project.planned = None;
+        }
+        for line in &preview {
+            if let Some(project) = self.projects.get_mut(&line.project) {
+                project.planned = Some((line.verb, line.reason.clone()));
+            }
+        }
+        self.preview = Arc::new(preview);
+    }
+}
