@@ -98,15 +98,34 @@ impl SpecKey {
                 })
             }
         }
+        match SpecKey::load(config_dir)? {
+            Some(key) => Ok(key),
+            // Created and gone again before the read: say it was not there.
+            None => Err(SpecKeyError::Read {
+                path: shown,
+                source: std::io::Error::from(ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// Reads `<config_dir>/.spec-key` without creating it (`plan` and `diff`, which must
+    /// render as the running manager does and change nothing): `None` when there is none yet.
+    pub fn load(config_dir: &Path) -> Result<Option<SpecKey>, SpecKeyError> {
+        let path = config_dir.join(SPEC_KEY_FILE);
+        let shown = path.display().to_string();
         let read_error = |source| SpecKeyError::Read {
             path: shown.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(read_error)?;
+            .open(&path);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
         let meta = file.metadata().map_err(read_error)?;
         if !meta.is_file() || meta.len() != KEY_LEN as u64 || meta.permissions().mode() & 0o077 != 0
         {
@@ -114,7 +133,7 @@ impl SpecKey {
         }
         let mut key = [0; KEY_LEN];
         file.read_exact(&mut key).map_err(read_error)?;
-        Ok(SpecKey(key))
+        Ok(Some(SpecKey(key)))
     }
 }
 

@@ -291,7 +291,9 @@ fn a_full_disk_refuses_writes_cleanly_and_recovers() {
             api: Api::Ready,
             state_dir: Some(state.path.clone()),
             config_dir: Some(configs.path.clone()),
-            api_timeout_secs: Some(10),
+            // Long enough for a cold start on a loaded 2-core machine (the last spawn must be
+            // a 201); the one 504 this test expects costs this much once.
+            api_timeout_secs: Some(25),
             ..ManagerOpts::default()
         },
     );

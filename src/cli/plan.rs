@@ -20,6 +20,7 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerInfo, Runtime};
 use crate::settings::Settings;
 use crate::spec::ProjectId;
+use crate::spec_key::SpecKey;
 use crate::state_dir::Loaded;
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +33,14 @@ fn loop_config(serve: ServeArgs) -> Result<(LoopConfig, Option<String>), CliErro
         no_api: true,
         ..serve
     };
-    let settings = Settings::try_from(serve).map_err(|e| usage(e.to_string()))?;
+    let mut settings = Settings::try_from(serve).map_err(|e| usage(e.to_string()))?;
+    // The spec-hash is keyed: render with the manager's key. Without one yet, a manager would
+    // create a fresh key, so the process-local random key `Settings` holds says the same thing
+    // (every container is recreated).
+    let cfg = &mut settings.reconcile;
+    if let Some(key) = SpecKey::load(cfg.configs.path()).map_err(|e| usage(e.to_string()))? {
+        cfg.template.spec_key = key;
+    }
     Ok((settings.reconcile, settings.docker_host))
 }
 
