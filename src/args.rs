@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "postgrest-manager",
@@ -111,6 +113,13 @@ pub struct ServeArgs {
     /// Run the controller without the HTTP API.
     #[arg(long, env = "PGM_NO_API")]
     pub no_api: bool,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, no key: it shows no secret
+    /// and no project id). Off when unset; never the API's address.
+    #[arg(long, env = "PGM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` or as `json` (one object per line).
+    #[arg(long, env = "PGM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

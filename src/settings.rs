@@ -13,6 +13,7 @@ use crate::reconcile::LoopConfig;
 use crate::render::Template;
 use crate::spec::Secret;
 use crate::state_dir::StateDir;
+use crate::telemetry::LogFormat;
 
 /// Signals a config reload may be sent as. SIGUSR2 is PostgREST's own; SIGHUP only works
 /// through the custom image's wrapper, which maps it to SIGUSR2.
@@ -29,6 +30,9 @@ pub struct Settings {
     pub api: Option<ApiSettings>,
     /// Caddy's admin API, when the manager keeps the routes there.
     pub caddy: Option<AdminUrl>,
+    /// Where `GET /metrics` is served; no metrics at all when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +180,15 @@ impl TryFrom<ServeArgs> for Settings {
                 },
             })
         };
+        // The metrics carry no key: they never share the API's listener.
+        if let (Some(metrics), Some(api)) = (args.metrics_listen, &api) {
+            if metrics == api.listen && metrics.port() != 0 {
+                return Err(invalid(
+                    "PGM_METRICS_LISTEN",
+                    "must differ from PGM_LISTEN: the metrics have no key and never share the API's port",
+                ));
+            }
+        }
         let template = Template {
             instance: args.instance,
             image: args.image,
@@ -208,6 +221,8 @@ impl TryFrom<ServeArgs> for Settings {
             docker_host: args.docker_host,
             api,
             caddy,
+            metrics_listen: args.metrics_listen,
+            log_format: args.log_format,
         })
     }
 }
@@ -240,6 +255,26 @@ mod tests {
         assert!(c.configs.path().is_absolute());
         assert_eq!(c.template.host_config_dir, c.configs.path());
         assert!(settings.api.is_none());
+        assert!(settings.metrics_listen.is_none());
+        assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn metrics_and_log_format() {
+        let settings = parse(&[
+            "--no-api",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert!(parse(&["--no-api", "--log-format", "xml"]).is_err());
     }
 
     #[test]
@@ -253,6 +288,15 @@ mod tests {
             (vec!["--host-config-dir", "relative"], "HOST_CONFIG_DIR"),
             (vec![], "INTERNAL_API_KEY"),
             (vec!["--internal-api-key", "short"], "INTERNAL_API_KEY"),
+            (
+                vec![
+                    "--listen",
+                    "127.0.0.1:9000",
+                    "--metrics-listen",
+                    "127.0.0.1:9000",
+                ],
+                "PGM_METRICS_LISTEN",
+            ),
             (
                 vec!["--caddy-admin-url", "https://caddy:2019"],
                 "PGM_CADDY_ADMIN_URL",

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{CaddyAdmin, CaddyError, Routes};
+use crate::metrics::Metrics;
 
 /// While Caddy is unreachable or refuses: 250 ms, doubling up to 10 s.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -42,6 +43,8 @@ pub struct RouteSync<C: CaddyAdmin> {
     not_before: Option<Instant>,
     /// Why the routes are not in place, while they are not.
     pending: Option<String>,
+    /// Counts every sync that asked Caddy, by result.
+    metrics: Option<Metrics>,
 }
 
 impl<C: CaddyAdmin> RouteSync<C> {
@@ -61,7 +64,14 @@ impl<C: CaddyAdmin> RouteSync<C> {
             },
             not_before: None,
             pending: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every sync that asks Caddy into `pgm_caddy_syncs_total{result}`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The admin API this sync talks to (tests inspect their fake through it).
@@ -93,7 +103,15 @@ impl<C: CaddyAdmin> RouteSync<C> {
         if !check_caddy && self.applied.as_ref() == Some(desired) {
             return SyncStatus::InSync;
         }
-        match self.bring(desired).await {
+        let brought = self.bring(desired).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.caddy_sync(match &brought {
+                Ok(SyncStatus::InSync) => "in_sync",
+                Ok(SyncStatus::Applied) => "applied",
+                Ok(SyncStatus::Pending { .. }) | Err(_) => "pending",
+            });
+        }
+        match brought {
             Ok(status) => {
                 if let Some(reason) = self.pending.take() {
                     info!(routes = desired.len(), was = %reason, "Caddy routes in place again");

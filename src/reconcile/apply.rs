@@ -120,6 +120,18 @@ impl Job {
         }
     }
 
+    /// The job's kind as a metric label: a fixed list, never a project.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            Job::Create { .. } => "create",
+            Job::Recreate { .. } => "recreate",
+            Job::Start { .. } => "start",
+            Job::Reload { .. } => "reload",
+            Job::Remove { .. } => "remove",
+            Job::RemoveConfig { .. } => "remove_config",
+        }
+    }
+
     /// The job's name, for log lines.
     fn kind(&self) -> &'static str {
         match self {
