@@ -309,7 +309,7 @@ impl Metrics {
         self.event_reconnects.inc();
     }
 
-    /// `route` is the route's template (`/internal/postgrest/{project_id}`), or `unmatched`.
+    /// `route` is the route's template (`/internal/postgrest/{id}`), or `unmatched`.
     pub fn api_request(&self, route: &str, method: &str, status: u16, took: Duration) {
         let method = match method {
             "GET" => "GET",

@@ -27,12 +27,7 @@ fn names_units_and_labels_follow_prometheus() {
     m.action_finished("reload", false, Duration::from_millis(1));
     m.docker_outage();
     m.caddy_sync("applied");
-    m.api_request(
-        "/internal/postgrest/{project_id}",
-        "PUT",
-        201,
-        Duration::ZERO,
-    );
+    m.api_request("/internal/postgrest/{id}", "PUT", 201, Duration::ZERO);
     m.api_request("unmatched", "BREW", 404, Duration::ZERO);
     m.set_projects(
         [
@@ -59,7 +54,7 @@ fn names_units_and_labels_follow_prometheus() {
         "pgm_docker_outages_total 1",
         "pgm_docker_event_stream_reconnects_total 0",
         r#"pgm_caddy_syncs_total{result="applied"} 1"#,
-        r#"pgm_api_requests_total{route="/internal/postgrest/{project_id}",method="PUT",status="201"} 1"#,
+        r#"pgm_api_requests_total{route="/internal/postgrest/{id}",method="PUT",status="201"} 1"#,
         r#"pgm_api_requests_total{route="unmatched",method="other",status="404"} 1"#,
         r#"pgm_projects{desired="enabled"} 2"#,
         r#"pgm_projects{desired="disabled"} 1"#,
@@ -109,8 +104,8 @@ async fn get_text(app: Router, path: &str) -> (StatusCode, String, String) {
 async fn api_requests_are_counted_by_route_template_never_by_path() {
     let m = Metrics::new();
     let app = Router::new()
-        .route("/internal/postgrest/{project_id}", get(|| async { "ok" }))
-        .route("/internal/postgrest/{project_id}", put(|| async { "ok" }))
+        .route("/internal/postgrest/{id}", get(|| async { "ok" }))
+        .route("/internal/postgrest/{id}", put(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(m.clone(), track_api));
     for path in [
         "/internal/postgrest/tenant-secret-name",
@@ -122,7 +117,7 @@ async fn api_requests_are_counted_by_route_template_never_by_path() {
     let text = m.encode();
     has(
         &text,
-        r#"pgm_api_requests_total{route="/internal/postgrest/{project_id}",method="GET",status="200"} 2"#,
+        r#"pgm_api_requests_total{route="/internal/postgrest/{id}",method="GET",status="200"} 2"#,
     );
     has(
         &text,
