@@ -256,6 +256,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_sync_that_asks_caddy_is_counted_by_result() {
+        let caddy = FakeCaddy::new();
+        let metrics = Metrics::new();
+        let mut sync = RouteSync::new(caddy.clone()).with_metrics(metrics.clone());
+        let desired = routes(&["a"], &[]);
+        assert_eq!(sync.sync(&desired, false).await, SyncStatus::Applied);
+        // Not asked: not counted.
+        assert_eq!(sync.sync(&desired, false).await, SyncStatus::InSync);
+        assert_eq!(sync.sync(&desired, true).await, SyncStatus::InSync);
+        caddy.set_unavailable(true);
+        pending(&sync.sync(&routes(&[], &[]), false).await);
+        let text = metrics.encode();
+        for line in [
+            r#"pgm_caddy_syncs_total{result="applied"} 1"#,
+            r#"pgm_caddy_syncs_total{result="in_sync"} 1"#,
+            r#"pgm_caddy_syncs_total{result="pending"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
     async fn finds_routes_already_in_place_without_patching() {
         // A manager restart: Caddy still holds what the previous run applied.
         let caddy = FakeCaddy::new();
