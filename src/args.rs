@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 /// host where it has one is refused at start (`settings::login_account`).
 pub const DEFAULT_CONFIG_UID: u32 = 10001;
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "postgrest-manager",
@@ -133,6 +135,13 @@ pub struct ServeArgs {
     /// Run the controller without the HTTP API.
     #[arg(long, env = "PGM_NO_API")]
     pub no_api: bool,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, no key: it shows no secret
+    /// and no project id). Off when unset; never the API's address.
+    #[arg(long, env = "PGM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` or as `json` (one object per line).
+    #[arg(long, env = "PGM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

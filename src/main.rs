@@ -7,9 +7,12 @@ use anyhow::Context;
 use clap::Parser;
 use postgrest_manager::api::{self, ApiConfig};
 use postgrest_manager::args::{Cli, Command};
-use postgrest_manager::reconcile::Controller;
+use postgrest_manager::metrics::{self, Metrics};
+use postgrest_manager::reconcile::{Controller, Handle};
 use postgrest_manager::render::ADMIN_PORT;
 use postgrest_manager::runtime::docker::DockerRuntime;
+use postgrest_manager::runtime::metered::Metered;
+use postgrest_manager::runtime::Runtime;
 use postgrest_manager::settings::Settings;
 use postgrest_manager::spec_key::SpecKey;
 use postgrest_manager::{caddy, cli, telemetry, watch};
@@ -27,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init();
+    telemetry::init(settings.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,7 +84,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let docker = Arc::new(DockerRuntime::new(settings.docker_host.as_deref()));
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?,
+        ),
+        None => None,
+    };
+    // Nothing is counted unless someone can read it.
+    let metrics = metrics_listener.as_ref().map(|_| Metrics::new());
+    let docker = Arc::new(Metered::new(
+        DockerRuntime::new(settings.docker_host.as_deref()),
+        metrics.clone(),
+    ));
     let state_dir = cfg.state.path().to_owned();
     // Why Caddy's routes are not in place (None while they are); only with Caddy configured.
     let (routes_tx, routes_rx) = tokio::sync::watch::channel(caddy::RouteState::default());
@@ -96,7 +112,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     let resync = cfg.resync;
     let instance = cfg.template.instance.clone();
-    let (controller, handle) = Controller::new(docker.clone(), cfg);
+    let (mut controller, handle) = Controller::new(docker.clone(), cfg);
+    if let Some(metrics) = &metrics {
+        controller = controller.with_metrics(metrics.clone());
+    }
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;
 
@@ -111,7 +130,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     if let Some(admin) = &settings.caddy {
         tracing::info!(caddy = %admin, "keeping project routes in Caddy");
-        let sync = caddy::RouteSync::new(caddy::HttpCaddy::new(admin));
+        let mut sync = caddy::RouteSync::new(caddy::HttpCaddy::new(admin));
+        if let Some(metrics) = &metrics {
+            sync = sync.with_metrics(metrics.clone());
+        }
         tokio::spawn(caddy::keep_in_step(
             handle.clone(),
             sync,
@@ -122,7 +144,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let server = match (listener, api_config, &settings.api) {
         (Some(listener), Some(api_config), Some(api_settings)) => {
-            let app = api::router(api_config, handle.clone(), stop_rx.clone());
+            let mut app = api::router(api_config, handle.clone(), stop_rx.clone());
+            if let Some(metrics) = &metrics {
+                app = app.layer(axum::middleware::from_fn_with_state(
+                    metrics.clone(),
+                    metrics::serve::track_api,
+                ));
+            }
             tracing::info!(listen = %listener.local_addr()?, "API listening");
             let serve =
                 api::serve::serve(listener, app, api_settings.limits, stopped(stop_rx.clone()));
@@ -130,11 +158,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+        tracing::info!(listen = %listener.local_addr()?, "metrics listening");
+        let app = metrics::serve::router(metrics, project_gauges(handle.clone()));
+        tokio::spawn(metrics::serve::serve(
+            listener,
+            app,
+            stopped(stop_rx.clone()),
+        ));
+    }
     tracing::info!(state_dir = %state_dir.display(), "postgrest-manager started");
     // One manager per instance on a Docker daemon, wherever its state lives: a second one
     // with the same instance name would remove the first one's containers.
     tokio::select! {
-        claimed = claim_instance(&docker, &instance, &identity) => claimed?,
+        claimed = claim_instance(&*docker, &instance, &identity) => claimed?,
         () = stopped(stop_rx.clone()) => return Ok(()),
     }
     controller.run(stopped(stop_rx)).await;
@@ -147,11 +184,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// Claims `instance` on the Docker daemon for this state directory (`identity`), waiting
 /// while Docker does not answer; fails when the manager of another state directory has it.
 async fn claim_instance(
-    docker: &DockerRuntime,
+    docker: &impl Runtime,
     instance: &str,
     identity: &str,
 ) -> anyhow::Result<()> {
-    use postgrest_manager::runtime::Runtime;
     let lease = format!("pgm-lease-{instance}");
     loop {
         match docker.claim(&lease, identity).await {
@@ -169,6 +205,19 @@ async fn claim_instance(
             }
         }
     }
+}
+
+/// The project gauges, set from the loop's last published snapshot when scraped.
+fn project_gauges(handle: Handle) -> metrics::serve::Refresh {
+    Arc::new(move |metrics: &Metrics| {
+        let snapshot = handle.snapshot();
+        metrics.set_projects(snapshot.projects.values().map(|p| {
+            (
+                p.desired_state(),
+                p.container.as_ref().map(|c| (c.state, c.health)),
+            )
+        }));
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

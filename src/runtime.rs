@@ -7,6 +7,7 @@
 pub mod docker;
 mod docker_logs;
 pub mod fake;
+pub mod metered;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -123,6 +124,10 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+    /// Looks one container up by its id, in the listing's shape: the loop confirms what it
+    /// just created or started with this instead of listing every container.
+    fn inspect(&self, id: &str)
+        -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
     /// Creates a container; returns its id. A taken name is `Conflict`.
     fn create(
         &self,

@@ -14,6 +14,7 @@ use crate::render::Template;
 use crate::spec::Secret;
 use crate::spec_key::SpecKey;
 use crate::state_dir::StateDir;
+use crate::telemetry::LogFormat;
 
 /// Signals a config reload may be sent as. SIGUSR2 is PostgREST's own; SIGHUP only works
 /// through the custom image's wrapper, which maps it to SIGUSR2.
@@ -78,6 +79,9 @@ pub struct Settings {
     pub api: Option<ApiSettings>,
     /// Caddy's admin API, when the manager keeps the routes there.
     pub caddy: Option<AdminUrl>,
+    /// Where `GET /metrics` is served; no metrics at all when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +242,15 @@ impl TryFrom<ServeArgs> for Settings {
                 },
             })
         };
+        // The metrics carry no key: they never share the API's listener.
+        if let (Some(metrics), Some(api)) = (args.metrics_listen, &api) {
+            if metrics == api.listen && metrics.port() != 0 {
+                return Err(invalid(
+                    "PGM_METRICS_LISTEN",
+                    "must differ from PGM_LISTEN: the metrics have no key and never share the API's port",
+                ));
+            }
+        }
         let template = Template {
             instance: args.instance,
             image: args.image,
@@ -276,6 +289,8 @@ impl TryFrom<ServeArgs> for Settings {
             docker_host: args.docker_host,
             api,
             caddy,
+            metrics_listen: args.metrics_listen,
+            log_format: args.log_format,
         })
     }
 }
@@ -312,6 +327,26 @@ mod tests {
         assert_eq!(c.template.host_config_dir, c.configs.path());
         assert!(settings.api.is_none());
         assert_eq!(c.template.uid, DEFAULT_CONFIG_UID);
+        assert!(settings.metrics_listen.is_none());
+        assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn metrics_and_log_format() {
+        let settings = parse(&[
+            "--no-api",
+            "--metrics-listen",
+            "127.0.0.1:9100",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert!(parse(&["--no-api", "--log-format", "xml"]).is_err());
     }
 
     #[test]
@@ -369,6 +404,15 @@ mod tests {
             (vec!["--host-config-dir", "relative"], "HOST_CONFIG_DIR"),
             (vec![], "INTERNAL_API_KEY"),
             (vec!["--internal-api-key", "short"], "INTERNAL_API_KEY"),
+            (
+                vec![
+                    "--listen",
+                    "127.0.0.1:9000",
+                    "--metrics-listen",
+                    "127.0.0.1:9000",
+                ],
+                "PGM_METRICS_LISTEN",
+            ),
             (
                 vec!["--caddy-admin-url", "https://caddy:2019"],
                 "PGM_CADDY_ADMIN_URL",

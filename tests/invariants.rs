@@ -1,7 +1,8 @@
 //! ARCHITECTURE.md's dependency invariants, checked by reading the sources: only the runtime
-//! room (`src/runtime.rs`, `src/runtime/`) imports bollard, only `src/watch.rs` imports
-//! notify, and the planner (`src/plan.rs`, or `src/plan/` once it is a folder) imports
-//! neither, nor tokio, nor any I/O from std (`std::fs`, `std::net`, `std::process`).
+//! room (`src/runtime.rs`, `src/runtime/`) imports bollard, only `src/metrics/` imports
+//! prometheus_client, only `src/watch.rs` imports notify, and the planner (`src/plan.rs`, or
+//! `src/plan/` once it is a folder) imports neither, nor tokio, nor any I/O from std
+//! (`std::fs`, `std::net`, `std::process`).
 //!
 //! `src/` is walked recursively, so a file moved into a folder is still checked; comments and
 //! string literals are stripped first, so a doc line naming a crate is not an import.
@@ -234,6 +235,40 @@ fn only_the_runtime_imports_bollard() {
         outside.is_empty(),
         "bollard is imported outside src/runtime/: {outside:?}"
     );
+}
+
+/// The metrics room owns the registry and the exposition format; everyone else counts through
+/// its typed methods. It is a leaf: it reads no snapshot, touches no Docker, serves no API.
+#[test]
+fn only_the_metrics_room_imports_prometheus_client_and_it_imports_no_room_that_acts() {
+    let sources = sources();
+    let users = users(&sources, "prometheus_client");
+    assert!(
+        users.iter().any(|f| f.starts_with("src/metrics/")),
+        "no metrics file uses prometheus_client: the check is blind ({users:?})"
+    );
+    let outside: Vec<&String> = users.iter().filter(|f| !in_room(f, "metrics")).collect();
+    assert!(
+        outside.is_empty(),
+        "prometheus_client outside src/metrics/: {outside:?}"
+    );
+    for (file, code) in &sources {
+        if in_room(file, "metrics") {
+            for forbidden in [
+                "crate::runtime::docker",
+                "crate::reconcile",
+                "crate::api",
+                "crate::settings",
+                "crate::cli",
+                "bollard",
+                "hyper",
+            ] {
+                assert!(!uses(code, forbidden), "{file} uses {forbidden}");
+            }
+        }
+    }
+    // The Docker runtime is metered from outside: it knows nothing of metrics.
+    assert!(!uses(&sources["src/runtime/docker.rs"], "crate::metrics"));
 }
 
 #[test]

@@ -209,6 +209,7 @@ async fn by_manager(
         docker_host: None,
         api_key: None,
         log_file: bench.root.join("bulk/manager.log"),
+        metrics: false,
     };
     let mut manager = Manager::start(bench, &cfg).await?;
     manager

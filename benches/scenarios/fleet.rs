@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{stream, StreamExt};
@@ -56,6 +58,7 @@ impl Fleet {
             docker_host: Some(proxy.docker_host()),
             api_key: Some(key.clone()),
             log_file: bench.root.join("fleet/manager.log"),
+            metrics: false,
         };
         let projects: Vec<String> = (0..size)
             .map(|i| format!("{}_f{i:04}", bench.tag))
@@ -592,40 +595,68 @@ pub async fn api(ctx: &mut Ctx) -> Result<(String, String), String> {
     Ok(("6. API: spawn latency and list throughput".into(), body))
 }
 
-pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
-    let (files, window, resync) = (
-        ctx.opts.idle_files,
-        ctx.opts.idle,
-        ctx.opts.idle_resync_secs,
-    );
-    let provenance = ctx.provenance();
-    fleet(ctx).await?;
-    let Ctx { bench, fleet, .. } = ctx;
-    let fleet = fleet.as_mut().expect("started");
-    let running = fleet.projects.len();
-    for i in running..files {
-        let project = format!("{}_i{i:04}", bench.tag);
-        write_state(
-            &fleet.cfg.state_dir,
-            &project,
-            &state_text(&project, &secret(&project, 1), false),
-        );
-    }
-    fleet.cfg.resync_secs = resync;
+/// What one idle window measured.
+struct IdleWindow {
+    elapsed: Duration,
+    cpu: Duration,
+    rss_kib: u64,
+    rss_max_mb: f64,
+    hwm_kib: u64,
+    calls: Calls,
+    actions: usize,
+    dockerd_cpu: Option<Duration>,
+    /// Scrapes of `/metrics` during the window, and the size of the last one.
+    scrapes: usize,
+    scrape_bytes: usize,
+}
+
+/// Prometheus' common scrape interval (its default is 60 s: this is the busier case).
+const SCRAPE_EVERY: Duration = Duration::from_secs(15);
+
+/// Restarts the fleet's manager (with or without metrics), lets it settle until `settled`
+/// (at least 10 s), then measures `window` of idleness; with metrics on, `/metrics` is
+/// scraped every [`SCRAPE_EVERY`] throughout.
+async fn idle_window(
+    bench: &Bench,
+    fleet: &mut Fleet,
+    window: Duration,
+    metrics: bool,
+    settled: Instant,
+) -> Result<IdleWindow, String> {
+    fleet.cfg.metrics = metrics;
     fleet.start(bench).await?;
-    // Settle: the start-up pass and its confirming pass, and every container's first
-    // healthcheck (30 s after its start) with the `health_status` event that wakes the loop.
-    let healthy_by = fleet.ready_at + Duration::from_secs(45);
-    let settle = healthy_by
+    let settle = settled
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(10));
-    eprintln!("bench: idle: settling for {:.0} s", settle.as_secs_f64());
+    eprintln!(
+        "bench: idle (metrics {}): settling for {:.0} s",
+        if metrics { "on" } else { "off" },
+        settle.as_secs_f64()
+    );
     tokio::time::sleep(settle).await;
     let dockerd = crate::env::command_output("pidof", &["dockerd"])
         .parse::<u32>()
         .ok();
     let manager = fleet.manager();
     let pid = manager.pid();
+    // Scrapes so far, and the size of the last one.
+    let scraped = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let scraper = manager.metrics.map(|addr| {
+        let scraped = scraped.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SCRAPE_EVERY);
+            loop {
+                tick.tick().await;
+                let Ok(mut conn) = Conn::connect(addr).await else {
+                    continue;
+                };
+                if let Ok((200, body)) = conn.request("GET", "/metrics", &[], None).await {
+                    scraped.0.fetch_add(1, Ordering::SeqCst);
+                    scraped.1.store(body.len(), Ordering::SeqCst);
+                }
+            }
+        })
+    });
     let actions_before = manager.count_lines(" done");
     fleet.proxy.take();
     let (rss0, _) = fleet.manager().memory_kib();
@@ -646,15 +677,70 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time(pid) - cpu0;
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     let dockerd_cpu = dockerd.zip(dockerd0).map(|(p, c0)| cpu_time(p) - c0);
-    let (rss, hwm) = fleet.manager().memory_kib();
-    let calls = fleet.proxy.take();
-    let actions = fleet.manager().count_lines(" done") - actions_before;
+    let (rss_kib, hwm_kib) = fleet.manager().memory_kib();
+    Ok(IdleWindow {
+        elapsed,
+        cpu,
+        rss_kib,
+        rss_max_mb: rss_samples.iter().copied().fold(0.0, f64::max) / 1024.0,
+        hwm_kib,
+        calls: fleet.proxy.take(),
+        actions: fleet.manager().count_lines(" done") - actions_before,
+        dockerd_cpu,
+        scrapes: scraped.0.load(Ordering::SeqCst),
+        scrape_bytes: scraped.1.load(Ordering::SeqCst),
+    })
+}
+
+pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
+    let (files, window, resync, with_metrics) = (
+        ctx.opts.idle_files,
+        ctx.opts.idle,
+        ctx.opts.idle_resync_secs,
+        ctx.opts.idle_metrics,
+    );
+    let provenance = ctx.provenance();
+    fleet(ctx).await?;
+    let Ctx { bench, fleet, .. } = ctx;
+    let fleet = fleet.as_mut().expect("started");
+    let running = fleet.projects.len();
+    for i in running..files {
+        let project = format!("{}_i{i:04}", bench.tag);
+        write_state(
+            &fleet.cfg.state_dir,
+            &project,
+            &state_text(&project, &secret(&project, 1), false),
+        );
+    }
+    fleet.cfg.resync_secs = resync;
+    // Settle: the start-up pass and its confirming pass, and every container's first
+    // healthcheck (30 s after its start) with the `health_status` event that wakes the loop.
+    let healthy_by = fleet.ready_at + Duration::from_secs(45);
+    let off = idle_window(bench, fleet, window, false, healthy_by).await?;
+    let on = if with_metrics {
+        Some(idle_window(bench, fleet, window, true, Instant::now()).await?)
+    } else {
+        None
+    };
+    let IdleWindow {
+        elapsed,
+        cpu,
+        rss_kib: rss,
+        rss_max_mb: rss_max,
+        hwm_kib: hwm,
+        ref calls,
+        actions,
+        dockerd_cpu,
+        ..
+    } = off;
     let resyncs = elapsed.as_secs_f64() / resync as f64;
     let passes = calls.count("GET /containers/json");
     let percent = cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
     let rss_mb = rss as f64 / 1024.0;
-    let rss_max = rss_samples.iter().copied().fold(0.0, f64::max) / 1024.0;
     let cpu_verdict = if percent > 0.1 {
         "**above** the 0.1% budget"
     } else {
@@ -665,7 +751,7 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
     } else {
         "within the 30 MB budget"
     };
-    let body = format!(
+    let mut body = format!(
         "{provenance}\n\
          {files} project files ({running} enabled and running, {} with `enabled = false`), \
          manager started with `--resync-secs {resync}`, measured over {:.0} s of idleness \
@@ -701,6 +787,41 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
             c.as_secs_f64() / elapsed.as_secs_f64() * 100.0
         )),
     );
+    if let Some(on) = on {
+        let share = |w: &IdleWindow| w.cpu.as_secs_f64() / w.elapsed.as_secs_f64() * 100.0;
+        let ratio = share(&on) / share(&off);
+        body.push_str(&format!(
+            "\nThe same window again with `--metrics-listen` on, the manager restarted and \
+             settled for 10 s, and `/metrics` scraped every {} s by the bench (Prometheus' \
+             default is 60 s):\n\n\
+             | metrics | off | on | on / off |\n\
+             |---|---|---|---|\n\
+             | manager CPU over the window | {:.0} ms = {:.3}% | {:.0} ms = {:.3}% | **×{ratio:.2}** ({}) |\n\
+             | manager RSS at the end / peak | {:.1} / {:.1} MB | {:.1} / {:.1} MB | |\n\
+             | Docker API calls / actions | {} / {} | {} / {} | |\n\
+             | scrapes / bytes per scrape | — | {} / {} | |\n",
+            SCRAPE_EVERY.as_secs(),
+            off.cpu.as_secs_f64() * 1000.0,
+            share(&off),
+            on.cpu.as_secs_f64() * 1000.0,
+            share(&on),
+            if ratio <= 1.10 {
+                "within the 10% budget"
+            } else {
+                "**above** the 10% budget"
+            },
+            off.rss_kib as f64 / 1024.0,
+            off.hwm_kib as f64 / 1024.0,
+            on.rss_kib as f64 / 1024.0,
+            on.hwm_kib as f64 / 1024.0,
+            off.calls.total(),
+            off.actions,
+            on.calls.total(),
+            on.actions,
+            on.scrapes,
+            on.scrape_bytes,
+        ));
+    }
     Ok((
         format!("5. Idle cost with {} project files", thousands(files)),
         body,

@@ -31,6 +31,8 @@ pub struct ManagerConfig {
     /// back from the manager's log; `--no-api` when `None`.
     pub api_key: Option<String>,
     pub log_file: PathBuf,
+    /// `--metrics-listen 127.0.0.1:0`, its address read back from the log.
+    pub metrics: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +52,8 @@ pub struct Manager {
     pub started: Instant,
     /// Where the API listens, when it is on.
     pub api: Option<SocketAddr>,
+    /// Where `/metrics` is served, when it is on.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Manager {
@@ -68,7 +72,11 @@ impl Manager {
             docker_host: cfg.docker_host.clone(),
             // INFO only: the loop's DEBUG lines would cost the idle scenario a little CPU.
             log_filter: "info".into(),
-            args: Vec::new(),
+            args: if cfg.metrics {
+                vec!["--metrics-listen".into(), "127.0.0.1:0".into()]
+            } else {
+                Vec::new()
+            },
             env: Vec::new(),
         };
         let mut command = Command::from(serve.command());
@@ -108,6 +116,7 @@ impl Manager {
             instance: bench.instance(Who::Manager),
             started,
             api: None,
+            metrics: None,
         };
         if cfg.api_key.is_some() {
             manager
@@ -117,6 +126,18 @@ impl Manager {
             let addr = launch::listen_addr(&launch::strip_ansi(&line))
                 .ok_or_else(|| format!("no address in the manager's line {line:?}"))?;
             manager.api = Some(addr);
+        }
+        if cfg.metrics {
+            const METRICS: &str = "metrics listening";
+            manager.wait_log(METRICS, Duration::from_secs(60)).await?;
+            let line = manager.find_line(METRICS).unwrap_or_default();
+            let line = launch::strip_ansi(&line);
+            let addr = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("listen="))
+                .and_then(|addr| addr.parse().ok())
+                .ok_or_else(|| format!("no address in the manager's line {line:?}"))?;
+            manager.metrics = Some(addr);
         }
         Ok(manager)
     }

@@ -61,6 +61,8 @@ pub struct Opts {
     pub idle: Duration,
     /// The manager's resync period during the idle window (the product default).
     pub idle_resync_secs: u64,
+    /// Measure the idle window a second time with `/metrics` on and scraped.
+    pub idle_metrics: bool,
     /// GET /internal/postgrest requests per throughput run, and connections.
     pub api_requests: usize,
     pub api_conns: usize,
@@ -94,6 +96,7 @@ Options:
   --idle-files N      project files in the idle scenario                  [1000]
   --idle-secs S       idle window                                          [300]
   --idle-resync-secs S  manager resync period while idle                  [30]
+  --idle-metrics      idle twice: metrics off, then on and scraped every 15 s
   --api-requests N    GET /internal/postgrest requests per run            [20000]
   --api-conns N       load generator connections                          [8]
   --binary PATH       manager binary        [target/release/postgrest-manager]
@@ -141,6 +144,7 @@ impl Opts {
             idle_files: 1000,
             idle: Duration::from_secs(300),
             idle_resync_secs: 30,
+            idle_metrics: false,
             api_requests: 20_000,
             api_conns: 8,
             binary: repo.join("target/release/postgrest-manager"),
@@ -158,6 +162,7 @@ impl Opts {
             match arg.as_str() {
                 "-h" | "--help" => return Err(USAGE.into()),
                 "--no-write" => opts.report = None,
+                "--idle-metrics" => opts.idle_metrics = true,
                 "--runs" => opts.runs = number(&value(arg)?, arg)?,
                 "--bulk-runs" => opts.bulk_runs = list(&value(arg)?, arg)?,
                 "--bulk" => opts.bulk = list(&value(arg)?, arg)?,

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{CaddyAdmin, CaddyError, Routes};
+use crate::metrics::Metrics;
 
 /// While Caddy is unreachable or refuses: 250 ms, doubling up to 10 s.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -42,6 +43,8 @@ pub struct RouteSync<C: CaddyAdmin> {
     not_before: Option<Instant>,
     /// Why the routes are not in place, while they are not.
     pending: Option<String>,
+    /// Counts every sync that asked Caddy, by result.
+    metrics: Option<Metrics>,
 }
 
 impl<C: CaddyAdmin> RouteSync<C> {
@@ -61,7 +64,14 @@ impl<C: CaddyAdmin> RouteSync<C> {
             },
             not_before: None,
             pending: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every sync that asks Caddy into `pgm_caddy_syncs_total{result}`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The admin API this sync talks to (tests inspect their fake through it).
@@ -93,7 +103,15 @@ impl<C: CaddyAdmin> RouteSync<C> {
         if !check_caddy && self.applied.as_ref() == Some(desired) {
             return SyncStatus::InSync;
         }
-        match self.bring(desired).await {
+        let brought = self.bring(desired).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.caddy_sync(match &brought {
+                Ok(SyncStatus::InSync) => "in_sync",
+                Ok(SyncStatus::Applied) => "applied",
+                Ok(SyncStatus::Pending { .. }) | Err(_) => "pending",
+            });
+        }
+        match brought {
             Ok(status) => {
                 if let Some(reason) = self.pending.take() {
                     info!(routes = desired.len(), was = %reason, "Caddy routes in place again");
@@ -235,6 +253,28 @@ mod tests {
         );
         assert_eq!(caddy.routes(), changed.to_json());
         assert_eq!(sync.retry_at(), None);
+    }
+
+    #[tokio::test]
+    async fn every_sync_that_asks_caddy_is_counted_by_result() {
+        let caddy = FakeCaddy::new();
+        let metrics = Metrics::new();
+        let mut sync = RouteSync::new(caddy.clone()).with_metrics(metrics.clone());
+        let desired = routes(&["a"], &[]);
+        assert_eq!(sync.sync(&desired, false).await, SyncStatus::Applied);
+        // Not asked: not counted.
+        assert_eq!(sync.sync(&desired, false).await, SyncStatus::InSync);
+        assert_eq!(sync.sync(&desired, true).await, SyncStatus::InSync);
+        caddy.set_unavailable(true);
+        pending(&sync.sync(&routes(&[], &[]), false).await);
+        let text = metrics.encode();
+        for line in [
+            r#"pgm_caddy_syncs_total{result="applied"} 1"#,
+            r#"pgm_caddy_syncs_total{result="in_sync"} 1"#,
+            r#"pgm_caddy_syncs_total{result="pending"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -152,6 +152,19 @@ impl Job {
         }
     }
 
+    /// The job's kind as a metric label: a fixed list, never a project.
+    pub fn metric_kind(&self) -> &'static str {
+        match self {
+            Job::Create { .. } => "create",
+            Job::Recreate { .. } => "recreate",
+            Job::Start { .. } => "start",
+            Job::Reload { .. } => "reload",
+            Job::ReloadSchema { .. } => "reload_schema",
+            Job::Remove { .. } => "remove",
+            Job::RemoveConfig { .. } => "remove_config",
+        }
+    }
+
     /// The job's name, for log lines.
     fn kind(&self) -> &'static str {
         match self {

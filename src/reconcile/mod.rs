@@ -37,6 +37,7 @@ pub use snapshot::{
 };
 
 use crate::configs::ConfigDir;
+use crate::metrics::Metrics;
 use crate::plan::{self, Observed};
 use crate::render::{owner_labels, Template};
 use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError, State};
@@ -112,6 +113,11 @@ pub struct Controller<R: Runtime> {
     /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
     /// alone plans against the last listing.
     docker_changed: Arc<AtomicBool>,
+    /// Containers an action just created or started: when nothing else changed in Docker,
+    /// the next pass asks for these alone instead of listing everything.
+    confirm: Vec<String>,
+    /// Counted when `PGM_METRICS_LISTEN` is set.
+    metrics: Option<Metrics>,
     status: watch::Sender<Arc<Snapshot>>,
     /// Everything the loop remembers per project.
     table: Table,
@@ -146,6 +152,8 @@ impl<R: Runtime> Controller<R> {
             ready_tx,
             readiness: HashMap::new(),
             docker_changed: Arc::new(AtomicBool::new(true)),
+            confirm: Vec::new(),
+            metrics: None,
             status,
             table: Table::default(),
             load_cache: LoadCache::default(),
@@ -156,6 +164,12 @@ impl<R: Runtime> Controller<R> {
             passes: 0,
         };
         (controller, handle)
+    }
+
+    /// Counts passes, actions and outages into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Controller<R> {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until `shutdown` completes, then lets in-flight actions finish (under a grace
@@ -278,6 +292,7 @@ impl<R: Runtime> Controller<R> {
 
     /// One full pass: read desired state, observe Docker, plan, dispatch.
     async fn pass(&mut self, actions: &mut JoinSet<Done>) {
+        let started = Instant::now();
         let state = self.cfg.state.clone();
         let mut cache = std::mem::take(&mut self.load_cache);
         let (loaded, cache) =
@@ -301,6 +316,7 @@ impl<R: Runtime> Controller<R> {
         }
         // Cleared before listing, so a change during the call brings another list.
         if self.docker_changed.swap(false, Ordering::SeqCst) {
+            self.confirm.clear();
             match self.runtime.list(&self.labels).await {
                 Ok(listing) => {
                     self.listing = listing;
@@ -312,6 +328,9 @@ impl<R: Runtime> Controller<R> {
                     return;
                 }
             }
+        } else if !self.confirm.is_empty() && !self.confirmed().await {
+            self.publish();
+            return;
         }
         let configs = self.cfg.configs.clone();
         let config_dirs = match tokio::task::spawn_blocking(move || configs.projects())
@@ -365,6 +384,9 @@ impl<R: Runtime> Controller<R> {
         }
         self.dispatch(actions);
         self.passes += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.pass_finished(started.elapsed());
+        }
         debug!(pass = self.passes, "pass finished");
         if !self.reconciled_once && actions.is_empty() {
             self.reconciled_once = true;
@@ -375,6 +397,41 @@ impl<R: Runtime> Controller<R> {
             );
         }
         self.publish();
+    }
+
+    /// Patches the last listing with the containers actions just created or started, each
+    /// asked for by id: after a create nothing else in Docker changed (a change would have
+    /// come as an event, which lists), so one lookup confirms what a full list would. A
+    /// recreated container replaces its predecessor, which carried the same name. Anything
+    /// unexpected (a container gone again, an error) falls back to a full list at once.
+    async fn confirmed(&mut self) -> bool {
+        for id in std::mem::take(&mut self.confirm) {
+            match self.runtime.inspect(&id).await {
+                Ok(info) => {
+                    self.listing
+                        .retain(|c| c.id != info.id && c.name != info.name);
+                    self.listing.push(info);
+                }
+                Err(RuntimeError::NotFound) => {
+                    self.docker_changed.store(true, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.docker_failed(&e);
+                    return false;
+                }
+            }
+        }
+        if self.docker_changed.swap(false, Ordering::SeqCst) {
+            match self.runtime.list(&self.labels).await {
+                Ok(listing) => self.listing = listing,
+                Err(e) => {
+                    self.docker_failed(&e);
+                    return false;
+                }
+            }
+        }
+        self.listed();
+        true
     }
 
     /// After a new listing: the probe follows the running containers, and what it knew of
@@ -436,6 +493,9 @@ impl<R: Runtime> Controller<R> {
         let first = self.docker.is_none();
         let delay = self.docker.get_or_insert_with(Retry::docker).fail();
         if first {
+            if let Some(metrics) = &self.metrics {
+                metrics.docker_outage();
+            }
             error!(error = %error, "Docker is unreachable; retrying with backoff");
         } else {
             debug!(error = %error, ?delay, "Docker still unreachable");
@@ -461,15 +521,34 @@ impl<R: Runtime> Controller<R> {
             record.begin(&job);
             let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
             let span = info_span!("reconcile", project = %project);
+            let metrics = self.metrics.clone();
             actions.spawn(
-                async move { (project, apply(&*runtime, &cfg, job).await) }.instrument(span),
+                async move {
+                    let (kind, started) = (job.metric_kind(), Instant::now());
+                    let result = apply(&*runtime, &cfg, job).await;
+                    if let Some(metrics) = metrics {
+                        metrics.action_finished(kind, result.is_ok(), started.elapsed());
+                    }
+                    (project, result)
+                }
+                .instrument(span),
             );
         }
     }
 
     fn finish(&mut self, (project, result): Done) {
-        // Whatever the action did, or failed halfway through, is seen by listing again.
-        self.docker_changed.store(true, Ordering::SeqCst);
+        match &result {
+            // A container created (or recreated) and started, or a stopped one started: the
+            // next pass asks Docker for that container alone.
+            Ok(Outcome::Loaded {
+                container,
+                reloaded: false,
+                ..
+            }) => self.confirm.push(container.clone()),
+            // Whatever else the action did, or failed halfway through, is seen by listing
+            // again.
+            _ => self.docker_changed.store(true, Ordering::SeqCst),
+        }
         // Whatever was queued for this project was planned before this action changed it.
         self.pending.retain(|job| job.project() != &project);
         if let Some(unreachable) = self.table.finish(&project, result) {

@@ -135,11 +135,16 @@ async fn calls_until(fake: &FakeRuntime, until: impl Fn(&Call) -> bool) -> Vec<C
     calls
 }
 
-/// Calls that change something, without the listing and pinging around them.
+/// Calls that change something, without the listing, lookups and pinging around them.
 fn changes(fake: &FakeRuntime) -> Vec<Call> {
     fake.take_calls()
         .into_iter()
-        .filter(|c| !matches!(c, Call::List | Call::Ping | Call::EnsureNetwork(_)))
+        .filter(|c| {
+            !matches!(
+                c,
+                Call::List | Call::Inspect(_) | Call::Ping | Call::EnsureNetwork(_)
+            )
+        })
         .collect()
 }
 
@@ -711,6 +716,53 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
 
     // A Docker event means Docker changed: the pass lists before it acts.
     env.fake.remove_by_hand("postgrest-p1");
+    let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
+    assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_create_is_confirmed_by_asking_for_that_container_alone() {
+    let env = Env::new();
+    env.write("p0", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p0").await;
+    passes(&handle, 1).await;
+    env.fake.take_calls();
+
+    // Nothing else changed in Docker: the pass after the create asks for the new container
+    // by id and lists nothing.
+    env.write("p1", |_| {});
+    converged(&env, &handle, "p1").await;
+    passes(&handle, 1).await;
+    let container = container_id(&handle.snapshot(), "p1");
+    assert_eq!(
+        env.fake.take_calls(),
+        vec![
+            Call::Create("postgrest-p1".into()),
+            Call::Start(container.clone()),
+            Call::Inspect(container.clone()),
+        ]
+    );
+
+    // A recreate replaces the old container in the listing (they share the name): had the
+    // old one stayed, the planner would remove it again as a surplus container.
+    env.write("p1", |f| f.authenticator_password = Secret::new("another"));
+    let snapshot = converged(&env, &handle, "p1").await;
+    passes(&handle, 2).await;
+    let recreated = container_id(&snapshot, "p1");
+    assert_ne!(recreated, container);
+    assert_eq!(
+        env.fake.take_calls(),
+        vec![
+            Call::Remove(container),
+            Call::Create("postgrest-p1".into()),
+            Call::Start(recreated.clone()),
+            Call::Inspect(recreated),
+        ]
+    );
+
+    // Anything from Docker's side still brings a full list before the loop acts.
+    env.fake.remove_by_hand("postgrest-p0");
     let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
 }

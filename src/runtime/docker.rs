@@ -301,6 +301,18 @@ impl Runtime for DockerRuntime {
             .ok_or(RuntimeError::NotFound)
     }
 
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        // The list call filtered by id: the daemon looks at that container only (it resolves
+        // ids before it walks anything), and the answer has the listing's shape, so the
+        // confirmed container reads exactly as a listed one would.
+        let filters = HashMap::from([("id", vec![id.to_owned()])]);
+        let listed = self.list_where(filters).await?;
+        listed
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or(RuntimeError::NotFound)
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)

@@ -22,6 +22,7 @@ pub enum Call {
     EnsureNetwork(String),
     List,
     FindByName(String),
+    Inspect(String),
     Create(String),
     Start(String),
     Signal(String, String),
@@ -270,6 +271,15 @@ impl Runtime for FakeRuntime {
             .containers
             .values()
             .find(|c| c.name == name)
+            .cloned()
+            .ok_or(RuntimeError::NotFound)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let inner = self.enter(Call::Inspect(id.into()))?;
+        inner
+            .containers
+            .get(id)
             .cloned()
             .ok_or(RuntimeError::NotFound)
     }
