@@ -187,27 +187,39 @@ pub fn preview<W: Wanted>(
         .chain(observed.containers.iter().map(|c| &c.project))
         .chain(&observed.config_dirs)
         .collect();
+    // Looked up once per project: a scan per project would make a pass quadratic.
+    let actions: BTreeMap<&ProjectId, &Action> =
+        plan.actions.iter().map(|a| (a.project(), a)).collect();
+    let conflicts: BTreeMap<&ProjectId, &str> = plan
+        .conflicts
+        .iter()
+        .map(|c| (&c.project, c.container.as_str()))
+        .collect();
+    let states: BTreeMap<&ProjectId, State> = observed
+        .containers
+        .iter()
+        .map(|c| (&c.project, c.state))
+        .collect();
     projects
         .into_iter()
         .filter_map(|project| {
             let want = desired.get(project).and_then(Wanted::want);
-            let action = plan.actions.iter().find(|a| a.project() == project);
-            let conflict = plan.conflicts.iter().find(|c| &c.project == project);
+            let action = actions.get(project).copied();
+            let conflict = conflicts.get(project).copied();
             let (verb, reason) = match (action, conflict, want) {
                 (Some(action), _, _) => explain(action, want, observed, &changes),
-                (None, Some(c), _) => (
+                (None, Some(holder), _) => (
                     Verb::Conflict,
                     format!(
-                        "conflict: {} ({}) holds the name without this manager's labels",
+                        "conflict: {} ({holder}) holds the name without this manager's labels",
                         project.container_name(),
-                        c.container
                     ),
                 ),
                 (None, None, Some(Want::Frozen)) => {
                     (Verb::Frozen, "frozen: invalid file".to_owned())
                 }
                 (None, None, Some(Want::Spec(d))) => {
-                    (Verb::Nothing, idle(project, d.enabled, observed))
+                    (Verb::Nothing, idle(d.enabled, states.get(project).copied()))
                 }
                 // Neither wanted nor there: nothing to say.
                 (None, None, None) => return None,
@@ -222,15 +234,10 @@ pub fn preview<W: Wanted>(
 }
 
 /// Why nothing is done to a wanted project.
-fn idle(project: &ProjectId, enabled: bool, observed: &Observed) -> String {
+fn idle(enabled: bool, state: Option<State>) -> String {
     if !enabled {
         return "nothing: disabled".to_owned();
     }
-    let state = observed
-        .containers
-        .iter()
-        .find(|c| &c.project == project)
-        .map(|c| c.state);
     match state {
         Some(State::Paused) => "nothing: paused by hand (a paused process takes no signal)".into(),
         Some(s @ (State::Removing | State::Restarting)) => {

@@ -96,6 +96,12 @@ impl Table {
     /// action's event). The keys that changed come from the rendering the container loaded
     /// in this manager's life; after a restart of the manager the reason says what is known.
     pub fn explain(&mut self, plan: &Plan, observed: &Observed) {
+        // The usual idle pass: nothing to do, the same wants and the same world as the last
+        // time, so the same words. Comparing costs far less than writing them again.
+        let idle = plan.actions.is_empty() && plan.conflicts.is_empty();
+        if idle && !self.wants_changed && self.explained.as_ref() == Some(observed) {
+            return;
+        }
         let changes = |id: &ProjectId| {
             let project = self.projects.get(id)?;
             let (applied, good) = (project.applied.as_ref()?, project.good.as_ref()?);
@@ -109,11 +115,13 @@ impl Table {
         for project in self.projects.values_mut() {
             project.planned = None;
         }
-        for line in &preview {
+        for line in preview.iter().filter(|l| l.verb.is_work()) {
             if let Some(project) = self.projects.get_mut(&line.project) {
                 project.planned = Some((line.verb, line.reason.clone()));
             }
         }
         self.preview = Arc::new(preview);
+        self.wants_changed = false;
+        self.explained = idle.then(|| observed.clone());
     }
 }

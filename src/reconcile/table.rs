@@ -16,7 +16,7 @@ use super::retry::Retry;
 use super::snapshot::{
     ContainerView, DesiredView, EventKind, Events, ProjectStatus, Readiness, Snapshot,
 };
-use crate::plan::{self, Desired, Preview, Verb, Want, Wanted};
+use crate::plan::{self, Desired, Observed, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError};
 use crate::spec::ProjectId;
@@ -98,6 +98,10 @@ pub(super) struct Table {
     pub misnamed: Vec<String>,
     /// What the last pass planned, per project, and why.
     pub preview: Arc<Vec<Preview>>,
+    /// What the last idle preview was made from, and whether a want changed since: an idle
+    /// pass over the same world keeps its words (see `Table::explain`).
+    pub explained: Option<Observed>,
+    pub wants_changed: bool,
 }
 
 impl Table {
@@ -115,6 +119,7 @@ impl Table {
     /// (rendered once, when new or changed), invalid files keep theirs, removed files drop
     /// them. Logs a file error when it appears or changes, not on every pass.
     pub fn absorb(&mut self, loaded: Loaded, template: &Template) {
+        self.wants_changed = true;
         let Loaded {
             specs,
             invalid,
