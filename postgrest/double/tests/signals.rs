@@ -69,7 +69,7 @@ fn after_live_sigusr2_reloads_and_no_database_means_503() {
     });
     assert_eq!(status(port, "/", Some(&old)), Some(401));
     assert!(p.alive());
-    p.wait_log("Config reloaded", Duration::from_secs(5));
+    p.wait_log("Config reloaded", Duration::from_secs(20));
     assert!(
         p.log()
             .contains("could not translate host name \\\"pgbouncer.invalid\\\""),
@@ -120,7 +120,7 @@ fn the_wrapper_holds_an_early_reload_until_live() {
 
     // PostgREST is blocked reading its config: no handlers yet. The wrapper must hold this.
     signal(w.child.id(), "USR2");
-    w.wait_log("SIGUSR2 held", Duration::from_secs(5));
+    w.wait_log("SIGUSR2 held", Duration::from_secs(20));
     feed_fifo(&fifo, config_text(NO_DB, port, admin, SECRET, ""))
         .join()
         .unwrap();
@@ -131,7 +131,7 @@ fn the_wrapper_holds_an_early_reload_until_live() {
         Duration::from_secs(15),
         || second.is_finished().then_some(()),
     );
-    w.wait_log("Config reloaded", Duration::from_secs(5));
+    w.wait_log("Config reloaded", Duration::from_secs(20));
     assert!(w.log().contains("delivering held SIGUSR2"), "{}", w.log());
     let new = token(OTHER_SECRET, json!({"role": "authenticated"}));
     assert_eq!(status(port, "/", Some(&new)), Some(503)); // the new secret: past the JWT check
