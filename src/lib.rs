@@ -10,6 +10,7 @@ pub mod args;
 pub mod caddy;
 pub mod cli;
 pub mod configs;
+pub mod pgbouncer;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;
