@@ -181,11 +181,24 @@ async fn the_loop_keeps_the_include_and_signals_pgbouncer_only_on_change() {
     passes(&handle, 3).await;
     assert_eq!(env.hups().await, 2);
 
+    let id = pid("p1");
+    let container =
+        |s: &crate::reconcile::Snapshot| s.projects[&id].container.as_ref().map(|c| c.id.clone());
+    let before = handle
+        .wait_for(WAIT, |s| s.projects.get(&id).is_some_and(|p| p.converged()))
+        .await
+        .expect("p1 converges");
     env.write("p1", |f| {
         (f.pool_size, f.reserve_pool) = (Some(20), Some(5));
     });
     let sized = "p1 = host=pg port=5433 dbname=p1 pool_size=20 reserve_pool=5\n";
     env.wait_include(&handle, sized, true, 3).await;
+    // The pool is PgBouncer's business: PostgREST's container stays as it was.
+    passes(&handle, 2).await;
+    let after = handle.snapshot();
+    assert!(after.projects[&id].converged());
+    assert_eq!(container(&after), container(&before));
+    assert!(container(&after).is_some());
 
     // An invalid file keeps the last good spec, and with it the entry.
     std::fs::write(env.cfg.state.file(&pid("p1")), "pool_size = ").unwrap();
