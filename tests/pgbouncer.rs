@@ -198,10 +198,16 @@ fn pgbouncer_serves_exactly_the_projects_databases_with_their_pools() {
         "{}db_name = \"{DB}\"\ndb_pool = 9\npool_size = 7\nreserve_pool = 2\n",
         state_toml(secret, password)
     );
+    let written = std::time::Instant::now();
     env.write_state(&id, &state);
     let row = wait_until("the project's database in SHOW DATABASES", || {
         bouncer.database(DB)
     });
+    // An upper bound: each look is a `docker exec psql` (about 0.1 s) plus the poll interval.
+    println!(
+        "file written -> database in SHOW DATABASES: {} ms",
+        written.elapsed().as_millis()
+    );
     assert_eq!(row["pool_size"], "7", "{row:?}");
     assert_eq!(row["reserve_pool"], "2", "{row:?}");
     assert_eq!(row["host"], postgres, "{row:?}");
@@ -224,10 +230,15 @@ fn pgbouncer_serves_exactly_the_projects_databases_with_their_pools() {
         "{text}"
     );
 
+    let removed = std::time::Instant::now();
     env.remove_state(&id);
     wait_until("the database gone from SHOW DATABASES", || {
         bouncer.database(DB).is_none().then_some(())
     });
+    println!(
+        "file removed -> database gone from SHOW DATABASES: {} ms",
+        removed.elapsed().as_millis()
+    );
     let (ok, _, err) = bouncer.psql(DB, "select 1");
     assert!(!ok && err.contains("no such database"), "{err}");
     assert_eq!(bouncer.reloads(), 3);
