@@ -3,8 +3,10 @@
 # (bash deploy/up.sh), through Caddy on 127.0.0.1:$LAUNCHDB_HTTP_PORT and the manager's API on
 # 127.0.0.1:$PGM_API_PORT, plus what a rotation means for a user:
 #
-#   1. the platform creates the project's database, authenticator and a table;
-#   2. the seed's add-project script (docker exec into the manager), then POST spawn: 201;
+#   1. the platform creates the project's database, authenticator and a table; PgBouncer has no
+#      entry for it yet and refuses its login (no wildcard);
+#   2. the seed's add-project script (docker exec into the manager), then POST spawn: 201; the
+#      manager's include has the database with its pool (and no password), PgBouncer serves it;
 #   3. through Caddy: the OpenAPI listing shows the table to `authenticated`, a row is read
 #      with its JWT, `anon` is refused;
 #   4. JWT rotation (PUT a new secret): the old token 401, the new one 200, same container;
@@ -12,7 +14,8 @@
 #      new container; a wrong password is never a 201, and the status says why;
 #   6. PgBouncer stopped: the status says not ready and why, Caddy answers 503; started again:
 #      the project serves again with nobody acting, same container;
-#   7. the seed's reload script reloads; DELETE removes it and Caddy answers 404 JSON.
+#   7. the seed's reload script reloads; DELETE removes it, Caddy answers 404 JSON and PgBouncer
+#      no longer knows the database.
 #
 # With --up it brings the stack up first and takes it down (with --volumes) at the end, also
 # when a step fails; that is how .ci/run calls it. Every check waits on a condition with a
@@ -108,6 +111,16 @@ db() { # sql: as the superuser, in the project's database
     docker exec -i launchdb-postgres sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" psql -v ON_ERROR_STOP=1 -qAt -U postgres -d "$0"' "$id" <<<"$1"
 }
 secret() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+# `select 1` through PgBouncer as the project's authenticator (password on stdin, never in an
+# argument); prints what psql answered, errors included.
+through_bouncer() { # password
+    printf '%s\n' "$1" | docker exec -i launchdb-pgbouncer sh -c \
+        'read -r PGPASSWORD; export PGPASSWORD; psql -X -qAt -h 127.0.0.1 -p 6432 -U "$0_authenticator" -d "$0" -c "select 1" 2>&1' "$id" || true
+}
+# PgBouncer refuses a database it has no entry for; with auth_query it cannot even look the
+# password up there, so the refusal reads "SASL authentication failed", while the same
+# password works once the manager has written the entry.
+refused() { through_bouncer "$1" | grep -q 'FATAL'; }
 
 jwt_a="$(secret)"
 jwt_b="$(secret)"
@@ -120,6 +133,7 @@ printf '%s\n' "$pw_a" | "$deploy/scripts/create-project-db.sh" "$id" >/dev/null
 db "CREATE TABLE public.todos (id int PRIMARY KEY, task text);
     INSERT INTO public.todos VALUES (1, 'reach the database through PgBouncer');
     GRANT SELECT ON public.todos TO authenticated;"
+refused "$pw_a" || fail "PgBouncer reaches $id before any project names it: $(through_bouncer "$pw_a")"
 
 # --- 2. the seed's add-project, then spawn ---------------------------------------------------
 step "2. postgrest-add-project.sh through docker exec, then POST spawn"
@@ -129,6 +143,11 @@ code=$(manager POST /internal/postgrest/spawn "{\"projectId\":\"$id\"}")
 [ "$code" = 201 ] || fail "spawn answered $code: $(body)"
 [ "$(body | jq -r .containerName)" = "postgrest-$id" ] || fail "spawn body: $(body)"
 first_container="$(container_id)"
+include="$LAUNCHDB_DATA_DIR/pgbouncer/databases.ini"
+grep -qx "$id = host=postgres port=5432 dbname=$id pool_size=10 reserve_pool=0" "$include" ||
+    fail "no pool entry for $id in $include"
+if grep -qF "$pw_a" "$include" || grep -qF "$jwt_a" "$include"; then fail "a secret in $include"; fi
+[ "$(through_bouncer "$pw_a")" = 1 ] || fail "PgBouncer does not serve $id: $(through_bouncer "$pw_a")"
 
 # --- 3. through Caddy ------------------------------------------------------------------------
 step "3. through Caddy: listing, a row with a JWT, anon refused"
@@ -203,5 +222,6 @@ code=$(manager DELETE "/internal/postgrest/$id")
 [ "$code" = 200 ] || fail "DELETE answered $code: $(body)"
 [ -z "$(container_id)" ] || fail "the container is still there after DELETE"
 wait_for "Caddy to answer 404 for $id" 10 status_is 404 "$web/db/$id/todos" "$auth_b"
+wait_for "PgBouncer to forget $id's database" 10 refused "$pw_b"
 
 echo "e2e: all steps passed for $id" >&2

@@ -90,6 +90,14 @@ fi
 # 3. Host directories, then the stack.
 mkdir -p "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"
 chmod 700 "$LAUNCHDB_DATA_DIR" "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"
+# PgBouncer's [databases] include, written by the manager (root) and read by PgBouncer (its own
+# user): a world-readable directory and file; no secret in it. Empty until the manager runs.
+mkdir -p "$LAUNCHDB_DATA_DIR/pgbouncer"
+chmod 755 "$LAUNCHDB_DATA_DIR/pgbouncer"
+if [ ! -f "$LAUNCHDB_DATA_DIR/pgbouncer/databases.ini" ]; then
+    : >"$LAUNCHDB_DATA_DIR/pgbouncer/databases.ini"
+    chmod 644 "$LAUNCHDB_DATA_DIR/pgbouncer/databases.ini"
+fi
 # The manager runs as root in its container and refuses a state or config directory that
 # another user owns (README, "Security model"): say so here rather than as an unhealthy stack.
 for dir in "$LAUNCHDB_DATA_DIR/state" "$LAUNCHDB_DATA_DIR/projects"; do

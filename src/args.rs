@@ -114,6 +114,24 @@ pub struct ServeArgs {
     /// project there (`/db/<id>/` -> `postgrest-<id>:3000`). Unset: no Caddy calls at all.
     #[arg(long, env = "PGM_CADDY_ADMIN_URL")]
     pub caddy_admin_url: Option<String>,
+    /// PgBouncer's `[databases]` include file: when set, the manager writes one entry per
+    /// project database there (with its `pool_size` and `reserve_pool`) and sends PgBouncer
+    /// SIGHUP when it changed. Unset: PgBouncer is left alone.
+    #[arg(long, env = "PGM_PGBOUNCER_INCLUDE")]
+    pub pgbouncer_include: Option<std::path::PathBuf>,
+    /// PgBouncer's container, signalled after the include changed.
+    #[arg(
+        long,
+        env = "PGM_PGBOUNCER_CONTAINER",
+        default_value = "launchdb-pgbouncer"
+    )]
+    pub pgbouncer_container: String,
+    /// Where PgBouncer finds PostgreSQL: the `host=` of every include entry.
+    #[arg(long, env = "PGM_PGBOUNCER_SERVER_HOST", default_value = "postgres")]
+    pub pgbouncer_server_host: String,
+    /// The `port=` of every include entry.
+    #[arg(long, env = "PGM_PGBOUNCER_SERVER_PORT", default_value_t = 5432)]
+    pub pgbouncer_server_port: u16,
     /// Address of the HTTP API. Loopback unless asked: the stack's container asks for
     /// `0.0.0.0:9000` and publishes it on the host's loopback only.
     #[arg(long, env = "PGM_LISTEN", default_value = "127.0.0.1:9000")]

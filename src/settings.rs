@@ -9,6 +9,7 @@ use crate::api::serve::ServeLimits;
 use crate::args::ServeArgs;
 use crate::caddy::AdminUrl;
 use crate::configs::ConfigDir;
+use crate::pgbouncer::PgBouncerConfig;
 use crate::reconcile::LoopConfig;
 use crate::render::Template;
 use crate::spec::Secret;
@@ -275,6 +276,15 @@ impl TryFrom<ServeArgs> for Settings {
             .map(str::parse::<AdminUrl>)
             .transpose()
             .map_err(|e| invalid("PGM_CADDY_ADMIN_URL", e.to_string()))?;
+        let pgbouncer = match args.pgbouncer_include {
+            None => None,
+            Some(include) => Some(pgbouncer_config(
+                include,
+                args.pgbouncer_container,
+                args.pgbouncer_server_host,
+                args.pgbouncer_server_port,
+            )?),
+        };
         Ok(Settings {
             reconcile: LoopConfig {
                 state: StateDir::new(args.state.state_dir),
@@ -285,6 +295,7 @@ impl TryFrom<ServeArgs> for Settings {
                 reload_signal,
                 reload_timeout: Duration::from_secs(args.reload_timeout_secs),
                 admin_port: crate::render::ADMIN_PORT,
+                pgbouncer,
             },
             docker_host: args.docker_host,
             api,
@@ -293,6 +304,45 @@ impl TryFrom<ServeArgs> for Settings {
             log_format: args.log_format,
         })
     }
+}
+
+/// PgBouncer's settings, checked: an absolute include path with a file name, and a container
+/// name and server host the ini and Docker read as written.
+fn pgbouncer_config(
+    include: PathBuf,
+    container: String,
+    server_host: String,
+    server_port: u16,
+) -> Result<PgBouncerConfig, SettingsError> {
+    if !include.is_absolute() || include.file_name().is_none() {
+        return Err(invalid(
+            "PGM_PGBOUNCER_INCLUDE",
+            "must be an absolute path to a file",
+        ));
+    }
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !plain(&container) {
+        return Err(invalid(
+            "PGM_PGBOUNCER_CONTAINER",
+            "must be a container name or id",
+        ));
+    }
+    if !plain(&server_host) || server_port == 0 {
+        return Err(invalid(
+            "PGM_PGBOUNCER_SERVER_HOST",
+            "must be a host name or address (and the port 1-65535)",
+        ));
+    }
+    Ok(PgBouncerConfig {
+        include,
+        container,
+        server_host,
+        server_port,
+    })
 }
 
 #[cfg(test)]
@@ -329,6 +379,17 @@ mod tests {
         assert_eq!(c.template.uid, DEFAULT_CONFIG_UID);
         assert!(settings.metrics_listen.is_none());
         assert_eq!(settings.log_format, LogFormat::Text);
+        assert_eq!(c.pgbouncer, None, "PgBouncer is left alone unless asked");
+        let with = parse(&["--no-api", "--pgbouncer-include", "/pgb/databases.ini"]).unwrap();
+        assert_eq!(
+            with.reconcile.pgbouncer,
+            Some(PgBouncerConfig {
+                include: "/pgb/databases.ini".into(),
+                container: "launchdb-pgbouncer".into(),
+                server_host: "postgres".into(),
+                server_port: 5432,
+            })
+        );
     }
 
     #[test]
@@ -416,6 +477,28 @@ mod tests {
             (
                 vec!["--caddy-admin-url", "https://caddy:2019"],
                 "PGM_CADDY_ADMIN_URL",
+            ),
+            (
+                vec!["--pgbouncer-include", "relative.ini"],
+                "PGM_PGBOUNCER_INCLUDE",
+            ),
+            (
+                vec![
+                    "--pgbouncer-include",
+                    "/a.ini",
+                    "--pgbouncer-container",
+                    "a b",
+                ],
+                "PGM_PGBOUNCER_CONTAINER",
+            ),
+            (
+                vec![
+                    "--pgbouncer-include",
+                    "/a.ini",
+                    "--pgbouncer-server-host",
+                    "a;b",
+                ],
+                "PGM_PGBOUNCER_SERVER_HOST",
             ),
         ] {
             let mut args = args;

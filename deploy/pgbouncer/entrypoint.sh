@@ -7,6 +7,12 @@
 # Per-project logins (<id>_authenticator) need no userlist: PgBouncer asks PostgreSQL through
 # auth_user + auth_query (pgbouncer.get_auth, created by deploy/postgres/initdb.d). Only the auth
 # user itself is in the auth file.
+#
+# [databases] holds no wildcard: it %includes PGBOUNCER_DATABASES_INCLUDE, which the PostgREST
+# manager writes from its desired state (one entry per project database, with its pool) and
+# applies with SIGHUP, PgBouncer's reload. A database no project names is not reachable
+# through PgBouncer. The file must exist (deploy/up.sh creates it empty); an empty one is
+# created here when the directory is writable.
 set -eu
 
 auth_user="${PGBOUNCER_AUTH_USER:-pgbouncer_auth}"
@@ -17,6 +23,17 @@ case "$auth_pw" in *'"'* | *"'"* | *'\'*)
     ;;
 esac
 dir="${PGBOUNCER_RUN_DIR:-/tmp/pgbouncer}"
+include="${PGBOUNCER_DATABASES_INCLUDE:-/etc/launchdb/pgbouncer-include/databases.ini}"
+case "$include" in /*) ;; *)
+    echo "pgbouncer-entrypoint: PGBOUNCER_DATABASES_INCLUDE must be an absolute path" >&2
+    exit 1
+    ;;
+esac
+# In a subshell: a failed redirection of `:` would end the whole script.
+if [ ! -f "$include" ] && ! (: >>"$include") 2>/dev/null; then
+    echo "pgbouncer-entrypoint: $include is missing and cannot be created: create it (empty) on the host (deploy/up.sh does)" >&2
+    exit 1
+fi
 
 umask 077
 mkdir -p "$dir"
@@ -24,8 +41,8 @@ chmod 700 "$dir"
 printf '"%s" "%s"\n' "$auth_user" "$auth_pw" >"$dir/userlist.txt"
 cat >"$dir/pgbouncer.ini" <<INI
 [databases]
-; every database name maps to the same database on PostgreSQL (project databases come and go)
-* = host=${POSTGRES_HOST:-postgres} port=${POSTGRES_PORT:-5432}
+; one entry per project database, written by the PostgREST manager; no wildcard
+%include $include
 
 [pgbouncer]
 listen_addr = *
@@ -36,6 +53,9 @@ auth_type = scram-sha-256
 auth_file = $dir/userlist.txt
 auth_user = $auth_user
 auth_query = SELECT username, password FROM pgbouncer.get_auth(\$1)
+; the health check asks the admin console (SHOW VERSION): with no wildcard there is no
+; database it could reach without a project
+stats_users = $auth_user
 max_client_conn = ${PGBOUNCER_MAX_CLIENT_CONN:-1000}
 default_pool_size = ${PGBOUNCER_DEFAULT_POOL_SIZE:-20}
 ; PgBouncer refuses a pool for this long after a failed server login (default 15 s)

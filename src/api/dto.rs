@@ -102,6 +102,10 @@ pub struct PutRequest {
     pub jwt_aud: Option<String>,
     pub max_rows: Option<u32>,
     pub db_pool: Option<u32>,
+    /// PgBouncer's pool for the project (default: `dbPool`); `dbPool` must fit in
+    /// `poolSize + reservePool`.
+    pub pool_size: Option<u32>,
+    pub reserve_pool: Option<u32>,
     pub reload_token: Option<u64>,
 }
 

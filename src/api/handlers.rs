@@ -298,6 +298,8 @@ pub(super) async fn put_project(
                 jwt_aud: body.jwt_aud,
                 max_rows: body.max_rows,
                 db_pool: body.db_pool,
+                pool_size: body.pool_size,
+                reserve_pool: body.reserve_pool,
                 reload_token: body.reload_token.or(token),
                 schema_reload_token: schema_token,
             })

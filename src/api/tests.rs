@@ -66,6 +66,7 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
     configs.ensure().unwrap();
     let template = Template::for_tests("apitest", configs.path(), uid);
     let loop_config = LoopConfig {
+        pgbouncer: None,
         state: state.clone(),
         configs,
         template,
@@ -346,6 +347,9 @@ async fn bad_input_is_400_413_415_and_changes_nothing() {
     );
     let pool_zero =
         format!(r#"{{"jwtSecret": "{SECRET}", "authenticatorPassword": "pw", "dbPool": 0}}"#);
+    let pool_too_big = format!(
+        r#"{{"jwtSecret": "{SECRET}", "authenticatorPassword": "pw", "dbPool": 12, "poolSize": 8, "reservePool": 2}}"#
+    );
     let rows_secret = format!(
         r#"{{"jwtSecret": "{SECRET}", "authenticatorPassword": "pw", "maxRows": "{SECRET}"}}"#
     );
@@ -433,6 +437,13 @@ async fn bad_input_is_400_413_415_and_changes_nothing() {
             &pool_zero,
             StatusCode::BAD_REQUEST,
             "dbPool: must be between",
+        ),
+        (
+            Method::PUT,
+            "/internal/postgrest/p",
+            &pool_too_big,
+            StatusCode::BAD_REQUEST,
+            "dbPool: 12 is larger than the PgBouncer pool of 10 (pool size 8 + reserve pool 2)",
         ),
         (
             Method::PUT,

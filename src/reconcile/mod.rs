@@ -38,6 +38,7 @@ pub use snapshot::{
 
 use crate::configs::ConfigDir;
 use crate::metrics::Metrics;
+use crate::pgbouncer::{PgBouncerConfig, PoolSync};
 use crate::plan::{self, Observed};
 use crate::render::{owner_labels, Template};
 use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError, State};
@@ -69,6 +70,8 @@ pub struct LoopConfig {
     pub reload_timeout: Duration,
     /// PostgREST's admin port, probed for `/ready`.
     pub admin_port: u16,
+    /// PgBouncer's include file and container, when the manager keeps its pools.
+    pub pgbouncer: Option<PgBouncerConfig>,
 }
 
 #[cfg(test)]
@@ -86,6 +89,7 @@ impl LoopConfig {
             reload_signal: "SIGUSR2".into(),
             reload_timeout: Duration::from_secs(10),
             admin_port: 1,
+            pgbouncer: None,
         };
         cfg.state.ensure().unwrap();
         cfg.configs.ensure().unwrap();
@@ -129,6 +133,8 @@ pub struct Controller<R: Runtime> {
     reconciled_once: bool,
     listing: Vec<ContainerInfo>,
     passes: u64,
+    /// PgBouncer's pools, kept in step after each pass (with `LoopConfig::pgbouncer`).
+    pools: Option<PoolSync>,
 }
 
 impl<R: Runtime> Controller<R> {
@@ -138,6 +144,7 @@ impl<R: Runtime> Controller<R> {
         let (ready_tx, ready_rx) = mpsc::channel(HEALTH_QUEUE);
         let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
         let labels = owner_labels(&cfg.template.instance);
+        let pools = cfg.pgbouncer.clone().map(PoolSync::new);
         let handle = Handle::new(wake_tx.clone(), status_rx);
         let controller = Controller {
             runtime,
@@ -162,6 +169,7 @@ impl<R: Runtime> Controller<R> {
             reconciled_once: false,
             listing: Vec::new(),
             passes: 0,
+            pools,
         };
         (controller, handle)
     }
@@ -287,7 +295,16 @@ impl<R: Runtime> Controller<R> {
             .as_ref()
             .map(|r| r.not_before)
             .filter(|t| *t > now);
-        docker.into_iter().chain(self.table.next_retry(now)).min()
+        let pools = self
+            .pools
+            .as_ref()
+            .and_then(PoolSync::retry_at)
+            .filter(|t| *t > now);
+        docker
+            .into_iter()
+            .chain(pools)
+            .chain(self.table.next_retry(now))
+            .min()
     }
 
     /// One full pass: read desired state, observe Docker, plan, dispatch.
@@ -381,6 +398,14 @@ impl<R: Runtime> Controller<R> {
                     error!(project = %action.project(), ?action, "planned without a spec; skipped");
                 }
             }
+        }
+        // Before the containers are created: a new project's database is in PgBouncer by the
+        // time its PostgREST first connects.
+        if let Some(pools) = &mut self.pools {
+            let specs = self.table.projects.values().filter_map(|p| p.good.as_ref());
+            pools
+                .sync(&*self.runtime, specs.map(|g| &*g.view.spec))
+                .await;
         }
         self.dispatch(actions);
         self.passes += 1;

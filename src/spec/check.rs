@@ -84,3 +84,34 @@ pub(super) fn check_hostname(value: &str) -> Result<(), SpecError> {
         Err(field_error("db_host", "use a host name or IPv4 address"))
     }
 }
+
+/// PgBouncer's pool for a project, with its defaults, and PostgREST's `db-pool` fitting in it:
+/// PgBouncer gives a (database, user) pair at most `pool_size + reserve_pool` server
+/// connections, so a larger `db-pool` leaves PostgREST's extra connections waiting in
+/// PgBouncer's queue. `pool_size` defaults to `db_pool` (10 by default), so a file written
+/// before the pool keys existed stays valid.
+pub(super) fn check_pool(
+    db_pool: u32,
+    pool_size: Option<u32>,
+    reserve_pool: Option<u32>,
+) -> Result<(u32, u32), SpecError> {
+    let pool_size = pool_size.unwrap_or(db_pool);
+    if !(1..=1000).contains(&pool_size) {
+        return Err(field_error("pool_size", "must be between 1 and 1000"));
+    }
+    let reserve_pool = reserve_pool.unwrap_or(0);
+    if reserve_pool > 1000 {
+        return Err(field_error("reserve_pool", "must be between 0 and 1000"));
+    }
+    if db_pool > pool_size + reserve_pool {
+        return Err(field_error(
+            "db_pool",
+            format!(
+                "{db_pool} is larger than the PgBouncer pool of {} (pool size {pool_size} + \
+                 reserve pool {reserve_pool})",
+                pool_size + reserve_pool
+            ),
+        ));
+    }
+    Ok((pool_size, reserve_pool))
+}

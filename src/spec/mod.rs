@@ -8,7 +8,9 @@ mod check;
 
 use std::fmt;
 
-use check::{check_hostname, check_identifier, check_jwt_aud, check_jwt_secret, field_error};
+use check::{
+    check_hostname, check_identifier, check_jwt_aud, check_jwt_secret, check_pool, field_error,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +102,7 @@ impl fmt::Display for Secret {
 }
 
 /// The keys of a state file, in [`SpecFile`]'s order.
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 15] = [
     "jwt_secret",
     "authenticator_password",
     "enabled",
@@ -112,6 +114,8 @@ const FIELDS: [&str; 13] = [
     "jwt_aud",
     "max_rows",
     "db_pool",
+    "pool_size",
+    "reserve_pool",
     "reload_token",
     "schema_reload_token",
 ];
@@ -140,6 +144,13 @@ pub struct SpecFile {
     pub max_rows: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_pool: Option<u32>,
+    /// The project's PgBouncer pool (`pool_size` of its `[databases]` entry); only used when
+    /// the manager keeps PgBouncer's include file (`PGM_PGBOUNCER_INCLUDE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+    /// PgBouncer's `reserve_pool` for the project's database entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_pool: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_token: Option<u64>,
     /// Bumped to make PostgREST reload its schema cache (SIGUSR1), e.g. after a migration;
@@ -163,6 +174,8 @@ impl SpecFile {
             jwt_aud: None,
             max_rows: None,
             db_pool: None,
+            pool_size: None,
+            reserve_pool: None,
             reload_token: None,
             schema_reload_token: None,
         }
@@ -289,6 +302,9 @@ pub struct Spec {
     pub jwt_aud: String,
     pub max_rows: u32,
     pub db_pool: u32,
+    /// PgBouncer's pool for the project; `db_pool` fits in `pool_size + reserve_pool`.
+    pub pool_size: u32,
+    pub reserve_pool: u32,
     pub reload_token: u64,
     pub schema_reload_token: u64,
 }
@@ -361,6 +377,7 @@ impl Spec {
         if !(1..=1000).contains(&db_pool) {
             return Err(field_error("db_pool", "must be between 1 and 1000"));
         }
+        let (pool_size, reserve_pool) = check_pool(db_pool, file.pool_size, file.reserve_pool)?;
         Ok(Spec {
             id,
             enabled: file.enabled.unwrap_or(true),
@@ -374,6 +391,8 @@ impl Spec {
             jwt_aud,
             max_rows,
             db_pool,
+            pool_size,
+            reserve_pool,
             reload_token: file.reload_token.unwrap_or(0),
             schema_reload_token: file.schema_reload_token.unwrap_or(0),
         })
@@ -433,6 +452,16 @@ mod tests {
             (spec.max_rows, spec.db_pool, spec.reload_token),
             (1000, 10, 0)
         );
+        // The pool defaults to db_pool, so files from before the pool keys stay valid.
+        assert_eq!((spec.pool_size, spec.reserve_pool), (10, 0));
+        let big = Spec::parse(id("p1"), &format!("{text}db_pool = 40\n")).unwrap();
+        assert_eq!((big.pool_size, big.reserve_pool), (40, 0));
+        let fits = format!("{text}db_pool = 12\npool_size = 8\nreserve_pool = 4\n");
+        let fits = Spec::parse(id("p1"), &fits).unwrap();
+        assert_eq!(
+            (fits.db_pool, fits.pool_size, fits.reserve_pool),
+            (12, 8, 4)
+        );
 
         let cases = [
             (
@@ -446,6 +475,16 @@ mod tests {
             (&format!("{text}enabeld = false\n"), "unknown field"),
             (&format!("{text}db_schemas = [\"a,b\"]\n"), "db_schemas"),
             (&format!("{text}db_pool = 0\n"), "db_pool"),
+            (&format!("{text}pool_size = 0\n"), "`pool_size`: must be between 1 and 1000"),
+            (&format!("{text}reserve_pool = 1001\n"), "`reserve_pool`"),
+            (
+                &format!("{text}db_pool = 12\npool_size = 8\nreserve_pool = 3\n"),
+                "`db_pool`: 12 is larger than the PgBouncer pool of 11 (pool size 8 + reserve pool 3)",
+            ),
+            (
+                &format!("{text}pool_size = 5\n"),
+                "`db_pool`: 10 is larger than the PgBouncer pool of 5 (pool size 5 + reserve pool 0)",
+            ),
             (&format!("{text}max_rows = \"x\"\n"), "line 3, `max_rows`"),
             (
                 "jwt_secret = 12345678901234567890123456789012345\n",
