@@ -132,6 +132,17 @@ impl ConfigDir {
         Ok(projects)
     }
 
+    /// Removes the temp files a killed write left here (they hold secrets): in each project
+    /// directory and in the records, when older than a minute. Through handles, like every
+    /// other operation here.
+    pub fn sweep_temp_files(&self) -> std::io::Result<usize> {
+        crate::state_dir::nofollow::sweep_temp_files_at(
+            open_dir(&self.path)?.as_fd(),
+            std::time::Duration::from_secs(60),
+            1,
+        )
+    }
+
     /// Records that `container` has loaded the config with `digest`.
     pub fn remember(&self, id: &ProjectId, container: &str, digest: &str) -> std::io::Result<()> {
         let records = ensure_subdir(open_dir(&self.path)?.as_fd(), LOADED_DIR, 0o700)?;

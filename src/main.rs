@@ -18,6 +18,7 @@ use postgrest_manager::spec_key::SpecKey;
 use postgrest_manager::{caddy, cli, telemetry, watch};
 
 fn main() -> ExitCode {
+    no_core_dumps();
     let cli = Cli::parse();
     let args = match cli.command {
         Command::State(command) => return cli::run(command),
@@ -38,6 +39,22 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every subcommand holds secrets in memory (the loop all of them): no core file may ever
+/// carry them to disk, and no other process of the same user may attach to read them.
+/// Best effort, before anything else runs; a failure is said once and is not fatal.
+fn no_core_dumps() {
+    use rustix::process::{set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, none)
+        .and_then(|()| set_dumpable_behavior(DumpableBehavior::NotDumpable))
+    {
+        eprintln!("warning: cannot turn core dumps off: {e}");
     }
 }
 
@@ -63,13 +80,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                  stop it first, or give this one another PGM_STATE_DIR"
             )
         })?;
-    match cfg.state.sweep_temp_files() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            removed = n,
-            "removed temp files a killed writer left behind"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot sweep the state directory's temp files"),
+    for (what, swept) in [
+        ("state", cfg.state.sweep_temp_files()),
+        ("config", cfg.configs.sweep_temp_files()),
+    ] {
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                directory = what,
+                "removed temp files a killed writer left behind"
+            ),
+            Err(e) => tracing::warn!(error = %e, directory = what, "cannot sweep temp files"),
+        }
     }
     let identity = cfg
         .state

@@ -1141,3 +1141,62 @@ fn a_new_config_uid_recreates_the_container_once_and_hands_it_the_config() {
     let later = inspect(&env.container(&id)).expect("the container");
     assert_eq!((later.id, later.restart_count), (after.id, 0));
 }
+
+/// Issue 10, finding 8: what a killed writer leaves behind holds secrets, in the state
+/// directory and in the config directory (a project's `postgrest.conf`, a load record): a
+/// starting manager removes such temp files once they are a minute old, never a fresh one
+/// (a live writer's) and never through or of a link. And the manager never dumps core: its
+/// core limit is 0 and it is not dumpable (`/proc/<pid>` then belongs to root).
+#[test]
+fn a_starting_manager_sweeps_killed_writers_temp_files_and_dumps_no_core() {
+    let env = TestEnv::new();
+    let id = env.project_id();
+    let project_dir = env.config_dir.join(&id);
+    let records = env.config_dir.join(".loaded");
+    for dir in [&env.state_dir, &project_dir, &records] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let outside = env.root().join("outside.tmp-target");
+    fs::write(&outside, "not ours").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let plant = |path: &Path, old: bool| {
+        fs::write(path, "jwt-secret = \"leftover\"\n").unwrap();
+        if old {
+            let file = fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(hour_ago).unwrap();
+        }
+    };
+    let stale = [
+        env.state_dir.join(format!(".{id}.toml.4242.1.tmp")),
+        project_dir.join(".postgrest.conf.4242.2.tmp"),
+        records.join(format!(".{id}.4242.3.tmp")),
+    ];
+    for path in &stale {
+        plant(path, true);
+    }
+    let fresh = project_dir.join(".postgrest.conf.4243.1.tmp");
+    plant(&fresh, false);
+    let link = project_dir.join(".evil.4244.1.tmp");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+    // A project of its own, so its config directory is the manager's to keep, not an orphan
+    // to remove (which would pass this test without a sweep).
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let manager = Manager::start_with(&env, ManagerOpts::quick_resync());
+    env.wait_serving(&id);
+    manager.wait_passes(2);
+    for path in &stale {
+        assert!(!path.exists(), "{} was left", path.display());
+    }
+    assert!(fresh.exists(), "a fresh temp file was removed");
+    assert!(fs::symlink_metadata(&link).is_ok(), "the link was removed");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "not ours");
+
+    let limits = fs::read_to_string(format!("/proc/{}/limits", manager.pid)).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core limit line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}

@@ -199,6 +199,51 @@ pub fn write_atomic_at(
     result
 }
 
+/// Removes the temp files [`write_atomic_at`] leaves when its process is killed mid-write
+/// (`.<name>.<pid>.<n>.tmp`, regular files only) in `dir` and, with `depth` 1, in each of its
+/// subdirectories, when older than `age`. Everything is reached through handles: a link is
+/// neither followed nor removed.
+pub fn sweep_temp_files_at(
+    dir: BorrowedFd<'_>,
+    age: std::time::Duration,
+    depth: u8,
+) -> std::io::Result<usize> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut removed = 0;
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name == "." || name == ".." {
+            continue;
+        }
+        let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        if kind == rustix::fs::FileType::Directory && depth > 0 {
+            if let Ok(sub) = open_subdir(dir, name) {
+                removed += sweep_temp_files_at(sub.as_fd(), age, depth - 1)?;
+            }
+            continue;
+        }
+        let old =
+            u64::try_from(stat.st_mtime).is_ok_and(|t| now.saturating_sub(t) >= age.as_secs());
+        if kind == rustix::fs::FileType::RegularFile
+            && name.starts_with('.')
+            && name.ends_with(".tmp")
+            && old
+            && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// A per-process counter, so concurrent writers in one process never share a temp file.
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
