@@ -56,6 +56,13 @@ pub enum ApiError {
          retry once space is freed"
     )]
     InsufficientStorage(&'static str),
+    /// The state file was saved, but the loop cannot write the rendered config: the disk
+    /// under the config directory is full. It applies the saved state once space is freed.
+    #[error(
+        "the manager's config directory is out of disk space ({0}); the desired state is saved \
+         and the manager applies it once space is freed"
+    )]
+    ConfigOutOfSpace(&'static str),
     /// The detail is logged, never sent: it may name paths or other internals.
     #[error("internal error; the manager's log has the details")]
     Internal(String),
@@ -80,7 +87,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            ApiError::InsufficientStorage(_) => {
+            ApiError::InsufficientStorage(_) | ApiError::ConfigOutOfSpace(_) => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -173,7 +173,15 @@ impl Ctx {
     ) -> Result<Option<ContainerView>, ApiError> {
         self.wait_until(&spec.id, |_, status| {
             let status = status?;
-            (status.plans_for(spec) && status.converged()).then(|| Ok(status.container.clone()))
+            if !status.plans_for(spec) {
+                return None;
+            }
+            // The file is saved, but the loop cannot write its config: say so now, as a
+            // state write on a full disk does, instead of a 504 when the wait runs out.
+            if let Some(cause) = status.out_of_space {
+                return Some(Err(ApiError::ConfigOutOfSpace(cause)));
+            }
+            status.converged().then(|| Ok(status.container.clone()))
         })
         .await
     }

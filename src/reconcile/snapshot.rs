@@ -44,6 +44,8 @@ pub struct ProjectStatus {
     pub container: Option<ContainerView>,
     /// The last failed action or conflict; cleared by the next success.
     pub last_error: Option<String>,
+    /// The last error was the config directory's disk being full: its cause, for a 507.
+    pub out_of_space: Option<&'static str>,
     /// The container holding `postgrest-<id>` without this manager's labels, when that is
     /// what the last error was about.
     pub conflict: Option<String>,

@@ -64,6 +64,8 @@ pub(super) struct RecordedError {
     pub message: String,
     /// The foreign container, when the error is a name conflict.
     pub conflict: Option<String>,
+    /// The disk under the config directory is full (or over quota): the cause, in words.
+    pub out_of_space: Option<&'static str>,
 }
 
 impl Wanted for Project {
@@ -330,6 +332,14 @@ impl Table {
                 ActionError::Foreign { container, .. } => Some(container.clone()),
                 _ => None,
             },
+            out_of_space: match error {
+                ActionError::Config(e) => match e.kind() {
+                    std::io::ErrorKind::StorageFull => Some("no space left on device"),
+                    std::io::ErrorKind::QuotaExceeded => Some("disk quota exceeded"),
+                    _ => None,
+                },
+                _ => None,
+            },
         };
         let project = self.projects.entry(id.clone()).or_default();
         if project.error.as_ref() != Some(&recorded) {
@@ -365,6 +375,7 @@ impl Table {
                     file_error: project.file_error.clone(),
                     container: None,
                     last_error: project.error.as_ref().map(|e| e.message.clone()),
+                    out_of_space: project.error.as_ref().and_then(|e| e.out_of_space),
                     conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
                     last_reload: project.last_reload,
                     loaded_digest: None,
