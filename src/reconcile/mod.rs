@@ -15,11 +15,14 @@ mod apply;
 mod events;
 mod history;
 mod ready;
+mod replace;
 mod retry;
 mod snapshot;
 mod table;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_replace;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+pub use replace::Routed;
 pub use snapshot::{
     ContainerView, DesiredView, Event, EventKind, Handle, ProjectStatus, Readiness, Snapshot,
     EVENTS_KEPT,
@@ -68,6 +72,11 @@ pub struct LoopConfig {
     pub reload_timeout: Duration,
     /// PostgREST's admin port, probed for `/ready`.
     pub admin_port: u16,
+    /// `PGM_REPLACE=bluegreen`: a serving container whose spec-hash is stale is replaced
+    /// beside itself (`replace.rs`); otherwise it is removed and created anew.
+    pub blue_green: bool,
+    /// How long a replacement waits for the new container to serve.
+    pub replace_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -85,6 +94,8 @@ impl LoopConfig {
             reload_signal: "SIGUSR2".into(),
             reload_timeout: Duration::from_secs(10),
             admin_port: 1,
+            blue_green: true,
+            replace_timeout: Duration::from_secs(10),
         };
         cfg.state.ensure().unwrap();
         cfg.configs.ensure().unwrap();
@@ -108,6 +119,11 @@ pub struct Controller<R: Runtime> {
     ready_rx: mpsc::Receiver<(String, Readiness)>,
     ready_tx: mpsc::Sender<(String, Readiness)>,
     readiness: HashMap<String, Readiness>,
+    /// Replacements ask here to move a project's route (`replace::Switch`).
+    switch_tx: mpsc::UnboundedSender<(ProjectId, Option<String>)>,
+    switch_rx: mpsc::UnboundedReceiver<(ProjectId, Option<String>)>,
+    /// What Caddy holds, from the route task; `None` without Caddy.
+    routed: Option<watch::Receiver<Routed>>,
     /// Docker may have changed since the last list: a Docker event, a finished action, the
     /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
     /// alone plans against the last listing.
@@ -131,6 +147,7 @@ impl<R: Runtime> Controller<R> {
         let (health_tx, health_rx) = mpsc::channel(HEALTH_QUEUE);
         let (ready_tx, ready_rx) = mpsc::channel(HEALTH_QUEUE);
         let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (switch_tx, switch_rx) = mpsc::unbounded_channel();
         let labels = owner_labels(&cfg.template.instance);
         let handle = Handle::new(wake_tx.clone(), status_rx);
         let controller = Controller {
@@ -145,6 +162,9 @@ impl<R: Runtime> Controller<R> {
             ready_rx,
             ready_tx,
             readiness: HashMap::new(),
+            switch_tx,
+            switch_rx,
+            routed: None,
             docker_changed: Arc::new(AtomicBool::new(true)),
             status,
             table: Table::default(),
@@ -156,6 +176,12 @@ impl<R: Runtime> Controller<R> {
             passes: 0,
         };
         (controller, handle)
+    }
+
+    /// Makes replacements wait for Caddy: the old container is stopped only once `routed`
+    /// shows the project's route on the new one.
+    pub fn follow_routes(&mut self, routed: watch::Receiver<Routed>) {
+        self.routed = Some(routed);
     }
 
     /// Runs until `shutdown` completes, then lets in-flight actions finish (under a grace
@@ -214,6 +240,13 @@ impl<R: Runtime> Controller<R> {
                     while let Ok((id, readiness)) = self.ready_rx.try_recv() {
                         self.readiness.insert(id, readiness);
                     }
+                    // Which of two containers to keep, and whether a stale one may be
+                    // replaced beside itself, depends on it: plan again (no listing).
+                    pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                    self.publish();
+                }
+                Some((project, upstream)) = self.switch_rx.recv() => {
+                    self.table.projects.entry(project).or_default().switch_to = upstream;
                     self.publish();
                 }
                 () = sleep_until(pass_at), if pass_at.is_some() => {
@@ -324,7 +357,11 @@ impl<R: Runtime> Controller<R> {
                 return;
             }
         };
-        let containers: Vec<plan::Container> = self.listing.iter().filter_map(ours).collect();
+        let containers: Vec<plan::Container> = self
+            .listing
+            .iter()
+            .filter_map(|c| ours(c, &self.readiness))
+            .collect();
         self.table.forget_unknown(&containers);
         let observed = Observed {
             containers,
@@ -332,6 +369,7 @@ impl<R: Runtime> Controller<R> {
             config_dirs,
             loaded: self.table.loaded(),
             schema: self.table.schema_seen(),
+            blue_green: self.cfg.blue_green,
         };
         let plan = plan::plan(&self.table.projects, &observed);
         self.table.explain(&plan, &observed);
@@ -383,12 +421,13 @@ impl<R: Runtime> Controller<R> {
         let targets: Vec<ready::Target> = self
             .listing
             .iter()
-            .filter(|c| c.serving_project().is_some())
+            .filter(|c| c.project().is_some())
             .map(|c| ready::Target {
                 id: c.id.clone(),
                 ip: c.ip.filter(|_| c.state == State::Running),
             })
             .collect();
+        self.table.switched(&self.listing);
         let listed: HashSet<&str> = self.listing.iter().map(|c| c.id.as_str()).collect();
         self.readiness.retain(|id, _| listed.contains(id.as_str()));
         self.ready_targets.send_if_modified(|current| {
@@ -460,9 +499,14 @@ impl<R: Runtime> Controller<R> {
             }
             record.begin(&job);
             let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
+            let switch = replace::Switch {
+                to_loop: self.switch_tx.clone(),
+                routed: self.routed.clone(),
+            };
             let span = info_span!("reconcile", project = %project);
             actions.spawn(
-                async move { (project, apply(&*runtime, &cfg, job).await) }.instrument(span),
+                async move { (project, apply(&*runtime, &cfg, &switch, job).await) }
+                    .instrument(span),
             );
         }
     }
@@ -498,12 +542,17 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Our view of one of our containers, or `None` when its project label is not a valid id.
-fn ours(info: &ContainerInfo) -> Option<plan::Container> {
+fn ours(info: &ContainerInfo, readiness: &HashMap<String, Readiness>) -> Option<plan::Container> {
     Some(plan::Container {
         id: info.id.clone(),
         project: info.project()?,
         name: info.name.clone(),
         state: info.state,
         spec_hash: info.spec_hash().map(str::to_owned),
+        serving: match readiness.get(&info.id) {
+            None | Some(Readiness::Unknown) => None,
+            Some(Readiness::Ready) => Some(true),
+            Some(Readiness::NotReady { .. }) => Some(false),
+        },
     })
 }

@@ -41,6 +41,9 @@ pub(super) struct Project {
     pub error: Option<RecordedError>,
     pub last_reload: Option<SystemTime>,
     pub in_flight: bool,
+    /// The host a replacement moved the route to, until the listing shows that container
+    /// under the project's name (or shows it gone).
+    pub switch_to: Option<String>,
     /// The action in flight, with the rendering it carries and why it was planned.
     pub running: Option<Running>,
     /// The rendering the container loaded (in this manager's life): what `plan` compares the
@@ -205,6 +208,24 @@ impl Table {
         self.projects.retain(|_, p| !p.is_empty());
     }
 
+    /// After a listing: a switched route follows the container again once the replacement
+    /// holds the project's name, or once the container it was switched to is gone.
+    pub fn switched(&mut self, listing: &[ContainerInfo]) {
+        for (id, project) in &mut self.projects {
+            let Some(host) = &project.switch_to else {
+                continue;
+            };
+            let mut ours = listing.iter().filter(|c| c.project().as_ref() == Some(id));
+            let done = match ours.find(|c| c.upstream() == host) {
+                Some(c) => c.name == id.container_name(),
+                None => true,
+            };
+            if done {
+                project.switch_to = None;
+            }
+        }
+    }
+
     /// Conflicts are re-checked now and then: whoever holds the name may be gone.
     pub fn forget_foreign(&mut self) {
         for project in self.projects.values_mut() {
@@ -272,8 +293,10 @@ impl Table {
                     match &outcome {
                         Outcome::Loaded { container, .. } => {
                             // A container started now loaded its schema cache as it starts.
-                            let started =
-                                matches!(running.verb, Verb::Create | Verb::Recreate | Verb::Start);
+                            let started = matches!(
+                                running.verb,
+                                Verb::Create | Verb::Recreate | Verb::Replace | Verb::Start
+                            );
                             if let (true, Some(rendered)) = (started, &running.rendered) {
                                 project.schema = Some((container.clone(), rendered.schema_token));
                             }
@@ -365,14 +388,33 @@ impl Table {
                     loaded_digest: None,
                     schema_token_seen: None,
                     events: project.events.clone(),
+                    upstream: project.switch_to.clone(),
                 },
             );
         }
+        // The project's container; a replacement only when the old one is gone (a
+        // replacement interrupted before its rename), so the route keeps a container.
+        let mut shown: Vec<&ContainerInfo> = listing
+            .iter()
+            .filter(|c| c.serving_project().is_some())
+            .collect();
         for container in listing {
-            let Some(id) = container.serving_project() else {
+            let Some(id) = container.project() else {
+                continue;
+            };
+            let next = crate::plan::next_container_name(&id);
+            if container.name == next && !shown.iter().any(|c| c.project() == Some(id.clone())) {
+                shown.push(container);
+            }
+        }
+        for container in shown {
+            let Some(id) = container.project() else {
                 continue;
             };
             let status = projects.entry(id.clone()).or_default();
+            if status.upstream.is_none() {
+                status.upstream = Some(container.upstream().to_owned());
+            }
             status.container = Some(ContainerView {
                 id: container.id.clone(),
                 name: container.name.clone(),
