@@ -392,25 +392,48 @@ impl Table {
                 },
             );
         }
-        // The project's container; a replacement only when the old one is gone (a
-        // replacement interrupted before its rename), so the route keeps a container.
-        let mut shown: Vec<&ContainerInfo> = listing
-            .iter()
-            .filter(|c| c.serving_project().is_some())
-            .collect();
+        // The project's container: the one its route was switched to while a replacement
+        // runs (the old one stops serving while it drains, and must not turn the route into
+        // a 503), else `postgrest-<id>`, else a replacement whose old container is gone (an
+        // interrupted replacement, before its rename).
+        let mut shown: BTreeMap<ProjectId, &ContainerInfo> = BTreeMap::new();
         for container in listing {
             let Some(id) = container.project() else {
                 continue;
             };
-            let next = crate::plan::next_container_name(&id);
-            if container.name == next && !shown.iter().any(|c| c.project() == Some(id.clone())) {
-                shown.push(container);
+            let switched = self
+                .projects
+                .get(&id)
+                .and_then(|p| p.switch_to.as_deref())
+                .is_some_and(|host| host == container.upstream());
+            let rank = |c: &ContainerInfo| {
+                if switched && c.id == container.id {
+                    0
+                } else if c.name == id.container_name() {
+                    1
+                } else if c.name == crate::plan::next_container_name(&id) {
+                    2
+                } else {
+                    3
+                }
+            };
+            let better = match shown.get(&id) {
+                Some(current) => {
+                    let current_switched = self
+                        .projects
+                        .get(&id)
+                        .and_then(|p| p.switch_to.as_deref())
+                        .is_some_and(|host| host == current.upstream());
+                    let current_rank = if current_switched { 0 } else { rank(current) };
+                    rank(container) < current_rank
+                }
+                None => rank(container) < 3,
+            };
+            if better {
+                shown.insert(id, container);
             }
         }
-        for container in shown {
-            let Some(id) = container.project() else {
-                continue;
-            };
+        for (id, container) in shown {
             let status = projects.entry(id.clone()).or_default();
             if status.upstream.is_none() {
                 status.upstream = Some(container.upstream().to_owned());
