@@ -285,3 +285,97 @@ fn a_manager_killed_with_the_next_container_in_place_leaves_one_serving() {
     assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
     assert_eq!(project_containers(&env, &id), [after.name]);
 }
+
+/// The host:port Caddy's route for the project dials now (its admin API), if it proxies.
+fn caddy_dial(caddy: IpAddr, id: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((caddy, 2019)).ok()?;
+    let path = format!("/id/launchdb-project-{id}/handle/1/upstreams/0/dial");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {caddy}:2019\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.trim().trim_matches('"').to_owned())
+}
+
+/// The benchmark behind BENCHMARKS.md ("Blue/green replacement"), not a test: run with
+/// `cargo test --release --test bluegreen bench_replacement -- --ignored --nocapture`.
+/// For each of `bluegreen` and `recreate`: a client at ~100 req/s through Caddy for 10 s, a
+/// password change, then 12 s more; it prints the failed requests and the time from the
+/// state write to the new container serving, and the cold-start floor of the same run (a new
+/// project's state write to its container serving). Times are polled every 50 ms.
+#[test]
+#[ignore]
+fn bench_replacement_under_load() {
+    if caddy_missing() {
+        return;
+    }
+    for mode in ["bluegreen", "recreate"] {
+        let env = TestEnv::new();
+        let caddy = start_caddy(&env);
+        let _manager = Manager::start_with(
+            &env,
+            ManagerOpts {
+                env: vec![
+                    ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
+                    ("PGM_REPLACE".into(), mode.into()),
+                ],
+                ..ManagerOpts::default()
+            },
+        );
+        // The cold-start floor: a new project, from its state write to serving.
+        let floor_id = env.project_id();
+        let started = std::time::Instant::now();
+        env.write_state(&floor_id, &state_toml(&secret("jwt"), &secret("pw")));
+        env.wait_serving(&floor_id);
+        let floor = started.elapsed();
+
+        let id = env.project_id();
+        let jwt_secret = secret("jwt");
+        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwold")));
+        let before = env.wait_serving(&id);
+        wait_routed(caddy, &id);
+        let client = Client::start(caddy, &id);
+        let load_started = std::time::Instant::now();
+        wait_until_for("10 s of load", Duration::from_secs(30), || {
+            (load_started.elapsed() >= Duration::from_secs(10)).then_some(())
+        });
+        let dial_before = caddy_dial(caddy, &id);
+        let changed = std::time::Instant::now();
+        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwnew")));
+        // Blue/green: the new container serves the public once Caddy dials it.
+        let switched = (mode == "bluegreen").then(|| {
+            wait_until("Caddy to dial the new container", || {
+                let dial = caddy_dial(caddy, &id)?;
+                (Some(&dial) != dial_before.as_ref()).then_some(())
+            });
+            changed.elapsed()
+        });
+        wait_replaced(&env, &id, &before.id);
+        let replaced = switched.unwrap_or_else(|| changed.elapsed());
+        let done = changed.elapsed();
+        wait_until_for("12 s more of load", Duration::from_secs(60), || {
+            (changed.elapsed() >= Duration::from_secs(12)).then_some(())
+        });
+        let seconds = load_started.elapsed().as_secs_f64();
+        let (ok, failed) = client.finish();
+        println!(
+            "BENCH mode={mode} requests={} failed={} rate={:.0}/s load={seconds:.1}s \
+             change_to_serving_ms={} change_to_old_gone_ms={} cold_start_floor_ms={} \
+             ratio={:.2} failures={:?}",
+            ok + failed.len(),
+            failed.len(),
+            (ok + failed.len()) as f64 / seconds,
+            replaced.as_millis(),
+            done.as_millis(),
+            floor.as_millis(),
+            replaced.as_secs_f64() / floor.as_secs_f64(),
+            failed.iter().take(3).collect::<Vec<_>>(),
+        );
+    }
+}
