@@ -379,3 +379,78 @@ fn bench_replacement_under_load() {
         );
     }
 }
+
+/// A new container that cannot log in (here: pointed straight at PostgreSQL, where its role
+/// has no such password, so PostgREST exits) never takes the project down: the old one keeps
+/// serving through Caddy without a failed request, the new one is removed, and the status
+/// says why in PostgREST's words, without the password.
+#[test]
+fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let postgres = std::env::var("PGMT_POSTGRES").expect("PGMT_POSTGRES (tests/db.sh up)");
+    docker_ok(&[
+        "network",
+        "connect",
+        "--alias",
+        "testpg",
+        &env.network,
+        &postgres,
+    ]);
+    let caddy = start_caddy(&env);
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            env: vec![
+                ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
+                ("PGM_REPLACE_TIMEOUT_SECS".into(), "10".into()),
+            ],
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let (jwt_secret, good, wrong) = (secret("jwt"), secret("pwgood"), secret("pwwrong"));
+    env.write_state(&id, &state_toml(&jwt_secret, &good));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 50);
+    let wrong_toml = format!(
+        "{}db_host = \"testpg\"\ndb_port = 5432\n",
+        state_toml(&jwt_secret, &wrong)
+    );
+    env.write_state(&id, &wrong_toml);
+    let view = wait_until_for(
+        "the status to say the new container never served",
+        Duration::from_secs(90),
+        || {
+            let view = manager
+                .call("GET", &format!("/internal/postgrest/{id}"), None)
+                .json();
+            let error = view["lastError"].as_str().unwrap_or_default().to_owned();
+            error.contains("never served").then_some(view)
+        },
+    );
+    let error = view["lastError"].as_str().unwrap().to_owned();
+    assert!(error.contains("old one keeps serving"), "{error}");
+    assert!(
+        !error.contains(&wrong),
+        "the password in the status: {error}"
+    );
+    answered(&client, 50);
+    let (ok, failed) = client.finish();
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    // The old container is the project's container still, and the new one is gone.
+    let now = inspect(&env.container(&id)).expect("the old container is there");
+    assert_eq!(now.id, before.id);
+    wait_until("the failed replacement to be removed", || {
+        inspect(&format!("postgrest-{id}-next"))
+            .is_none()
+            .then_some(())
+    });
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &good, &wrong]);
+}
