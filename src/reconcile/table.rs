@@ -433,6 +433,27 @@ impl Table {
                 shown.insert(id, container);
             }
         }
+        // A replacement that matches the desired state and serves takes over the route from a
+        // stale `postgrest-<id>`, before its switch: a manager restarted after the switch must
+        // not send the public back to an old container that Docker is still stopping.
+        for next in listing {
+            let Some(id) = next.project() else {
+                continue;
+            };
+            let wanted = match self.projects.get(&id).and_then(|p| p.want.as_ref()) {
+                Some(Want::Spec(d)) => d.spec_hash.as_str(),
+                _ => continue,
+            };
+            let takes_over = next.name == crate::plan::next_container_name(&id)
+                && next.spec_hash() == Some(wanted)
+                && readiness.get(&next.id) == Some(&Readiness::Ready)
+                && shown
+                    .get(&id)
+                    .is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted));
+            if takes_over {
+                shown.insert(id, next);
+            }
+        }
         for (id, container) in shown {
             let status = projects.entry(id.clone()).or_default();
             if status.upstream.is_none() {
