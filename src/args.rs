@@ -101,6 +101,15 @@ pub struct ServeArgs {
     /// Seconds to wait for PostgREST to confirm a config reload in its log.
     #[arg(long, env = "PGM_RELOAD_TIMEOUT_SECS", default_value_t = 10)]
     pub reload_timeout_secs: u64,
+    /// How a change only a new container can make is carried out: `bluegreen` starts the new
+    /// container beside the serving one and switches Caddy's route once it serves; `recreate`
+    /// removes the old one first (clients see errors for a cold start).
+    #[arg(long, env = "PGM_REPLACE", default_value = "bluegreen", value_parser = ["bluegreen", "recreate"])]
+    pub replace: String,
+    /// Seconds a blue/green replacement waits for the new container to serve (`/ready`)
+    /// before it gives up, removes it and leaves the old one serving.
+    #[arg(long, env = "PGM_REPLACE_TIMEOUT_SECS", default_value_t = 60)]
+    pub replace_timeout_secs: u64,
     /// Process (thread) limit of each container.
     #[arg(long, env = "PGM_PIDS_LIMIT", default_value_t = 512)]
     pub pids_limit: i64,

@@ -139,6 +139,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         controller = controller.with_metrics(metrics.clone());
     }
+    if settings.caddy.is_some() {
+        // A replacement stops the old container only once Caddy routes to the new one.
+        let (routed_tx, routed_rx) = tokio::sync::watch::channel(Default::default());
+        let mut state = routes_tx.subscribe();
+        tokio::spawn(async move {
+            while state.changed().await.is_ok() {
+                let upstreams = state.borrow_and_update().upstreams.clone();
+                routed_tx.send_if_modified(|held| {
+                    let changed = *held != upstreams;
+                    *held = upstreams;
+                    changed
+                });
+            }
+        });
+        controller.follow_routes(routed_rx);
+    }
     let _watch =
         watch::watch(&state_dir, handle.clone()).context("watching the state directory")?;
 

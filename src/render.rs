@@ -29,6 +29,10 @@ pub const LABEL_MANAGED_BY: &str = "launchdb.managed-by";
 pub const LABEL_INSTANCE: &str = "launchdb.instance";
 pub const LABEL_PROJECT: &str = "launchdb.project-id";
 pub const LABEL_SPEC_HASH: &str = "launchdb.spec-hash";
+/// The container's own network alias, the host a route dials: unlike its name it survives
+/// the rename at the end of a blue/green replacement, and it differs from the alias of the
+/// container it replaces, so a route never points at two containers at once.
+pub const LABEL_UPSTREAM: &str = "launchdb.upstream";
 pub const MANAGED_BY: &str = "postgrest-manager";
 /// On the daemon-wide marker of an instance: which state directory's manager holds it.
 pub const LABEL_LEASE_HOLDER: &str = "launchdb.lease-holder";
@@ -164,6 +168,8 @@ pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub network: String,
+    /// Extra DNS names on `network` (the container's name is one anyway).
+    pub aliases: Vec<String>,
     pub labels: BTreeMap<String, String>,
     /// Host path of the project's config directory, mounted read-only at [`CONFIG_MOUNT`].
     pub config_source: PathBuf,
@@ -396,6 +402,7 @@ fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
         name: id.container_name(),
         image: template.image.clone(),
         network: template.network.clone(),
+        aliases: Vec::new(),
         labels,
         config_source: template.host_config_dir.join(id.as_str()),
         user: format!("{0}:{0}", template.uid),

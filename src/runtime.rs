@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 
-use crate::render::{ContainerSpec, LABEL_PROJECT, LABEL_SPEC_HASH};
+use crate::render::{ContainerSpec, LABEL_PROJECT, LABEL_SPEC_HASH, LABEL_UPSTREAM};
 use crate::spec::ProjectId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +85,14 @@ impl ContainerInfo {
     pub fn spec_hash(&self) -> Option<&str> {
         self.labels.get(LABEL_SPEC_HASH).map(String::as_str)
     }
+
+    /// The host name a route dials to reach this container: its own network alias (kept
+    /// across a rename), or its name for a container created before aliases.
+    pub fn upstream(&self) -> &str {
+        self.labels
+            .get(LABEL_UPSTREAM)
+            .map_or(self.name.as_str(), String::as_str)
+    }
 }
 
 /// What Docker's event stream says about one of the labelled containers.
@@ -144,6 +152,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// at once when it is not running) and then removes it. Never force-removes a running
     /// PostgREST; takes at most the grace period plus Docker's own time.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Gives the container a new name. Its network aliases stay (a route that dials one
+    /// keeps working); a taken name is `Conflict`.
+    fn rename(&self, id: &str, name: &str)
+        -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// A stream that yields whenever one of the labelled containers dies, is destroyed, runs
     /// out of memory or changes health. It is a hint: it ends or fails when Docker goes away,
     /// and the daemon does not replay what it missed.

@@ -190,6 +190,12 @@ impl TryFrom<ServeArgs> for Settings {
                 "must be between 1 and 300",
             ));
         }
+        if !(1..=600).contains(&args.replace_timeout_secs) {
+            return Err(invalid(
+                "PGM_REPLACE_TIMEOUT_SECS",
+                "must be between 1 and 600",
+            ));
+        }
         if args.pids_limit < 16 {
             return Err(invalid("PGM_PIDS_LIMIT", "must be at least 16"));
         }
@@ -296,6 +302,8 @@ impl TryFrom<ServeArgs> for Settings {
                 reload_timeout: Duration::from_secs(args.reload_timeout_secs),
                 admin_port: crate::render::ADMIN_PORT,
                 pgbouncer,
+                blue_green: args.replace == "bluegreen",
+                replace_timeout: Duration::from_secs(args.replace_timeout_secs),
             },
             docker_host: args.docker_host,
             api,

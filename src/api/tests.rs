@@ -75,6 +75,9 @@ async fn harness_with(live_port: u16, timeout: Duration) -> Harness {
         reload_signal: "SIGUSR2".into(),
         reload_timeout: Duration::from_secs(10),
         admin_port: live_port,
+        // These tests are about the API; replacement has its own (reconcile/tests_replace.rs).
+        blue_green: false,
+        replace_timeout: Duration::from_secs(10),
     };
     let fake = FakeRuntime::new();
     let (controller, handle) = Controller::new(Arc::new(fake.clone()), loop_config);

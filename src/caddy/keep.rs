@@ -5,7 +5,7 @@
 //! resync tick asks Caddy what it holds (a restarted Caddy has forgotten the routes), and a
 //! failure is retried with backoff while the containers keep converging.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -23,6 +23,9 @@ pub struct RouteState {
     pub pending: Option<String>,
     /// The projects whose proxying route Caddy holds now.
     pub serving: BTreeSet<ProjectId>,
+    /// For each of those, the host the route dials: what a blue/green replacement waits
+    /// for before it stops the old container.
+    pub upstreams: BTreeMap<ProjectId, String>,
 }
 
 /// What the public sees for a project that is not ready. Stable on purpose: every change of
@@ -43,14 +46,15 @@ pub fn desired_routes(snapshot: &Snapshot, previous: &Routes) -> Routes {
         if !status.desired.as_ref()?.planned.enabled {
             return None;
         }
+        let proxy = || RouteTarget::proxy(id, status.upstream.as_deref());
         let target = match status.container.as_ref() {
             Some(c) if c.state == State::Running => match c.ready {
-                Readiness::Ready => RouteTarget::Ready,
+                Readiness::Ready => proxy(),
                 Readiness::NotReady { .. } => not_ready(),
-                Readiness::Unknown => previous
-                    .iter()
-                    .find(|(p, _)| *p == id)
-                    .map_or(RouteTarget::Ready, |(_, t)| t.clone()),
+                Readiness::Unknown => match previous.iter().find(|(p, _)| *p == id) {
+                    Some((_, t @ RouteTarget::NotReady { .. })) => t.clone(),
+                    _ => proxy(),
+                },
             },
             _ => not_ready(),
         };
@@ -79,9 +83,11 @@ pub async fn keep_in_step<C: CaddyAdmin>(
             () = sleep_until(sync.retry_at()) => {}
         }
         let snapshot = handle.snapshot();
-        // Before the first full reconcile the snapshot knows no project yet: sending its
-        // empty list would take every route down.
-        if !snapshot.reconciled_once {
+        // Before the loop's first pass the snapshot knows no project yet: sending its empty
+        // list would take every route down. After it every project is known (those with
+        // actions in flight too: a replacement finishing after a restart waits for its
+        // switch here, so this must not wait for the whole first reconcile).
+        if !snapshot.reconciled_once && snapshot.passes == 0 {
             continue;
         }
         desired = desired_routes(&snapshot, &desired);
@@ -91,16 +97,17 @@ pub async fn keep_in_step<C: CaddyAdmin>(
             match status {
                 SyncStatus::InSync | SyncStatus::Applied => {
                     current.pending = None;
-                    current.serving = desired
+                    current.upstreams = desired
                         .iter()
-                        .filter(|(_, t)| **t == RouteTarget::Ready)
-                        .map(|(id, _)| id.clone())
+                        .filter_map(|(id, t)| Some((id.clone(), t.host(id)?)))
                         .collect();
+                    current.serving = current.upstreams.keys().cloned().collect();
                 }
                 // What Caddy holds is unknown: nothing is claimed to be served.
                 SyncStatus::Pending { reason } => {
                     current.pending = Some(reason);
                     current.serving.clear();
+                    current.upstreams.clear();
                 }
             }
             *current != before

@@ -38,12 +38,37 @@ pub const POSTGREST_PORT: u16 = 3000;
 /// What a project's route should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
-    /// Proxy to the project's container.
+    /// Proxy to the project's container by its name, `postgrest-<id>`.
     Ready,
+    /// Proxy to this host: a container's own network alias. A blue/green replacement moves
+    /// the route from the old container's alias to the new one's in one update; the name
+    /// `postgrest-<id>` moves only later, with the rename.
+    ReadyAt { host: String },
     /// Answer 503 with `{"error":"not_ready","message":<reason>}`. The reason is shown to
     /// anyone who asks through Caddy, so it must never carry a secret; it should also be stable
     /// (no timestamps or counters): every change of it is a PATCH and a Caddy reload.
     NotReady { reason: String },
+}
+
+impl RouteTarget {
+    /// The host a proxying route dials; `None` for a 503.
+    pub fn host(&self, id: &ProjectId) -> Option<String> {
+        match self {
+            RouteTarget::Ready => Some(id.container_name()),
+            RouteTarget::ReadyAt { host } => Some(host.clone()),
+            RouteTarget::NotReady { .. } => None,
+        }
+    }
+
+    /// The target that proxies to `host`: by name when that is the project's name.
+    pub fn proxy(id: &ProjectId, host: Option<&str>) -> RouteTarget {
+        match host {
+            Some(host) if host != id.container_name() => RouteTarget::ReadyAt {
+                host: host.to_owned(),
+            },
+            _ => RouteTarget::Ready,
+        }
+    }
 }
 
 /// The whole desired route list, one entry per project, sorted by project id; equality means
@@ -91,10 +116,10 @@ pub fn route_id(id: &ProjectId) -> String {
 fn route_json(id: &ProjectId, target: &RouteTarget) -> Value {
     let prefix = format!("/db/{id}");
     let handle = match target {
-        RouteTarget::Ready => json!([
+        RouteTarget::Ready | RouteTarget::ReadyAt { .. } => json!([
             {"handler": "rewrite", "strip_path_prefix": prefix},
             {"handler": "reverse_proxy",
-             "upstreams": [{"dial": format!("{}:{POSTGREST_PORT}", id.container_name())}]},
+             "upstreams": [{"dial": format!("{}:{POSTGREST_PORT}", target.host(id).unwrap_or_default())}]},
         ]),
         RouteTarget::NotReady { reason } => {
             let body = json!({"error": "not_ready", "message": reason}).to_string();

@@ -153,6 +153,9 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
                 name: c.name.clone(),
                 state: c.state,
                 spec_hash: c.spec_hash().map(str::to_owned),
+                // The CLI does not probe `/ready`: a running container is taken to serve,
+                // so the preview says what the loop does for a healthy project.
+                serving: Some(c.state == plan::State::Running),
             })
         })
         .collect();
@@ -175,6 +178,7 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
             .configs
             .schema_seen()
             .map_err(|e| failed(format!("{}: {e}", cfg.configs.path().display())))?,
+        blue_green: cfg.blue_green,
     };
     let planned = plan::plan(&wants, &observed);
     let changes = |id: &ProjectId| {

@@ -24,6 +24,8 @@ pub struct KeyChange {
 pub enum Verb {
     Create,
     Recreate,
+    Replace,
+    Promote,
     Start,
     Reload,
     ReloadSchema,
@@ -42,6 +44,8 @@ impl Verb {
         match self {
             Verb::Create => "create",
             Verb::Recreate => "recreate",
+            Verb::Replace => "replace",
+            Verb::Promote => "promote",
             Verb::Start => "start",
             Verb::Reload => "reload",
             Verb::ReloadSchema => "reload schema",
@@ -286,6 +290,25 @@ fn explain(
             };
             (Verb::Recreate, format!("recreate: {why}"))
         }
+        Action::Replace { next: None, .. } => {
+            let why = changed(false).unwrap_or_else(|| {
+                "the container's shape or a non-reloadable key changed (its spec-hash differs)"
+                    .to_owned()
+            });
+            (
+                Verb::Replace,
+                format!("replace: {why}; a new container starts beside the serving one"),
+            )
+        }
+        Action::Replace { next: Some(_), .. } => (
+            Verb::Replace,
+            "replace: finish the replacement under way (switch to the new container, stop the old)"
+                .into(),
+        ),
+        Action::Promote { .. } => (
+            Verb::Promote,
+            "promote: the old container is gone; the replacement takes the project's name".into(),
+        ),
         Action::Start { container, .. } => {
             let state = state_of(container).map_or("stopped".to_owned(), |s| s.to_string());
             (Verb::Start, format!("start: the container is {state}"))
@@ -310,7 +333,9 @@ fn explain(
             let why = match want {
                 None => "file deleted",
                 Some(Want::Spec(d)) if !d.enabled => "disabled",
-                _ if *keep_config => "a second container of the project (renamed by hand)",
+                _ if *keep_config => {
+                    "a second container of the project (renamed by hand, or a replacement not needed)"
+                }
                 _ => "file deleted",
             };
             (Verb::Remove, format!("remove: {why}"))
@@ -365,6 +390,7 @@ mod tests {
             name: "postgrest-a".into(),
             state,
             spec_hash: Some(hash.into()),
+            serving: None,
         }
     }
 

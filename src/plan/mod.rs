@@ -66,6 +66,16 @@ pub struct Container {
     pub name: String,
     pub state: State,
     pub spec_hash: Option<String>,
+    /// Whether PostgREST in it serves (`/ready`), as last probed; `None` before the first
+    /// probe. Only a replacement needs it: it decides which of two containers to keep.
+    pub serving: Option<bool>,
+}
+
+/// The name a replacement container has while it starts beside the serving one; it takes
+/// `postgrest-<id>` once the old one is gone. Project ids have no `-`, so this name can never
+/// be another project's.
+pub fn next_container_name(project: &ProjectId) -> String {
+    format!("{}-next", project.container_name())
 }
 
 /// What is there: our containers, foreign containers in our names' way, the rendered config
@@ -80,6 +90,9 @@ pub struct Observed {
     pub loaded: BTreeMap<ProjectId, (String, String)>,
     /// Per project: (container id, schema_reload_token) it last loaded its schema cache for.
     pub schema: BTreeMap<ProjectId, (String, u64)>,
+    /// The manager's `PGM_REPLACE` setting: a stale serving container is replaced blue/green
+    /// (`true`) or removed and created anew (`false`, the old way).
+    pub blue_green: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +101,20 @@ pub enum Action {
     Create { project: ProjectId },
     /// Remove the container and create it anew: its spec-hash is stale.
     Recreate {
+        project: ProjectId,
+        container: String,
+    },
+    /// Blue/green: start a new container beside the serving, stale one (or take `next`, one
+    /// already there that matches), wait until it serves, switch the route to it, stop the old
+    /// one gracefully, and give the new one the project's name.
+    Replace {
+        project: ProjectId,
+        container: String,
+        next: Option<String>,
+    },
+    /// Give the replacement the project's name: the old one is gone (a replacement that was
+    /// interrupted between removing the old one and the rename).
+    Promote {
         project: ProjectId,
         container: String,
     },
@@ -154,6 +181,8 @@ impl Action {
         match self {
             Action::Create { project }
             | Action::Recreate { project, .. }
+            | Action::Replace { project, .. }
+            | Action::Promote { project, .. }
             | Action::Start { project, .. }
             | Action::Reload { project, .. }
             | Action::ReloadSchema { project, .. }
@@ -214,17 +243,23 @@ fn plan_project(
     // A container of ours under another name (renamed by hand) is surplus: the name is how a
     // project's one container is found.
     let name = project.container_name();
-    if let Some(extra) = containers.iter().find(|c| c.name != name) {
+    let next_name = next_container_name(project);
+    if let Some(extra) = containers
+        .iter()
+        .find(|c| c.name != name && c.name != next_name)
+    {
         return act(Action::Remove {
             project: project.clone(),
             container: extra.id.clone(),
             keep_config: true,
         });
     }
-    let container = containers.first();
+    let main = containers.iter().find(|c| c.name == name);
+    let next = containers.iter().find(|c| c.name == next_name);
 
     let Some(desired) = desired.filter(|d| d.enabled) else {
-        return match container {
+        // The replacement first: it is the one that does not serve the public yet.
+        return match next.or(main) {
             Some(c) => act(Action::Remove {
                 project: project.clone(),
                 container: c.id.clone(),
@@ -239,7 +274,11 @@ fn plan_project(
         };
     };
 
-    let Some(container) = container else {
+    if let Some(next) = next {
+        return Some(Step::Act(two_containers(project, desired, main, next)));
+    }
+
+    let Some(container) = main else {
         return Some(match observed.foreign.get(project) {
             Some(foreign) => Step::Conflict(foreign.clone()),
             None => Step::Act(Action::Create {
@@ -250,11 +289,23 @@ fn plan_project(
 
     let id = container.id.clone();
     let project = project.clone();
-    if container.spec_hash.as_deref() != Some(desired.spec_hash.as_str()) {
-        return act(Action::Recreate {
-            project,
-            container: id,
-        });
+    if !matches(container, desired) {
+        // A serving container is replaced beside itself; one that does not serve (a crash
+        // loop, a database it cannot reach) has no clients to keep, and is recreated. Before
+        // the first probe nobody knows: wait for it, rather than take a serving one down.
+        let serving = container.state == State::Running && observed.blue_green;
+        return match container.serving {
+            Some(true) if serving => act(Action::Replace {
+                project,
+                container: id,
+                next: None,
+            }),
+            None if serving => None,
+            _ => act(Action::Recreate {
+                project,
+                container: id,
+            }),
+        };
     }
     match container.state {
         State::Created | State::Exited => act(Action::Start {
@@ -298,6 +349,53 @@ fn plan_project(
     }
 }
 
+fn matches(container: &Container, desired: &Desired) -> bool {
+    container.spec_hash.as_deref() == Some(desired.spec_hash.as_str())
+}
+
+fn serves(container: &Container) -> bool {
+    container.state == State::Running && container.serving == Some(true)
+}
+
+/// Both `postgrest-<id>` (`main`, if still there) and `postgrest-<id>-next` exist: a
+/// replacement is under way or was interrupted (the manager died between two of its steps).
+/// Keep the one that matches the desired state and serves, remove the other; never remove
+/// the only one that serves while the other does not.
+fn two_containers(
+    project: &ProjectId,
+    desired: &Desired,
+    main: Option<&&Container>,
+    next: &Container,
+) -> Action {
+    let project = project.clone();
+    let remove_next = || Action::Remove {
+        project: project.clone(),
+        container: next.id.clone(),
+        keep_config: true,
+    };
+    // A replacement that does not match (the spec changed again) or does not run is of no use.
+    if !matches(next, desired) || next.state != State::Running {
+        return remove_next();
+    }
+    match main {
+        // The old one is gone: the rename is all that is left.
+        None => Action::Promote {
+            project,
+            container: next.id.clone(),
+        },
+        // The old one is what is wanted and serves, and the replacement is not needed; or
+        // neither serves yet, and the old one keeps the name.
+        Some(main) if matches(main, desired) && (serves(main) || !serves(next)) => remove_next(),
+        // The replacement is wanted: finish the replacement (it waits, bounded, until the new
+        // one serves, and removes it if it never does).
+        Some(main) => Action::Replace {
+            project,
+            container: main.id.clone(),
+            next: Some(next.id.clone()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +420,7 @@ mod tests {
             name: format!("postgrest-{project}"),
             state,
             spec_hash: Some(hash.into()),
+            serving: None,
         }
     }
 
@@ -332,6 +431,7 @@ mod tests {
         config_dir: bool,
         loaded: Option<(&'static str, &'static str)>,
         schema: Option<(&'static str, u64)>,
+        blue_green: bool,
     }
 
     const EMPTY: World = World {
@@ -340,6 +440,7 @@ mod tests {
         config_dir: false,
         loaded: None,
         schema: None,
+        blue_green: false,
     };
 
     fn check(want: Option<Want>, world: World, expected: Option<Action>) {
@@ -366,6 +467,7 @@ mod tests {
                 .map(|(c, t)| (p("a"), (c.to_owned(), t)))
                 .into_iter()
                 .collect(),
+            blue_green: world.blue_green,
         };
         let plan = plan(&desired, &observed);
         assert_eq!(plan.actions, expected.into_iter().collect::<Vec<_>>());
@@ -683,5 +785,234 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A container of project `a`: `main` is `postgrest-a`, else `postgrest-a-next`.
+    fn probed(main: bool, id: &str, hash: &str, state: State, serving: Option<bool>) -> Container {
+        let mut c = container("a", id, state, hash);
+        if !main {
+            c.name = next_container_name(&p("a"));
+        }
+        c.serving = serving;
+        c
+    }
+
+    fn blue_green(containers: Vec<Container>) -> World {
+        World {
+            containers,
+            loaded: Some(("c1", "d")),
+            blue_green: true,
+            ..EMPTY
+        }
+    }
+
+    #[test]
+    fn a_serving_stale_container_is_replaced_beside_itself() {
+        let replace = Some(Action::Replace {
+            project: p("a"),
+            container: "c1".into(),
+            next: None,
+        });
+        let recreate = Some(Action::Recreate {
+            project: p("a"),
+            container: "c1".into(),
+        });
+        let one = |state, serving| blue_green(vec![probed(true, "c1", "old", state, serving)]);
+        let want = || Some(want(true, "new", "d"));
+        check(want(), one(State::Running, Some(true)), replace);
+        // Not probed yet: wait for the probe rather than take a serving container down.
+        check(want(), one(State::Running, None), None);
+        // Nothing to keep serving: a crash loop, a stopped container, a dead one.
+        check(want(), one(State::Running, Some(false)), recreate.clone());
+        check(want(), one(State::Exited, None), recreate.clone());
+        check(
+            want(),
+            one(State::Restarting, Some(false)),
+            recreate.clone(),
+        );
+        // PGM_REPLACE=recreate: the old way, whatever the probe says.
+        let old_way = World {
+            blue_green: false,
+            ..one(State::Running, Some(true))
+        };
+        check(want(), old_way, recreate);
+        // A matching container is left alone whatever its readiness.
+        check(
+            Some(self::want(true, "old", "d")),
+            one(State::Running, Some(false)),
+            None,
+        );
+    }
+
+    /// Both containers present (a replacement under way, or a manager that died between two
+    /// of its steps): every combination of which matches the desired state and which serves.
+    #[test]
+    fn two_containers_keep_the_one_that_matches_and_serves() {
+        use State::{Exited, Running};
+        let remove_next = Some(Action::Remove {
+            project: p("a"),
+            container: "c2".into(),
+            keep_config: true,
+        });
+        let resume = Some(Action::Replace {
+            project: p("a"),
+            container: "c1".into(),
+            next: Some("c2".into()),
+        });
+        // (main hash, main serves, next hash, next state, next serves) -> action
+        let table = [
+            // The replacement matches: finish it, whatever the old one does.
+            (
+                "old",
+                Some(true),
+                "new",
+                Running,
+                Some(true),
+                resume.clone(),
+            ),
+            ("old", Some(true), "new", Running, None, resume.clone()),
+            (
+                "old",
+                Some(true),
+                "new",
+                Running,
+                Some(false),
+                resume.clone(),
+            ),
+            (
+                "old",
+                Some(false),
+                "new",
+                Running,
+                Some(true),
+                resume.clone(),
+            ),
+            ("old", None, "new", Running, None, resume.clone()),
+            // The replacement does not run: of no use.
+            ("old", Some(true), "new", Exited, None, remove_next.clone()),
+            // The replacement is stale (the spec changed again, or back).
+            (
+                "new",
+                Some(true),
+                "old",
+                Running,
+                Some(true),
+                remove_next.clone(),
+            ),
+            (
+                "new",
+                Some(false),
+                "old",
+                Running,
+                Some(true),
+                remove_next.clone(),
+            ),
+            (
+                "old",
+                Some(true),
+                "other",
+                Running,
+                Some(true),
+                remove_next.clone(),
+            ),
+            // Both match: the old one keeps the name while it serves or neither does...
+            (
+                "new",
+                Some(true),
+                "new",
+                Running,
+                Some(true),
+                remove_next.clone(),
+            ),
+            (
+                "new",
+                Some(true),
+                "new",
+                Running,
+                Some(false),
+                remove_next.clone(),
+            ),
+            (
+                "new",
+                Some(false),
+                "new",
+                Running,
+                Some(false),
+                remove_next.clone(),
+            ),
+            ("new", None, "new", Running, None, remove_next),
+            // ...and the replacement takes over when it alone serves.
+            (
+                "new",
+                Some(false),
+                "new",
+                Running,
+                Some(true),
+                resume.clone(),
+            ),
+            ("new", None, "new", Running, Some(true), resume),
+        ];
+        for (main_hash, main_serves, next_hash, next_state, next_serves, expected) in table {
+            let world = blue_green(vec![
+                probed(true, "c1", main_hash, Running, main_serves),
+                probed(false, "c2", next_hash, next_state, next_serves),
+            ]);
+            let desired: BTreeMap<_, _> = [(p("a"), want(true, "new", "d"))].into();
+            let observed = Observed {
+                containers: world.containers.clone(),
+                blue_green: true,
+                ..Observed::default()
+            };
+            assert_eq!(
+                plan(&desired, &observed).actions,
+                expected.clone().into_iter().collect::<Vec<_>>(),
+                "main {main_hash}/{main_serves:?}, next {next_hash}/{next_state}/{next_serves:?}"
+            );
+            check(Some(want(true, "new", "d")), world, expected);
+        }
+    }
+
+    #[test]
+    fn a_replacement_alone_is_promoted_or_removed() {
+        let only_next = |hash, state| blue_green(vec![probed(false, "c2", hash, state, None)]);
+        check(
+            Some(want(true, "new", "d")),
+            only_next("new", State::Running),
+            Some(Action::Promote {
+                project: p("a"),
+                container: "c2".into(),
+            }),
+        );
+        let remove_next = |keep_config| {
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c2".into(),
+                keep_config,
+            })
+        };
+        check(
+            Some(want(true, "new", "d")),
+            only_next("old", State::Running),
+            remove_next(true),
+        );
+        check(
+            Some(want(true, "new", "d")),
+            only_next("new", State::Exited),
+            remove_next(true),
+        );
+        // Disabled or deleted mid-replacement: the replacement goes first, then the old one.
+        let both = blue_green(vec![
+            probed(true, "c1", "old", State::Running, Some(true)),
+            probed(false, "c2", "new", State::Running, Some(true)),
+        ]);
+        check(Some(want(false, "new", "d")), both, remove_next(true));
+        let both = World {
+            config_dir: true,
+            ..blue_green(vec![
+                probed(true, "c1", "old", State::Running, Some(true)),
+                probed(false, "c2", "new", State::Running, Some(true)),
+            ])
+        };
+        check(None, both, remove_next(false));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
+use super::replace::{self, Switch};
 use super::LoopConfig;
 use crate::plan::Action;
 use crate::render::{owner_labels, Rendered};
@@ -45,6 +46,10 @@ pub(super) enum ActionError {
         "PostgREST did not confirm the config reload ({0}); the old config may still be in force"
     )]
     ReloadUnconfirmed(String),
+    #[error("the new container never served ({why}): {reason}; it was removed and the old one keeps serving")]
+    NeverServed { why: String, reason: String },
+    #[error("cannot switch the route to the new container: {0}; it was removed and the old one keeps serving")]
+    Switch(String),
 }
 
 /// What PostgREST logs after it re-read its config file (on SIGUSR2, and also at start-up and
@@ -65,6 +70,19 @@ pub(super) enum Job {
     },
     /// Remove the container, then create it anew.
     Recreate {
+        project: ProjectId,
+        container: String,
+        rendered: Arc<Rendered>,
+    },
+    /// Start a new container beside the old one, switch the route, remove the old one.
+    Replace {
+        project: ProjectId,
+        container: String,
+        next: Option<String>,
+        rendered: Arc<Rendered>,
+    },
+    /// Give an interrupted replacement the project's name.
+    Promote {
         project: ProjectId,
         container: String,
         rendered: Arc<Rendered>,
@@ -112,6 +130,21 @@ impl Job {
                 container,
                 rendered: rendered()?,
             },
+            Action::Replace {
+                project,
+                container,
+                next,
+            } => Job::Replace {
+                project,
+                container,
+                next,
+                rendered: rendered()?,
+            },
+            Action::Promote { project, container } => Job::Promote {
+                project,
+                container,
+                rendered: rendered()?,
+            },
             Action::Start { project, container } => Job::Start {
                 project,
                 container,
@@ -144,6 +177,8 @@ impl Job {
         match self {
             Job::Create { project, .. }
             | Job::Recreate { project, .. }
+            | Job::Replace { project, .. }
+            | Job::Promote { project, .. }
             | Job::Start { project, .. }
             | Job::Reload { project, .. }
             | Job::ReloadSchema { project, .. }
@@ -160,6 +195,8 @@ impl Job {
             Job::Start { .. } => "start",
             Job::Reload { .. } => "reload",
             Job::ReloadSchema { .. } => "reload_schema",
+            Job::Replace { .. } => "replace",
+            Job::Promote { .. } => "promote",
             Job::Remove { .. } => "remove",
             Job::RemoveConfig { .. } => "remove_config",
         }
@@ -170,6 +207,8 @@ impl Job {
         match self {
             Job::Create { .. } => "Create",
             Job::Recreate { .. } => "Recreate",
+            Job::Replace { .. } => "Replace",
+            Job::Promote { .. } => "Promote",
             Job::Start { .. } => "Start",
             Job::Reload { .. } => "Reload",
             Job::ReloadSchema { .. } => "ReloadSchema",
@@ -184,10 +223,22 @@ impl Job {
 pub(super) async fn apply<R: Runtime>(
     runtime: &R,
     cfg: &LoopConfig,
+    switch: &Switch,
     job: Job,
 ) -> Result<Outcome, ActionError> {
     let kind = job.kind();
     let outcome = match job {
+        Job::Replace {
+            project,
+            container,
+            next,
+            rendered,
+        } => replace::replace(runtime, cfg, switch, &project, &container, next, &rendered).await,
+        Job::Promote {
+            project,
+            container,
+            rendered,
+        } => replace::promote(runtime, cfg, &project, container, &rendered).await,
         Job::Create { project, rendered } => create(runtime, cfg, &project, &rendered).await,
         Job::Recreate {
             project,
@@ -309,7 +360,12 @@ async fn create<R: Runtime>(
 
 /// Records that the container has its schema cache as of `token` (a failure costs at most
 /// one extra schema reload after a restart of the manager: logged, not fatal).
-async fn schema_loaded(cfg: &LoopConfig, project: &ProjectId, container: &str, token: u64) {
+pub(super) async fn schema_loaded(
+    cfg: &LoopConfig,
+    project: &ProjectId,
+    container: &str,
+    token: u64,
+) {
     let configs = cfg.configs.clone();
     let (p, c) = (project.clone(), container.to_owned());
     if let Err(e) = blocking(move || configs.remember_schema(&p, &c, token)).await {
@@ -319,7 +375,7 @@ async fn schema_loaded(cfg: &LoopConfig, project: &ProjectId, container: &str, t
 
 /// The container runs with `rendered` loaded: record it on disk (a failure costs at most one
 /// extra reload signal after a restart, so it is logged, not fatal) and say so.
-async fn loaded(
+pub(super) async fn loaded(
     cfg: &LoopConfig,
     project: &ProjectId,
     container: String,
@@ -380,14 +436,17 @@ async fn confirm_reload<R: Runtime>(
         })
 }
 
-async fn remove_container<R: Runtime>(runtime: &R, container: &str) -> Result<(), ActionError> {
+pub(super) async fn remove_container<R: Runtime>(
+    runtime: &R,
+    container: &str,
+) -> Result<(), ActionError> {
     match runtime.remove(container).await {
         Ok(()) | Err(RuntimeError::NotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn write_config(
+pub(super) async fn write_config(
     cfg: &LoopConfig,
     project: &ProjectId,
     rendered: &Rendered,

@@ -30,6 +30,8 @@ impl Project {
         let (verb, rendered) = match job {
             Job::Create { rendered, .. } => (Verb::Create, Some(rendered)),
             Job::Recreate { rendered, .. } => (Verb::Recreate, Some(rendered)),
+            Job::Replace { rendered, .. } => (Verb::Replace, Some(rendered)),
+            Job::Promote { rendered, .. } => (Verb::Promote, Some(rendered)),
             Job::Start { rendered, .. } => (Verb::Start, Some(rendered)),
             Job::Reload { rendered, .. } => (Verb::Reload, Some(rendered)),
             Job::ReloadSchema { rendered, .. } => (Verb::ReloadSchema, Some(rendered)),
@@ -78,6 +80,11 @@ impl Project {
                 "container created and started".to_owned(),
             ),
             Verb::Recreate => (EventKind::Recreated, reason),
+            Verb::Replace => (
+                EventKind::Replaced,
+                format!("{reason}; the new container serves, the old one is stopped"),
+            ),
+            Verb::Promote => (EventKind::Replaced, reason),
             Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
             Verb::Reload => (EventKind::Reloaded, reason),
             Verb::ReloadSchema => (

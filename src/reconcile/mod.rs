@@ -15,11 +15,14 @@ mod apply;
 mod events;
 mod history;
 mod ready;
+mod replace;
 mod retry;
 mod snapshot;
 mod table;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_replace;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+pub use replace::Routed;
 pub use snapshot::{
     ContainerView, DesiredView, Event, EventKind, Handle, ProjectStatus, Readiness, Snapshot,
     EVENTS_KEPT,
@@ -72,6 +76,11 @@ pub struct LoopConfig {
     pub admin_port: u16,
     /// PgBouncer's include file and container, when the manager keeps its pools.
     pub pgbouncer: Option<PgBouncerConfig>,
+    /// `PGM_REPLACE=bluegreen`: a serving container whose spec-hash is stale is replaced
+    /// beside itself (`replace.rs`); otherwise it is removed and created anew.
+    pub blue_green: bool,
+    /// How long a replacement waits for the new container to serve.
+    pub replace_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -90,6 +99,8 @@ impl LoopConfig {
             reload_timeout: Duration::from_secs(10),
             admin_port: 1,
             pgbouncer: None,
+            blue_green: true,
+            replace_timeout: Duration::from_secs(10),
         };
         cfg.state.ensure().unwrap();
         cfg.configs.ensure().unwrap();
@@ -113,6 +124,11 @@ pub struct Controller<R: Runtime> {
     ready_rx: mpsc::Receiver<(String, Readiness)>,
     ready_tx: mpsc::Sender<(String, Readiness)>,
     readiness: HashMap<String, Readiness>,
+    /// Replacements ask here to move a project's route (`replace::Switch`).
+    switch_tx: mpsc::UnboundedSender<(ProjectId, Option<String>)>,
+    switch_rx: mpsc::UnboundedReceiver<(ProjectId, Option<String>)>,
+    /// What Caddy holds, from the route task; `None` without Caddy.
+    routed: Option<watch::Receiver<Routed>>,
     /// Docker may have changed since the last list: a Docker event, a finished action, the
     /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
     /// alone plans against the last listing.
@@ -143,6 +159,7 @@ impl<R: Runtime> Controller<R> {
         let (health_tx, health_rx) = mpsc::channel(HEALTH_QUEUE);
         let (ready_tx, ready_rx) = mpsc::channel(HEALTH_QUEUE);
         let (status, status_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (switch_tx, switch_rx) = mpsc::unbounded_channel();
         let labels = owner_labels(&cfg.template.instance);
         let pools = cfg.pgbouncer.clone().map(PoolSync::new);
         let handle = Handle::new(wake_tx.clone(), status_rx);
@@ -158,6 +175,9 @@ impl<R: Runtime> Controller<R> {
             ready_rx,
             ready_tx,
             readiness: HashMap::new(),
+            switch_tx,
+            switch_rx,
+            routed: None,
             docker_changed: Arc::new(AtomicBool::new(true)),
             confirm: Vec::new(),
             metrics: None,
@@ -178,6 +198,12 @@ impl<R: Runtime> Controller<R> {
     pub fn with_metrics(mut self, metrics: Metrics) -> Controller<R> {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Makes replacements wait for Caddy: the old container is stopped only once `routed`
+    /// shows the project's route on the new one.
+    pub fn follow_routes(&mut self, routed: watch::Receiver<Routed>) {
+        self.routed = Some(routed);
     }
 
     /// Runs until `shutdown` completes, then lets in-flight actions finish (under a grace
@@ -236,6 +262,13 @@ impl<R: Runtime> Controller<R> {
                     while let Ok((id, readiness)) = self.ready_rx.try_recv() {
                         self.readiness.insert(id, readiness);
                     }
+                    // Which of two containers to keep, and whether a stale one may be
+                    // replaced beside itself, depends on it: plan again (no listing).
+                    pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                    self.publish();
+                }
+                Some((project, upstream)) = self.switch_rx.recv() => {
+                    self.table.projects.entry(project).or_default().switch_to = upstream;
                     self.publish();
                 }
                 () = sleep_until(pass_at), if pass_at.is_some() => {
@@ -360,7 +393,11 @@ impl<R: Runtime> Controller<R> {
                 return;
             }
         };
-        let containers: Vec<plan::Container> = self.listing.iter().filter_map(ours).collect();
+        let containers: Vec<plan::Container> = self
+            .listing
+            .iter()
+            .filter_map(|c| ours(c, &self.readiness))
+            .collect();
         self.table.forget_unknown(&containers);
         let observed = Observed {
             containers,
@@ -368,6 +405,7 @@ impl<R: Runtime> Controller<R> {
             config_dirs,
             loaded: self.table.loaded(),
             schema: self.table.schema_seen(),
+            blue_green: self.cfg.blue_green,
         };
         let plan = plan::plan(&self.table.projects, &observed);
         self.table.explain(&plan, &observed);
@@ -465,12 +503,13 @@ impl<R: Runtime> Controller<R> {
         let targets: Vec<ready::Target> = self
             .listing
             .iter()
-            .filter(|c| c.serving_project().is_some())
+            .filter(|c| c.project().is_some())
             .map(|c| ready::Target {
                 id: c.id.clone(),
                 ip: c.ip.filter(|_| c.state == State::Running),
             })
             .collect();
+        self.table.switched(&self.listing);
         let listed: HashSet<&str> = self.listing.iter().map(|c| c.id.as_str()).collect();
         self.readiness.retain(|id, _| listed.contains(id.as_str()));
         self.ready_targets.send_if_modified(|current| {
@@ -545,12 +584,16 @@ impl<R: Runtime> Controller<R> {
             }
             record.begin(&job);
             let (runtime, cfg) = (self.runtime.clone(), self.cfg.clone());
+            let switch = replace::Switch {
+                to_loop: self.switch_tx.clone(),
+                routed: self.routed.clone(),
+            };
             let span = info_span!("reconcile", project = %project);
             let metrics = self.metrics.clone();
             actions.spawn(
                 async move {
                     let (kind, started) = (job.metric_kind(), Instant::now());
-                    let result = apply(&*runtime, &cfg, job).await;
+                    let result = apply(&*runtime, &cfg, &switch, job).await;
                     if let Some(metrics) = metrics {
                         metrics.action_finished(kind, result.is_ok(), started.elapsed());
                     }
@@ -602,12 +645,17 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Our view of one of our containers, or `None` when its project label is not a valid id.
-fn ours(info: &ContainerInfo) -> Option<plan::Container> {
+fn ours(info: &ContainerInfo, readiness: &HashMap<String, Readiness>) -> Option<plan::Container> {
     Some(plan::Container {
         id: info.id.clone(),
         project: info.project()?,
         name: info.name.clone(),
         state: info.state,
         spec_hash: info.spec_hash().map(str::to_owned),
+        serving: match readiness.get(&info.id) {
+            None | Some(Readiness::Unknown) => None,
+            Some(Readiness::Ready) => Some(true),
+            Some(Readiness::NotReady { .. }) => Some(false),
+        },
     })
 }

@@ -56,6 +56,9 @@ pub struct ProjectStatus {
     pub schema_token_seen: Option<u64>,
     /// The last [`EVENTS_KEPT`] things that happened to the project, oldest first.
     pub events: Events,
+    /// The host the project's route dials: its container's own alias (or name), or the new
+    /// container's while a replacement switches to it.
+    pub upstream: Option<String>,
 }
 
 /// How many events each project keeps: a ring, so a project's memory stays bounded however
@@ -80,6 +83,8 @@ pub enum EventKind {
     Created,
     Reloaded,
     Recreated,
+    /// Replaced blue/green: a new container took over from the serving one.
+    Replaced,
     Removed,
     Failed,
     /// A container that was expected but missing or stopped came back.
@@ -94,6 +99,7 @@ impl EventKind {
             EventKind::Created => "created",
             EventKind::Reloaded => "reloaded",
             EventKind::Recreated => "recreated",
+            EventKind::Replaced => "replaced",
             EventKind::Removed => "removed",
             EventKind::Failed => "failed",
             EventKind::Healed => "healed",

@@ -41,6 +41,9 @@ pub(super) struct Project {
     pub error: Option<RecordedError>,
     pub last_reload: Option<SystemTime>,
     pub in_flight: bool,
+    /// The host a replacement moved the route to, until the listing shows that container
+    /// under the project's name (or shows it gone).
+    pub switch_to: Option<String>,
     /// The action in flight, with the rendering it carries and why it was planned.
     pub running: Option<Running>,
     /// The rendering the container loaded (in this manager's life): what `plan` compares the
@@ -212,6 +215,24 @@ impl Table {
         self.projects.retain(|_, p| !p.is_empty());
     }
 
+    /// After a listing: a switched route follows the container again once the replacement
+    /// holds the project's name, or once the container it was switched to is gone.
+    pub fn switched(&mut self, listing: &[ContainerInfo]) {
+        for (id, project) in &mut self.projects {
+            let Some(host) = &project.switch_to else {
+                continue;
+            };
+            let mut ours = listing.iter().filter(|c| c.project().as_ref() == Some(id));
+            let done = match ours.find(|c| c.upstream() == host) {
+                Some(c) => c.name == id.container_name(),
+                None => true,
+            };
+            if done {
+                project.switch_to = None;
+            }
+        }
+    }
+
     /// Conflicts are re-checked now and then: whoever holds the name may be gone.
     pub fn forget_foreign(&mut self) {
         for project in self.projects.values_mut() {
@@ -279,8 +300,10 @@ impl Table {
                     match &outcome {
                         Outcome::Loaded { container, .. } => {
                             // A container started now loaded its schema cache as it starts.
-                            let started =
-                                matches!(running.verb, Verb::Create | Verb::Recreate | Verb::Start);
+                            let started = matches!(
+                                running.verb,
+                                Verb::Create | Verb::Recreate | Verb::Replace | Verb::Start
+                            );
                             if let (true, Some(rendered)) = (started, &running.rendered) {
                                 project.schema = Some((container.clone(), rendered.schema_token));
                             }
@@ -381,14 +404,77 @@ impl Table {
                     loaded_digest: None,
                     schema_token_seen: None,
                     events: project.events.clone(),
+                    upstream: project.switch_to.clone(),
                 },
             );
         }
+        // The project's container: the one its route was switched to while a replacement
+        // runs (the old one stops serving while it drains, and must not turn the route into
+        // a 503), else `postgrest-<id>`, else a replacement whose old container is gone (an
+        // interrupted replacement, before its rename).
+        let mut shown: BTreeMap<ProjectId, &ContainerInfo> = BTreeMap::new();
         for container in listing {
-            let Some(id) = container.serving_project() else {
+            let Some(id) = container.project() else {
                 continue;
             };
+            let switched = self
+                .projects
+                .get(&id)
+                .and_then(|p| p.switch_to.as_deref())
+                .is_some_and(|host| host == container.upstream());
+            let rank = |c: &ContainerInfo| {
+                if switched && c.id == container.id {
+                    0
+                } else if c.name == id.container_name() {
+                    1
+                } else if c.name == crate::plan::next_container_name(&id) {
+                    2
+                } else {
+                    3
+                }
+            };
+            let better = match shown.get(&id) {
+                Some(current) => {
+                    let current_switched = self
+                        .projects
+                        .get(&id)
+                        .and_then(|p| p.switch_to.as_deref())
+                        .is_some_and(|host| host == current.upstream());
+                    let current_rank = if current_switched { 0 } else { rank(current) };
+                    rank(container) < current_rank
+                }
+                None => rank(container) < 3,
+            };
+            if better {
+                shown.insert(id, container);
+            }
+        }
+        // A replacement that matches the desired state and serves takes over the route from a
+        // stale `postgrest-<id>`, before its switch: a manager restarted after the switch must
+        // not send the public back to an old container that Docker is still stopping.
+        for next in listing {
+            let Some(id) = next.project() else {
+                continue;
+            };
+            let wanted = match self.projects.get(&id).and_then(|p| p.want.as_ref()) {
+                Some(Want::Spec(d)) => d.spec_hash.as_str(),
+                _ => continue,
+            };
+            let takes_over = next.name == crate::plan::next_container_name(&id)
+                && next.spec_hash() == Some(wanted)
+                && readiness.get(&next.id) == Some(&Readiness::Ready)
+                && shown
+                    .get(&id)
+                    .is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted));
+            if takes_over {
+                shown.insert(id, next);
+            }
+        }
+        for (id, container) in shown {
             let status = projects.entry(id.clone()).or_default();
+            if status.upstream.is_none() {
+                status.upstream = Some(container.upstream().to_owned());
+            }
             status.container = Some(ContainerView {
                 id: container.id.clone(),
                 name: container.name.clone(),

@@ -15,7 +15,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -236,7 +236,10 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 spec.network.clone(),
-                EndpointSettings::default(),
+                EndpointSettings {
+                    aliases: (!spec.aliases.is_empty()).then(|| spec.aliases.clone()),
+                    ..Default::default()
+                },
             )])),
         }),
         ..Default::default()
@@ -357,6 +360,14 @@ impl Runtime for DockerRuntime {
             .build();
         self.docker()?
             .remove_container(id, Some(options))
+            .await
+            .map_err(map_error)
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        let options = RenameContainerOptionsBuilder::default().name(name).build();
+        self.docker()?
+            .rename_container(id, options)
             .await
             .map_err(map_error)
     }

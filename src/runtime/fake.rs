@@ -27,6 +27,7 @@ pub enum Call {
     Start(String),
     Signal(String, String),
     Remove(String),
+    Rename(String, String),
 }
 
 #[derive(Default)]
@@ -42,6 +43,9 @@ struct Inner {
     /// What a container writes when it gets a signal, by name; PostgREST's `Config reloaded`
     /// unless set (`None`: nothing, a reload nobody confirms).
     signal_replies: BTreeMap<String, Option<String>>,
+    /// The address a container gets when it starts, by name (127.0.0.1 unless set), so a
+    /// test can answer `/ready` differently for two containers of one project.
+    ips: BTreeMap<String, std::net::IpAddr>,
     /// How long a removal takes, as a PostgREST given its stop grace would.
     remove_delay: Option<std::time::Duration>,
     next_id: u64,
@@ -196,6 +200,11 @@ impl FakeRuntime {
             .insert(name.to_owned(), line.map(str::to_owned));
     }
 
+    /// Containers named `name` get `ip` when they start (127.0.0.1 unless set).
+    pub fn assign_ip(&self, name: &str, ip: std::net::IpAddr) {
+        self.inner.lock().unwrap().ips.insert(name.to_owned(), ip);
+    }
+
     /// Makes every removal take `delay` (a graceful stop that uses its grace period).
     pub fn slow_removals(&self, delay: std::time::Duration) {
         self.inner.lock().unwrap().remove_delay = Some(delay);
@@ -311,9 +320,14 @@ impl Runtime for FakeRuntime {
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let _ticket = self.begin(id).await;
         let mut inner = self.enter(Call::Start(id.into()))?;
+        let ips = inner.ips.clone();
         let container = inner.containers.get_mut(id).ok_or(RuntimeError::NotFound)?;
         container.state = State::Running;
-        container.ip = Some([127, 0, 0, 1].into());
+        container.ip = Some(
+            ips.get(&container.name)
+                .copied()
+                .unwrap_or([127, 0, 0, 1].into()),
+        );
         Ok(())
     }
 
@@ -343,6 +357,17 @@ impl Runtime for FakeRuntime {
             log.push_str(&line);
             log.push('\n');
         }
+        Ok(())
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        let _ticket = self.begin(id).await;
+        let mut inner = self.enter(Call::Rename(id.to_owned(), name.to_owned()))?;
+        if inner.containers.values().any(|c| c.name == name) {
+            return Err(RuntimeError::Conflict(format!("name {name} is in use")));
+        }
+        let container = inner.containers.get_mut(id).ok_or(RuntimeError::NotFound)?;
+        container.name = name.to_owned();
         Ok(())
     }
 

@@ -87,6 +87,10 @@ impl<R: Runtime> Runtime for Metered<R> {
         self.timed("remove", self.inner.remove(id)).await
     }
 
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        self.timed("rename", self.inner.rename(id, name)).await
+    }
+
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
         if self.subscribed.swap(true, Ordering::Relaxed) {
             if let Some(metrics) = &self.metrics {

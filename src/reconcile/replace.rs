@@ -1,0 +1,210 @@
+//! Blue/green replacement: the new container starts beside the serving one under
+//! `postgrest-<id>-next`, the route moves to it once it serves, the old one is stopped
+//! gracefully (PostgREST drains on SIGTERM) and removed, and the new one takes the name.
+//!
+//! Each container has its own network alias (`postgrest-<id>-<n>`, in its
+//! [`LABEL_UPSTREAM`] label), and the route dials that alias, not the name: the name moves
+//! from the old container to the new one, the alias never does, so the route never points at
+//! a name that resolves to nothing or to the container being stopped. Every step is safe to
+//! interrupt: the planner finishes or undoes a replacement it finds half done
+//! (`plan::two_containers`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::apply::{loaded, remove_container, schema_loaded, write_config, ActionError, Outcome};
+use super::ready::reason_from_logs;
+use super::LoopConfig;
+use crate::plan::next_container_name;
+use crate::probe;
+use crate::render::{Rendered, LABEL_UPSTREAM};
+use crate::runtime::{Runtime, RuntimeError, State};
+use crate::spec::ProjectId;
+
+/// What Caddy holds: per project, the host its route dials. Published by the route task.
+pub type Routed = BTreeMap<ProjectId, String>;
+
+/// Probing the new container: from 10 ms, doubling up to 200 ms.
+const FIRST_PROBE: Duration = Duration::from_millis(10);
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const LOG_LINES: usize = 30;
+
+/// What a replacement needs from the loop to move a project's route.
+#[derive(Clone)]
+pub(super) struct Switch {
+    /// Asks the loop to route the project to this host (`None`: back to whatever its
+    /// `postgrest-<id>` container is).
+    pub to_loop: mpsc::UnboundedSender<(ProjectId, Option<String>)>,
+    /// What Caddy holds; `None` when the manager runs without Caddy (no route to move).
+    pub routed: Option<watch::Receiver<Routed>>,
+}
+
+impl Switch {
+    /// Moves the route to `upstream` and waits (up to `timeout`) until Caddy holds it. Caddy
+    /// takes an update within milliseconds; one that is down is retried by the route task
+    /// with backoff, and past the timeout the replacement gives up and is retried later.
+    async fn route(
+        &self,
+        project: &ProjectId,
+        upstream: &str,
+        timeout: Duration,
+    ) -> Result<(), ActionError> {
+        // The loop is gone only while shutting down; then nothing is switched.
+        self.to_loop
+            .send((project.clone(), Some(upstream.to_owned())))
+            .map_err(|_| ActionError::Switch("the manager is shutting down".into()))?;
+        let Some(mut routed) = self.routed.clone() else {
+            return Ok(());
+        };
+        let held = async {
+            routed
+                .wait_for(|r| r.get(project).is_some_and(|h| h == upstream))
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(timeout, held).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ActionError::Switch("the route task stopped".into())),
+            Err(_) => Err(ActionError::Switch(format!(
+                "Caddy did not take the new route within {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    fn back(&self, project: &ProjectId) {
+        let _ = self.to_loop.send((project.clone(), None));
+    }
+}
+
+/// Replaces `old` by a container with `rendered`; `next` is one already started by an
+/// earlier, interrupted replacement. Until the switch, any failure removes the new container
+/// and leaves the old one serving; the error says why (PostgREST's own words when it never
+/// served) and the loop retries with backoff.
+pub(super) async fn replace<R: Runtime>(
+    runtime: &R,
+    cfg: &LoopConfig,
+    switch: &Switch,
+    project: &ProjectId,
+    old: &str,
+    next: Option<String>,
+    rendered: &Arc<Rendered>,
+) -> Result<Outcome, ActionError> {
+    // The old container read its config at start and keeps it until signalled: rewriting the
+    // file now changes nothing for it.
+    write_config(cfg, project, rendered).await?;
+    let next = match next {
+        Some(id) => id,
+        None => start_next(runtime, project, rendered).await?,
+    };
+    let switched = async {
+        let info = wait_serving(runtime, cfg, project, rendered).await?;
+        switch
+            .route(project, info.upstream(), cfg.replace_timeout)
+            .await
+    };
+    if let Err(e) = switched.await {
+        switch.back(project);
+        warn!(project = %project, error = %e, "the replacement failed; the old container keeps serving");
+        if let Err(removal) = remove_container(runtime, &next).await {
+            warn!(project = %project, error = %removal, "cannot remove the failed replacement; the next pass will");
+        }
+        return Err(e);
+    }
+    info!(project = %project, "the route is on the new container; stopping the old one");
+    remove_container(runtime, old).await?;
+    runtime.rename(&next, &project.container_name()).await?;
+    schema_loaded(cfg, project, &next, rendered.schema_token).await;
+    loaded(cfg, project, next, rendered, false).await
+}
+
+/// The old container is gone (an interrupted replacement): the new one takes the name.
+pub(super) async fn promote<R: Runtime>(
+    runtime: &R,
+    cfg: &LoopConfig,
+    project: &ProjectId,
+    next: String,
+    rendered: &Arc<Rendered>,
+) -> Result<Outcome, ActionError> {
+    write_config(cfg, project, rendered).await?;
+    runtime.rename(&next, &project.container_name()).await?;
+    loaded(cfg, project, next, rendered, false).await
+}
+
+/// Creates and starts `postgrest-<id>-next` with its own alias.
+async fn start_next<R: Runtime>(
+    runtime: &R,
+    project: &ProjectId,
+    rendered: &Rendered,
+) -> Result<String, ActionError> {
+    let mut spec = rendered.container.clone();
+    spec.name = next_container_name(project);
+    let alias = upstream_alias(project);
+    spec.aliases = vec![alias.clone()];
+    spec.labels.insert(LABEL_UPSTREAM.to_owned(), alias);
+    let id = match runtime.create(&spec).await {
+        Ok(id) => id,
+        Err(RuntimeError::NotFound) => {
+            return Err(RuntimeError::Other(format!("image {} not found", spec.image)).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Err(e) = runtime.start(&id).await {
+        let _ = remove_container(runtime, &id).await;
+        return Err(e.into());
+    }
+    Ok(id)
+}
+
+/// A fresh alias: `postgrest-<id>-<n>`, `n` from the clock, so it differs from the alias of
+/// the container being replaced.
+pub(super) fn upstream_alias(project: &ProjectId) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{n:x}", project.container_name())
+}
+
+/// Waits until the new container serves (`/ready` 200), bounded by the replace timeout.
+async fn wait_serving<R: Runtime>(
+    runtime: &R,
+    cfg: &LoopConfig,
+    project: &ProjectId,
+    rendered: &Rendered,
+) -> Result<crate::runtime::ContainerInfo, ActionError> {
+    let name = next_container_name(project);
+    let deadline = Instant::now() + cfg.replace_timeout;
+    let mut every = FIRST_PROBE;
+    loop {
+        let info = runtime.find_by_name(&name).await?;
+        if let (State::Running, Some(ip)) = (info.state, info.ip) {
+            if probe::ready(ip, cfg.admin_port, PROBE_TIMEOUT)
+                .await
+                .is_ok()
+            {
+                return Ok(info);
+            }
+        }
+        let stopped = matches!(info.state, State::Exited | State::Dead);
+        if stopped || Instant::now() >= deadline {
+            let logs = runtime.logs(&info.id, LOG_LINES).await.unwrap_or_default();
+            let why = if stopped {
+                "it stopped".to_owned()
+            } else {
+                format!("not within {} s", cfg.replace_timeout.as_secs())
+            };
+            return Err(ActionError::NeverServed {
+                why,
+                reason: rendered.config.redact(&reason_from_logs(&logs)),
+            });
+        }
+        tokio::time::sleep(every).await;
+        every = (every * 2).min(PROBE_EVERY);
+    }
+}

@@ -1,0 +1,456 @@
+//! Blue/green replacement against real Docker, a real Caddy 2.6.2 (the stack's static config)
+//! and the test database: a client requests a project through Caddy's port 80 all along, and
+//! a password change, an image change and a manager killed in the middle of a replacement
+//! cost it no request. Skipped, loudly, when the Caddy image is missing.
+
+mod support;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use support::*;
+
+const CADDY_IMAGE: &str = "launchdb/caddy:2.6.2-local";
+/// Between two requests of the client: about 100 requests a second.
+const PACE: Duration = Duration::from_millis(10);
+
+fn caddy_missing() -> bool {
+    let missing = !docker(&["image", "inspect", CADDY_IMAGE]).status.success();
+    if missing {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED tests/bluegreen.rs: {CADDY_IMAGE} is missing (build it with \
+             `bash deploy/build-local-images.sh`). NOTHING WAS TESTED. !!!!!!!!\n"
+        );
+    }
+    missing
+}
+
+/// Caddy on the env's network, as deploy/compose.yaml runs it; labelled with the env's
+/// instance, so the env removes it. Returns its address.
+fn start_caddy(env: &TestEnv) -> IpAddr {
+    let name = env.helper_name();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/caddy.json");
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &format!("launchdb.instance={}", env.instance),
+        "--network",
+        &env.network,
+        "-v",
+        &format!("{config}:/etc/caddy/launchdb.json:ro"),
+        CADDY_IMAGE,
+        "caddy",
+        "run",
+        "--config",
+        "/etc/caddy/launchdb.json",
+    ]);
+    let format = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+        env.network
+    );
+    let caddy = wait_until("Caddy's address", || {
+        docker_ok(&["inspect", "-f", &format, &name])
+            .trim()
+            .parse()
+            .ok()
+    });
+    wait_until("Caddy's admin API", || {
+        http_get_port(caddy, 2019, "/config/", None).ok().map(drop)
+    });
+    caddy
+}
+
+fn manager_with_caddy(env: &TestEnv, caddy: IpAddr, image: Option<String>) -> Manager {
+    Manager::start_with(
+        env,
+        ManagerOpts {
+            image,
+            env: vec![("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019"))],
+            ..ManagerOpts::default()
+        },
+    )
+}
+
+/// A client that GETs `/db/<id>/items` through Caddy until stopped, counting answers.
+struct Client {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<String>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(caddy: IpAddr, id: &str) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let path = format!("/db/{id}/items");
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match http_get_port(caddy, 80, &path, None) {
+                        Ok(200) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                    thread::sleep(PACE);
+                }
+            })
+        };
+        Client {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Stops the client; returns (answered 200, the failures).
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        (self.ok(), self.failed.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Waits until Caddy proxies the project (a 200 through port 80).
+fn wait_routed(caddy: IpAddr, id: &str) {
+    let path = format!("/db/{id}/items");
+    wait_until(&format!("Caddy to serve {path}"), || {
+        (http_get_port(caddy, 80, &path, None).ok()? == 200).then_some(())
+    });
+}
+
+/// The project's containers (name, id), by the env's instance label.
+fn project_containers(env: &TestEnv, id: &str) -> Vec<String> {
+    env.containers()
+        .into_iter()
+        .filter(|name| name.starts_with(&format!("postgrest-{id}")))
+        .collect()
+}
+
+/// Waits until the project's one container is `postgrest-<id>`, not `before`, serving, with
+/// nothing else of the project left.
+fn wait_replaced(env: &TestEnv, id: &str, before: &str) -> Container {
+    let name = env.container(id);
+    wait_until(&format!("{name} replaced and alone"), || {
+        let c = inspect(&name)?;
+        let serving = c.running && http_get(c.ip?, "/", None).ok()? == 200;
+        let alone = project_containers(env, id) == [name.clone()];
+        (c.id != before && serving && alone).then_some(c)
+    })
+}
+
+/// Lets the client run until it has had `n` more answers: load before and after the change.
+fn answered(client: &Client, n: usize) {
+    let target = client.ok() + n;
+    wait_until("the client's requests", || {
+        (client.ok() >= target).then_some(())
+    });
+}
+
+#[test]
+fn a_password_change_under_load_through_caddy_fails_no_request() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let caddy = start_caddy(&env);
+    let manager = manager_with_caddy(&env, caddy, None);
+    let id = env.project_id();
+    let (jwt_secret, old, new) = (secret("jwt"), secret("pwold"), secret("pwnew"));
+    env.write_state(&id, &state_toml(&jwt_secret, &old));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 100);
+    env.write_state(&id, &state_toml(&jwt_secret, &new));
+    let after = wait_replaced(&env, &id, &before.id);
+    answered(&client, 100);
+    let (ok, failed) = client.finish();
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    assert_eq!(dump_config(&after.name)["db_uri"]["password"], new);
+    // The route dials the new container's own alias, which survived the rename.
+    let upstream = &after.labels["launchdb.upstream"];
+    assert!(
+        upstream.starts_with(&format!("postgrest-{id}-")),
+        "{upstream}"
+    );
+    assert!(manager.log().contains("the route is on the new container"));
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &old, &new]);
+}
+
+#[test]
+fn an_image_change_under_load_through_caddy_fails_no_request() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    // A second image, differing from the test image in a label only; removed at the end.
+    let image_v2 = format!("{}img:v2", env.instance);
+    let dir = env.root().join("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {}\nLABEL launchdb.test-variant=v2\n", image()),
+    )
+    .unwrap();
+    struct RemoveImage(String);
+    impl Drop for RemoveImage {
+        fn drop(&mut self) {
+            let _ = docker(&["image", "rm", "-f", &self.0]);
+        }
+    }
+    let _image = RemoveImage(image_v2.clone());
+    docker_ok(&["build", "-q", "-t", &image_v2, dir.to_str().unwrap()]);
+
+    let caddy = start_caddy(&env);
+    let mut manager = manager_with_caddy(&env, caddy, None);
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 100);
+    // The image is the manager's setting: a manager started with another one replaces.
+    manager.terminate();
+    let manager = manager_with_caddy(&env, caddy, Some(image_v2));
+    let after = wait_replaced(&env, &id, &before.id);
+    answered(&client, 100);
+    let (ok, failed) = client.finish();
+    if !failed.is_empty() {
+        eprintln!("{}", manager.log());
+    }
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    let variant = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"launchdb.test-variant\"}}",
+        &after.id,
+    ]);
+    assert_eq!(variant.trim(), "v2");
+}
+
+#[test]
+fn a_manager_killed_with_the_next_container_in_place_leaves_one_serving() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let caddy = start_caddy(&env);
+    let mut manager = manager_with_caddy(&env, caddy, None);
+    let id = env.project_id();
+    let jwt_secret = secret("jwt");
+    env.write_state(&id, &state_toml(&jwt_secret, &secret("pwold")));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 50);
+    env.write_state(&id, &state_toml(&jwt_secret, &secret("pwnew")));
+    // The step between creating the new container and switching to it.
+    let next = format!("postgrest-{id}-next");
+    wait_until(&format!("{next} to exist"), || inspect(&next).map(drop));
+    manager.kill();
+
+    let manager = manager_with_caddy(&env, caddy, None);
+    let after = wait_replaced(&env, &id, &before.id);
+    answered(&client, 50);
+    let (ok, failed) = client.finish();
+    if !failed.is_empty() {
+        eprintln!("{}", manager.log());
+    }
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    assert_eq!(project_containers(&env, &id), [after.name]);
+}
+
+/// The host:port Caddy's route for the project dials now (its admin API), if it proxies.
+fn caddy_dial(caddy: IpAddr, id: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((caddy, 2019)).ok()?;
+    let path = format!("/id/launchdb-project-{id}/handle/1/upstreams/0/dial");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {caddy}:2019\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.trim().trim_matches('"').to_owned())
+}
+
+/// The benchmark behind BENCHMARKS.md ("Blue/green replacement"), not a test: run with
+/// `cargo test --release --test bluegreen bench_replacement -- --ignored --nocapture`.
+/// For each of `bluegreen` and `recreate`: a client at ~100 req/s through Caddy for 10 s, a
+/// password change, then 12 s more; it prints the failed requests and the time from the
+/// state write to the new container serving, and the cold-start floor of the same run (a new
+/// project's state write to its container serving). Times are polled every 50 ms.
+#[test]
+#[ignore]
+fn bench_replacement_under_load() {
+    if caddy_missing() {
+        return;
+    }
+    for mode in ["bluegreen", "recreate"] {
+        let env = TestEnv::new();
+        let caddy = start_caddy(&env);
+        let _manager = Manager::start_with(
+            &env,
+            ManagerOpts {
+                env: vec![
+                    ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
+                    ("PGM_REPLACE".into(), mode.into()),
+                ],
+                ..ManagerOpts::default()
+            },
+        );
+        // The cold-start floor: a new project, from its state write to serving.
+        let floor_id = env.project_id();
+        let started = std::time::Instant::now();
+        env.write_state(&floor_id, &state_toml(&secret("jwt"), &secret("pw")));
+        env.wait_serving(&floor_id);
+        let floor = started.elapsed();
+
+        let id = env.project_id();
+        let jwt_secret = secret("jwt");
+        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwold")));
+        let before = env.wait_serving(&id);
+        wait_routed(caddy, &id);
+        let client = Client::start(caddy, &id);
+        let load_started = std::time::Instant::now();
+        wait_until_for("10 s of load", Duration::from_secs(30), || {
+            (load_started.elapsed() >= Duration::from_secs(10)).then_some(())
+        });
+        let dial_before = caddy_dial(caddy, &id);
+        let changed = std::time::Instant::now();
+        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwnew")));
+        // Blue/green: the new container serves the public once Caddy dials it.
+        let switched = (mode == "bluegreen").then(|| {
+            wait_until("Caddy to dial the new container", || {
+                let dial = caddy_dial(caddy, &id)?;
+                (Some(&dial) != dial_before.as_ref()).then_some(())
+            });
+            changed.elapsed()
+        });
+        wait_replaced(&env, &id, &before.id);
+        let replaced = switched.unwrap_or_else(|| changed.elapsed());
+        let done = changed.elapsed();
+        wait_until_for("12 s more of load", Duration::from_secs(60), || {
+            (changed.elapsed() >= Duration::from_secs(12)).then_some(())
+        });
+        let seconds = load_started.elapsed().as_secs_f64();
+        let (ok, failed) = client.finish();
+        println!(
+            "BENCH mode={mode} requests={} failed={} rate={:.0}/s load={seconds:.1}s \
+             change_to_serving_ms={} change_to_old_gone_ms={} cold_start_floor_ms={} \
+             ratio={:.2} failures={:?}",
+            ok + failed.len(),
+            failed.len(),
+            (ok + failed.len()) as f64 / seconds,
+            replaced.as_millis(),
+            done.as_millis(),
+            floor.as_millis(),
+            replaced.as_secs_f64() / floor.as_secs_f64(),
+            failed.iter().take(3).collect::<Vec<_>>(),
+        );
+    }
+}
+
+/// A new container that cannot log in (here: pointed straight at PostgreSQL, where its role
+/// has no such password, so PostgREST exits) never takes the project down: the old one keeps
+/// serving through Caddy without a failed request, the new one is removed, and the status
+/// says why in PostgREST's words, without the password.
+#[test]
+fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let postgres = std::env::var("PGMT_POSTGRES").expect("PGMT_POSTGRES (tests/db.sh up)");
+    docker_ok(&[
+        "network",
+        "connect",
+        "--alias",
+        "testpg",
+        &env.network,
+        &postgres,
+    ]);
+    let caddy = start_caddy(&env);
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            env: vec![
+                ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
+                ("PGM_REPLACE_TIMEOUT_SECS".into(), "10".into()),
+            ],
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let (jwt_secret, good, wrong) = (secret("jwt"), secret("pwgood"), secret("pwwrong"));
+    env.write_state(&id, &state_toml(&jwt_secret, &good));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 50);
+    let wrong_toml = format!(
+        "{}db_host = \"testpg\"\ndb_port = 5432\n",
+        state_toml(&jwt_secret, &wrong)
+    );
+    env.write_state(&id, &wrong_toml);
+    let view = wait_until_for(
+        "the status to say the new container never served",
+        Duration::from_secs(90),
+        || {
+            let view = manager
+                .call("GET", &format!("/internal/postgrest/{id}"), None)
+                .json();
+            let error = view["lastError"].as_str().unwrap_or_default().to_owned();
+            error.contains("never served").then_some(view)
+        },
+    );
+    let error = view["lastError"].as_str().unwrap().to_owned();
+    assert!(error.contains("old one keeps serving"), "{error}");
+    assert!(
+        !error.contains(&wrong),
+        "the password in the status: {error}"
+    );
+    answered(&client, 50);
+    let (ok, failed) = client.finish();
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    // The old container is the project's container still, and the new one is gone.
+    let now = inspect(&env.container(&id)).expect("the old container is there");
+    assert_eq!(now.id, before.id);
+    wait_until("the failed replacement to be removed", || {
+        inspect(&format!("postgrest-{id}-next"))
+            .is_none()
+            .then_some(())
+    });
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &good, &wrong]);
+}
