@@ -188,13 +188,18 @@ fn dial(caddy: &FakeCaddy) -> Option<String> {
 }
 
 /// The calls that change containers, without listing and pinging.
+/// The calls that change something in Docker (reads, the confirming `Inspect` too, left out).
 fn changes(fake: &FakeRuntime) -> Vec<Call> {
     fake.take_calls()
         .into_iter()
         .filter(|c| {
             !matches!(
                 c,
-                Call::List | Call::Ping | Call::EnsureNetwork(_) | Call::FindByName(_)
+                Call::List
+                    | Call::Inspect(_)
+                    | Call::Ping
+                    | Call::EnsureNetwork(_)
+                    | Call::FindByName(_)
             )
         })
         .collect()
