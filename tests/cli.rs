@@ -487,8 +487,9 @@ fn plan_says_what_the_loop_would_do_and_diff_masks_secrets() {
     let recreate = cli(&["plan"]);
     assert_eq!(recreate.code, Some(2), "{recreate:?}");
     assert!(
+        // The container serves, so it is replaced beside itself (blue/green), not recreated.
         recreate.stdout.contains(&format!(
-            "{a}  recreate: authenticator_password changed (db-uri is not reloadable)"
+            "{a}  replace: authenticator_password changed (db-uri is not reloadable)"
         )),
         "{recreate:?}"
     );
