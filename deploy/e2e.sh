@@ -11,7 +11,7 @@
 #      with its JWT, `anon` is refused;
 #   4. JWT rotation (PUT a new secret): the old token 401, the new one 200, same container;
 #   5. password rotation (ALTER ROLE, then PUT): serves again with the new password, from a
-#      new container; a wrong password is never a 201, and the status says why;
+#      new container; a wrong password is never a 201, the serving container keeps serving, and the status says why;
 #   6. PgBouncer stopped: the status says not ready and why, Caddy answers 503; started again:
 #      the project serves again with nobody acting, same container;
 #   7. the seed's reload script reloads; DELETE removes it, Caddy answers 404 JSON and PgBouncer
@@ -53,8 +53,10 @@ body_file=""
 api="http://127.0.0.1:${PGM_API_PORT:-9000}"
 if [ "$own_stack" = 1 ]; then
     trap cleanup EXIT
-    # Short API waits, so the wrong-password step answers 504 in seconds, not a minute.
-    PGM_API_TIMEOUT_SECS="${PGM_API_TIMEOUT_SECS:-15}" bash "$deploy/up.sh" >&2
+    # Short API and replacement waits, so the wrong-password step answers 504 in seconds and
+    # the failed replacement is given up (and reported) in 20 s, not a minute.
+    PGM_API_TIMEOUT_SECS="${PGM_API_TIMEOUT_SECS:-15}" \
+        PGM_REPLACE_TIMEOUT_SECS="${PGM_REPLACE_TIMEOUT_SECS:-20}" bash "$deploy/up.sh" >&2
 fi
 load_env
 api="http://127.0.0.1:${PGM_API_PORT:-9000}"
@@ -185,14 +187,22 @@ code=$(http GET "$web/db/$id/todos" "$auth_b")
 second_container="$(container_id)"
 [ "$second_container" != "$first_container" ] || fail "a password rotation kept the container"
 
+# A wrong password (blue/green, PGM_REPLACE's default): the new container starts beside the
+# serving one and never serves; the old one goes on serving through Caddy, and once the
+# replacement is given up the status says why in PostgREST's words.
 wrong="$(jq -cn --arg s "$jwt_b" '{jwtSecret: $s, authenticatorPassword: "not-the-password"}')"
 code=$(manager PUT "/internal/postgrest/$id" "$wrong")
 case "$code" in 200 | 201) fail "a wrong password answered $code" ;; esac
-not_ready() {
+code=$(http GET "$web/db/$id/todos" "$auth_b")
+[ "$code" = 200 ] || fail "a wrong password took the serving project down: GET answered $code"
+reported() {
     [ "$(manager GET "/internal/postgrest/$id")" = 200 ] &&
-        body | jq -e '.ready == false and (.reason | test("authentication failed"))' >/dev/null
+        body | jq -e '(.lastError // "") | test("authentication failed")' >/dev/null
 }
-wait_for "status to show the wrong password" 30 not_ready
+wait_for "status to show the wrong password" 60 reported
+code=$(http GET "$web/db/$id/todos" "$auth_b")
+[ "$code" = 200 ] || fail "after the failed replacement GET answered $code"
+[ "$(container_id)" = "$second_container" ] || fail "the serving container was replaced by one that cannot log in"
 code=$(manager PUT "/internal/postgrest/$id" "$put_b")
 [ "$code" = 200 ] || fail "PUT (password fixed) answered $code: $(body)"
 wait_for "serving again" 30 status_is 200 "$web/db/$id/todos" "$auth_b"
