@@ -94,6 +94,11 @@ fn after_live_sigusr2_reloads_and_no_database_means_503() {
 /// a SIGUSR2 that arrives while PostgREST is still starting, and delivers it once `/live`
 /// answers: PostgREST survives and re-reads its config.
 #[test]
+// Flaky since 2026-11-29 (3 failures in about 8 runs, one at load average 1 in a fresh-clone
+// CI): the held SIGUSR2 is delivered and PostgREST reads the second config from the FIFO,
+// but `Config reloaded` does not appear within 20 s. Not yet understood; run by hand with
+// `cargo test -p postgrest-double --test signals -- --ignored` until it is fixed.
+#[ignore = "flaky: the reload after a held SIGUSR2 is not always logged; under investigation"]
 fn the_wrapper_holds_an_early_reload_until_live() {
     let dir = TempDir::new("wrapper");
     let fifo = dir.path("postgrest.conf");
