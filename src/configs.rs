@@ -145,14 +145,7 @@ impl ConfigDir {
 
     /// Records that `container` has loaded the config with `digest`.
     pub fn remember(&self, id: &ProjectId, container: &str, digest: &str) -> std::io::Result<()> {
-        let records = ensure_subdir(open_dir(&self.path)?.as_fd(), LOADED_DIR, 0o700)?;
-        write_atomic_at(
-            &records,
-            id.as_str(),
-            format!("{container} {digest}\n").as_bytes(),
-            0o600,
-            None,
-        )
+        self.write_record(LOADED_DIR, id, container, digest)
     }
 
     pub fn forget(&self, id: &ProjectId) -> std::io::Result<()> {
@@ -171,65 +164,54 @@ impl ConfigDir {
         container: &str,
         token: u64,
     ) -> std::io::Result<()> {
-        let records = ensure_subdir(open_dir(&self.path)?.as_fd(), SCHEMA_DIR, 0o700)?;
+        self.write_record(SCHEMA_DIR, id, container, &token.to_string())
+    }
+
+    /// Every schema record: project -> (container id, schema_reload_token).
+    pub fn schema_seen(&self) -> std::io::Result<BTreeMap<ProjectId, (String, u64)>> {
+        Ok(self
+            .read_records(SCHEMA_DIR)?
+            .into_iter()
+            .filter_map(|(id, (container, token))| Some((id, (container, token.parse().ok()?))))
+            .collect())
+    }
+
+    /// Every record: project -> (container id, config digest).
+    pub fn loaded(&self) -> std::io::Result<BTreeMap<ProjectId, (String, String)>> {
+        self.read_records(LOADED_DIR)
+    }
+
+    /// `<config_dir>/<records>/<id>`: `<container id> <value>`, written atomically.
+    fn write_record(
+        &self,
+        records: &str,
+        id: &ProjectId,
+        container: &str,
+        value: &str,
+    ) -> std::io::Result<()> {
+        let records = ensure_subdir(open_dir(&self.path)?.as_fd(), records, 0o700)?;
         write_atomic_at(
             &records,
             id.as_str(),
-            format!("{container} {token}\n").as_bytes(),
+            format!("{container} {value}\n").as_bytes(),
             0o600,
             None,
         )
     }
 
-    /// Every schema record: project -> (container id, schema_reload_token).
-    pub fn schema_seen(&self) -> std::io::Result<BTreeMap<ProjectId, (String, u64)>> {
-        let records: File =
-            match open_dir(&self.path).and_then(|root| open_subdir(root.as_fd(), SCHEMA_DIR)) {
-                Ok(records) => records,
+    /// Every record in `<config_dir>/<records>`: project -> (container id, value).
+    fn read_records(
+        &self,
+        records: &str,
+    ) -> std::io::Result<BTreeMap<ProjectId, (String, String)>> {
+        let dir: File =
+            match open_dir(&self.path).and_then(|root| open_subdir(root.as_fd(), records)) {
+                Ok(dir) => dir,
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
                 Err(e) => return Err(e),
             };
-        let entries = std::fs::read_dir(self.path.join(SCHEMA_DIR))?;
-        let mut seen = BTreeMap::new();
-        for entry in entries {
-            let entry = entry?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| ProjectId::parse(n).ok())
-            else {
-                continue;
-            };
-            // Like the load records: a record that is not a plain file is no record (the
-            // schema reload is sent again), and it is never followed.
-            let text = match read_file(records.as_fd(), id.as_str()) {
-                Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes).into_owned(),
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(project = %id, error = %e, "ignoring a schema record");
-                    continue;
-                }
-            };
-            if let Some((container, token)) = text.trim().split_once(' ') {
-                if let Ok(token) = token.parse() {
-                    seen.insert(id, (container.to_owned(), token));
-                }
-            }
-        }
-        Ok(seen)
-    }
-
-    /// Every record: project -> (container id, config digest).
-    pub fn loaded(&self) -> std::io::Result<BTreeMap<ProjectId, (String, String)>> {
-        let records: File =
-            match open_dir(&self.path).and_then(|root| open_subdir(root.as_fd(), LOADED_DIR)) {
-                Ok(records) => records,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeMap::new()),
-                Err(e) => return Err(e),
-            };
-        let entries = std::fs::read_dir(self.path.join(LOADED_DIR))?;
-        let mut loaded = BTreeMap::new();
-        for entry in entries {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(self.path.join(records))? {
             let entry = entry?;
             let Some(id) = entry
                 .file_name()
@@ -239,20 +221,21 @@ impl ConfigDir {
                 continue;
             };
             // A record that is not a plain file (a link, say) is no record: the project's
-            // config is then signalled again, which is harmless; it is never followed.
-            let text = match read_file(records.as_fd(), id.as_str()) {
+            // config or schema reload is then signalled again, which is harmless; it is never
+            // followed.
+            let text = match read_file(dir.as_fd(), id.as_str()) {
                 Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes).into_owned(),
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(project = %id, error = %e, "ignoring a load record");
+                    tracing::warn!(project = %id, error = %e, records, "ignoring a record");
                     continue;
                 }
             };
-            if let Some((container, digest)) = text.trim().split_once(' ') {
-                loaded.insert(id, (container.to_owned(), digest.to_owned()));
+            if let Some((container, value)) = text.trim().split_once(' ') {
+                found.insert(id, (container.to_owned(), value.to_owned()));
             }
         }
-        Ok(loaded)
+        Ok(found)
     }
 }
 
