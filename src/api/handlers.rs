@@ -15,10 +15,9 @@ use super::dto::{
 use super::extract::{parse_id, ApiJson, ProjectPath};
 use super::wait::parsed;
 use super::{ApiError, ErrorBody, Shared};
-use crate::plan::State as ContainerState;
 use crate::reconcile::ProjectStatus;
 use crate::render::SERVER_PORT;
-use crate::spec::{DesiredState, ProjectId, SpecFile};
+use crate::spec::{DesiredState, SpecFile};
 
 #[utoipa::path(
     post,
@@ -107,26 +106,7 @@ pub(super) async fn restart(
     let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
-    let not_running =
-        |id: &ProjectId| ApiError::NotFound(format!("project {id} has no running container"));
-    let running = ctx
-        .handle
-        .snapshot()
-        .projects
-        .get(&id)
-        .and_then(|p| p.container.as_ref())
-        .is_some_and(|c| c.state == ContainerState::Running);
-    let target = id.clone();
-    let edited = ctx
-        .edit(&id, move |current| match parsed(&target, current)? {
-            Some(mut file) if running && file.enabled != Some(false) => {
-                file.bump_reload();
-                Ok(file)
-            }
-            _ => Err(not_running(&target)),
-        })
-        .await?;
-    let spec = edited.spec;
+    let spec = ctx.bump_running(&id, SpecFile::bump_reload).await?;
     let token = spec.reload_token;
     let container = ctx.wait_converged(&spec).await?;
     info!(project = %id, reload_token = token, "restart: reloaded");

@@ -8,10 +8,8 @@ use tracing::info;
 
 use super::dto::{PlanLine, PlanResponse, ReloadSchemaResponse};
 use super::extract::ProjectPath;
-use super::wait::parsed;
 use super::{ApiError, ErrorBody, Shared};
-use crate::plan::State as ContainerState;
-use crate::spec::ProjectId;
+use crate::spec::SpecFile;
 
 #[utoipa::path(
     get,
@@ -55,28 +53,9 @@ pub(super) async fn reload_schema(
     let _writer = ctx.writer()?;
     let _lock = ctx.locks.lock(&id).await;
     ctx.require_docker().await?;
-    let not_running =
-        |id: &ProjectId| ApiError::NotFound(format!("project {id} has no running container"));
-    let running = ctx
-        .handle
-        .snapshot()
-        .projects
-        .get(&id)
-        .and_then(|p| p.container.as_ref())
-        .is_some_and(|c| c.state == ContainerState::Running);
-    let target = id.clone();
     // Desired state like any other: the token is bumped in the file and the loop, the only
     // writer to Docker, turns it into SIGUSR1.
-    let edited = ctx
-        .edit(&id, move |current| match parsed(&target, current)? {
-            Some(mut file) if running && file.enabled != Some(false) => {
-                file.bump_schema_reload();
-                Ok(file)
-            }
-            _ => Err(not_running(&target)),
-        })
-        .await?;
-    let spec = edited.spec;
+    let spec = ctx.bump_running(&id, SpecFile::bump_schema_reload).await?;
     let token = spec.schema_reload_token;
     let container = ctx
         .wait_until(&id, |_, status| {

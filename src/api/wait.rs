@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ApiError, Ctx, ProjectView};
+use crate::plan::State as ContainerState;
 use crate::probe;
 use crate::reconcile::{ContainerView, ProjectStatus, Readiness, Snapshot};
 use crate::spec::{ProjectId, Spec, SpecError, SpecFile};
@@ -101,6 +102,36 @@ impl Ctx {
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         self.handle.wake();
         Ok(edited)
+    }
+
+    /// Bumps a token (`reload_token`, `schema_reload_token`; the spec returned carries it) in the file of a project whose
+    /// container runs, and returns the spec written; 404 when it has no running container.
+    /// The loop, the only writer to Docker, turns the new token into the signal.
+    pub(super) async fn bump_running(
+        &self,
+        id: &ProjectId,
+        bump: fn(&mut SpecFile) -> u64,
+    ) -> Result<Spec, ApiError> {
+        let running = self
+            .handle
+            .snapshot()
+            .projects
+            .get(id)
+            .and_then(|p| p.container.as_ref())
+            .is_some_and(|c| c.state == ContainerState::Running);
+        let target = id.clone();
+        let edited = self
+            .edit(id, move |current| match parsed(&target, current)? {
+                Some(mut file) if running && file.enabled != Some(false) => {
+                    let _token = bump(&mut file);
+                    Ok(file)
+                }
+                _ => Err(ApiError::NotFound(format!(
+                    "project {target} has no running container"
+                ))),
+            })
+            .await?;
+        Ok(edited.spec)
     }
 
     /// The state directory's writer lock, waited for without parking a thread on it (the
