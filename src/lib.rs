@@ -11,6 +11,7 @@ pub mod caddy;
 pub mod cli;
 pub mod configs;
 pub mod metrics;
+pub mod pending;
 pub mod pgbouncer;
 pub mod plan;
 pub mod probe;

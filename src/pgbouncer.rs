@@ -11,11 +11,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use crate::pending::Pending;
 use crate::runtime::Runtime;
 use crate::spec::Spec;
 use crate::state_dir::write_atomic;
@@ -101,9 +100,7 @@ pub struct PoolSync {
     /// signals once even when the file is already in place (it may have died between the
     /// write and the signal).
     applied: Option<String>,
-    backoff: ExponentialBackoff,
-    not_before: Option<Instant>,
-    pending: Option<String>,
+    pending: Pending,
 }
 
 impl PoolSync {
@@ -111,17 +108,7 @@ impl PoolSync {
         PoolSync {
             cfg,
             applied: None,
-            backoff: ExponentialBackoff {
-                initial_interval: FIRST_RETRY,
-                current_interval: FIRST_RETRY,
-                max_interval: LAST_RETRY,
-                multiplier: 2.0,
-                randomization_factor: 0.0,
-                max_elapsed_time: None,
-                ..ExponentialBackoff::default()
-            },
-            not_before: None,
-            pending: None,
+            pending: Pending::new("PgBouncer pools", FIRST_RETRY, LAST_RETRY),
         }
     }
 
@@ -131,12 +118,12 @@ impl PoolSync {
 
     /// When the next try may happen while backing off.
     pub fn retry_at(&self) -> Option<Instant> {
-        self.not_before
+        self.pending.retry_at()
     }
 
     /// Why the pools are not in place, while they are not.
     pub fn pending(&self) -> Option<&str> {
-        self.pending.as_deref()
+        self.pending.reason()
     }
 
     /// Brings PgBouncer to `specs`: nothing when the rendered text equals the one applied;
@@ -151,12 +138,10 @@ impl PoolSync {
         if self.applied.as_ref() == Some(&text) {
             return PoolStatus::InSync;
         }
-        if let (Some(at), Some(reason)) = (self.not_before, &self.pending) {
-            if Instant::now() < at {
-                return PoolStatus::Pending {
-                    reason: reason.clone(),
-                };
-            }
+        if let Some(reason) = self.pending.waiting() {
+            return PoolStatus::Pending {
+                reason: reason.to_owned(),
+            };
         }
         if !skipped.is_empty() {
             warn!(projects = ?skipped, "db_name not representable in PgBouncer's ini; no pool entry for these projects");
@@ -164,24 +149,15 @@ impl PoolSync {
         match self.apply(runtime, &text).await {
             Ok(()) => {
                 let entries = text.lines().filter(|l| !l.starts_with(';')).count();
-                match self.pending.take() {
+                match self.pending.succeeded() {
                     Some(was) => info!(entries, %was, "PgBouncer pools in place again"),
                     None => info!(entries, "PgBouncer pools updated"),
                 }
-                self.backoff.reset();
-                self.not_before = None;
                 self.applied = Some(text);
                 PoolStatus::Applied
             }
             Err(reason) => {
-                let delay = self.backoff.next_backoff().unwrap_or(LAST_RETRY);
-                self.not_before = Some(Instant::now() + delay);
-                if self.pending.as_ref() != Some(&reason) {
-                    warn!(error = %reason, "PgBouncer pools not in place; retrying with backoff");
-                } else {
-                    debug!(error = %reason, retry_in = ?delay, "PgBouncer pools still not in place");
-                }
-                self.pending = Some(reason.clone());
+                self.pending.failed(reason.clone());
                 PoolStatus::Pending { reason }
             }
         }

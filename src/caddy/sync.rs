@@ -8,13 +8,12 @@
 
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{CaddyAdmin, CaddyError, Routes};
 use crate::metrics::Metrics;
+use crate::pending::Pending;
 
 /// While Caddy is unreachable or refuses: 250 ms, doubling up to 10 s.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -38,11 +37,8 @@ pub struct RouteSync<C: CaddyAdmin> {
     /// The list Caddy held when it last answered: applied by us or found in place. `None`
     /// after a failure, when what Caddy holds is unknown.
     applied: Option<Routes>,
-    backoff: ExponentialBackoff,
-    /// While backing off: no call to Caddy before this.
-    not_before: Option<Instant>,
-    /// Why the routes are not in place, while they are not.
-    pending: Option<String>,
+    /// Why Caddy is not in step, and when to try again.
+    pending: Pending,
     /// Counts every sync that asked Caddy, by result.
     metrics: Option<Metrics>,
 }
@@ -52,18 +48,7 @@ impl<C: CaddyAdmin> RouteSync<C> {
         RouteSync {
             admin,
             applied: None,
-            backoff: ExponentialBackoff {
-                initial_interval: FIRST_RETRY,
-                current_interval: FIRST_RETRY,
-                max_interval: LAST_RETRY,
-                multiplier: 2.0,
-                // One manager per Caddy: no herd to spread, and a predictable schedule.
-                randomization_factor: 0.0,
-                max_elapsed_time: None,
-                ..ExponentialBackoff::default()
-            },
-            not_before: None,
-            pending: None,
+            pending: Pending::new("Caddy routes", FIRST_RETRY, LAST_RETRY),
             metrics: None,
         }
     }
@@ -81,7 +66,7 @@ impl<C: CaddyAdmin> RouteSync<C> {
 
     /// When the next try may happen while backing off; `None` when not backing off.
     pub fn retry_at(&self) -> Option<Instant> {
-        self.not_before
+        self.pending.retry_at()
     }
 
     /// Brings Caddy to `desired`. Cheap when nothing changed: without `check_caddy` and with
@@ -93,12 +78,10 @@ impl<C: CaddyAdmin> RouteSync<C> {
     /// At most one PATCH per call is accepted by Caddy: the second one is sent only after the
     /// first was refused with 412, which changed nothing.
     pub async fn sync(&mut self, desired: &Routes, check_caddy: bool) -> SyncStatus {
-        if let (Some(at), Some(reason)) = (self.not_before, &self.pending) {
-            if Instant::now() < at {
-                return SyncStatus::Pending {
-                    reason: reason.clone(),
-                };
-            }
+        if let Some(reason) = self.pending.waiting() {
+            return SyncStatus::Pending {
+                reason: reason.to_owned(),
+            };
         }
         if !check_caddy && self.applied.as_ref() == Some(desired) {
             return SyncStatus::InSync;
@@ -113,25 +96,16 @@ impl<C: CaddyAdmin> RouteSync<C> {
         }
         match brought {
             Ok(status) => {
-                if let Some(reason) = self.pending.take() {
+                if let Some(reason) = self.pending.succeeded() {
                     info!(routes = desired.len(), was = %reason, "Caddy routes in place again");
                 }
-                self.backoff.reset();
-                self.not_before = None;
                 self.applied = Some(desired.clone());
                 status
             }
             Err(error) => {
                 self.applied = None;
                 let reason = error.to_string();
-                let delay = self.backoff.next_backoff().unwrap_or(LAST_RETRY);
-                self.not_before = Some(Instant::now() + delay);
-                if self.pending.as_ref() != Some(&reason) {
-                    warn!(error = %reason, "Caddy routes not in place; retrying with backoff");
-                } else {
-                    debug!(error = %reason, retry_in = ?delay, "Caddy routes still not in place");
-                }
-                self.pending = Some(reason.clone());
+                self.pending.failed(reason.clone());
                 SyncStatus::Pending { reason }
             }
         }
