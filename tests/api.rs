@@ -361,6 +361,73 @@ fn fifty_concurrent_spawns_all_succeed() {
     assert_eq!(env.containers().len(), 50);
 }
 
+/// Each write answers on its own project (issue 14): a project whose PostgREST can never
+/// serve (a wrong password against the tests' database) keeps its own request waiting, and a
+/// spawn sent while it waits answers 201 with its container serving, the first request still
+/// waiting and its project still not ready.
+#[test]
+fn a_project_that_never_serves_does_not_hold_up_another_spawn() {
+    let env = TestEnv::new();
+    let postgres = std::env::var("PGMT_POSTGRES").expect("PGMT_POSTGRES (tests/db.sh up)");
+    docker_ok(&[
+        "network",
+        "connect",
+        "--alias",
+        "testpg",
+        &env.network,
+        &postgres,
+    ]);
+    let api = Arc::new(Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            api_timeout_secs: Some(30),
+            ..ManagerOpts::default()
+        },
+    ));
+    let (stuck, good) = (env.project_id(), env.project_id());
+    let waiting = {
+        let (api, stuck) = (api.clone(), stuck.clone());
+        thread::spawn(move || {
+            let mut body = spawn_body(&stuck, &secret("stuck"), "not-the-password");
+            body["dbHost"] = json!("testpg");
+            body["dbPort"] = json!(5432);
+            body.as_object_mut().unwrap().remove("projectId");
+            api.try_request(
+                "PUT",
+                &format!("/internal/postgrest/{stuck}"),
+                Some(api.key()),
+                Some(body.to_string().as_bytes()),
+                &[],
+            )
+        })
+    };
+    wait_until("the stuck project's container to exist", || {
+        inspect(&env.container(&stuck))
+    });
+
+    let spawned = api.call(
+        "POST",
+        "/internal/postgrest/spawn",
+        Some(spawn_body(&good, &secret("good"), "pw-good")),
+    );
+    assert_eq!(spawned.status, 201, "{}", spawned.body);
+    assert!(
+        !waiting.is_finished(),
+        "the never-serving project's request ended before the other spawn answered"
+    );
+    let view = api
+        .call("GET", &format!("/internal/postgrest/{stuck}"), None)
+        .json();
+    assert_eq!(view["ready"], json!(false), "{view}");
+    let serving = env.wait_serving(&good);
+    assert_eq!(spawned.json()["dockerId"], json!(serving.id));
+
+    // The first request ends on its own, never with a 2xx.
+    let answer = waiting.join().unwrap().expect("an answer");
+    assert_eq!(answer.status, 504, "{}", answer.body);
+}
+
 /// Twenty PUTs to one project at once: all succeed, and the file on disk is exactly one of
 /// them, never a mix of two.
 #[test]

@@ -108,7 +108,19 @@ impl LoopConfig {
     }
 }
 
-type Done = (ProjectId, Result<Outcome, ActionError>);
+/// A finished action: its project, its result, and what it saw of the container it created or
+/// started.
+type Done = (ProjectId, Result<Outcome, ActionError>, Seen);
+
+/// The container an action created or started, looked up by the action itself as it ended,
+/// so the project's snapshot shows it at once instead of after some later pass: one spawn's
+/// answer never waits for another project's action.
+struct Seen {
+    /// [`Controller::listings`] when the action was dispatched: a list taken since may be
+    /// newer than the lookup, and then the next pass confirms instead.
+    listings: u64,
+    info: Option<ContainerInfo>,
+}
 
 pub struct Controller<R: Runtime> {
     runtime: Arc<R>,
@@ -148,6 +160,8 @@ pub struct Controller<R: Runtime> {
     docker: Option<Retry>,
     reconciled_once: bool,
     listing: Vec<ContainerInfo>,
+    /// Full lists taken so far: which listing a finished action's lookup may patch.
+    listings: u64,
     passes: u64,
     /// PgBouncer's pools, kept in step after each pass (with `LoopConfig::pgbouncer`).
     pools: Option<PoolSync>,
@@ -188,6 +202,7 @@ impl<R: Runtime> Controller<R> {
             docker: Some(Retry::docker()),
             reconciled_once: false,
             listing: Vec::new(),
+            listings: 0,
             passes: 0,
             pools,
         };
@@ -291,8 +306,10 @@ impl<R: Runtime> Controller<R> {
                     self.dispatch(&mut actions);
                     // Level-triggered: once nothing is left to dispatch, look again to
                     // confirm. Not only once every action is done: a removal may take its
-                    // whole stop grace, and the others must not wait for it to be seen.
-                    if actions.is_empty() || self.pending.is_empty() {
+                    // whole stop grace, and the others must not wait for it to be seen. A
+                    // container the action could not see for itself is confirmed by a pass
+                    // now, not once the queue drains.
+                    if actions.is_empty() || self.pending.is_empty() || !self.confirm.is_empty() {
                         pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     }
                     self.publish();
@@ -370,6 +387,7 @@ impl<R: Runtime> Controller<R> {
             match self.runtime.list(&self.labels).await {
                 Ok(listing) => {
                     self.listing = listing;
+                    self.listings += 1;
                     self.listed();
                 }
                 Err(e) => {
@@ -486,7 +504,10 @@ impl<R: Runtime> Controller<R> {
         }
         if self.docker_changed.swap(false, Ordering::SeqCst) {
             match self.runtime.list(&self.labels).await {
-                Ok(listing) => self.listing = listing,
+                Ok(listing) => {
+                    self.listing = listing;
+                    self.listings += 1;
+                }
                 Err(e) => {
                     self.docker_failed(&e);
                     return false;
@@ -590,6 +611,7 @@ impl<R: Runtime> Controller<R> {
             };
             let span = info_span!("reconcile", project = %project);
             let metrics = self.metrics.clone();
+            let listings = self.listings;
             actions.spawn(
                 async move {
                     let (kind, started) = (job.metric_kind(), Instant::now());
@@ -597,22 +619,43 @@ impl<R: Runtime> Controller<R> {
                     if let Some(metrics) = metrics {
                         metrics.action_finished(kind, result.is_ok(), started.elapsed());
                     }
-                    (project, result)
+                    // The lookup a later pass would make, made here so this project does
+                    // not wait for that pass (which, with work queued, only comes once the
+                    // queue drains). A failed lookup leaves it to that pass.
+                    let info = match &result {
+                        Ok(Outcome::Loaded {
+                            container,
+                            reloaded: false,
+                            ..
+                        }) => runtime.inspect(container).await.ok(),
+                        _ => None,
+                    };
+                    (project, result, Seen { listings, info })
                 }
                 .instrument(span),
             );
         }
     }
 
-    fn finish(&mut self, (project, result): Done) {
+    fn finish(&mut self, (project, result, seen): Done) {
         match &result {
             // A container created (or recreated) and started, or a stopped one started: the
-            // next pass asks Docker for that container alone.
+            // action looked it up as it ended. Nothing else changed in Docker since the last
+            // list (a change comes as an event, which lists), so its lookup patches the
+            // listing now; after a list taken meanwhile the next pass asks for it again.
             Ok(Outcome::Loaded {
                 container,
                 reloaded: false,
                 ..
-            }) => self.confirm.push(container.clone()),
+            }) => match seen.info {
+                Some(info) if seen.listings == self.listings => {
+                    self.listing
+                        .retain(|c| c.id != info.id && c.name != info.name);
+                    self.listing.push(info);
+                    self.listed();
+                }
+                _ => self.confirm.push(container.clone()),
+            },
             // Whatever else the action did, or failed halfway through, is seen by listing
             // again.
             _ => self.docker_changed.store(true, Ordering::SeqCst),

@@ -729,8 +729,8 @@ async fn a_create_is_confirmed_by_asking_for_that_container_alone() {
     passes(&handle, 1).await;
     env.fake.take_calls();
 
-    // Nothing else changed in Docker: the pass after the create asks for the new container
-    // by id and lists nothing.
+    // Nothing else changed in Docker: the create asks for the new container by id as it
+    // ends, and the pass after it lists nothing.
     env.write("p1", |_| {});
     converged(&env, &handle, "p1").await;
     passes(&handle, 1).await;
@@ -765,6 +765,43 @@ async fn a_create_is_confirmed_by_asking_for_that_container_alone() {
     env.fake.remove_by_hand("postgrest-p0");
     let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+}
+
+/// Each project's snapshot shows its own container as soon as its own action ends: it never
+/// waits for the other projects' actions, held ones or queued ones (an API spawn answers on
+/// its project alone).
+#[tokio::test]
+async fn a_finished_create_is_published_while_others_are_held_and_queued() {
+    let env = Env::new(); // concurrency 2
+    for i in 0..5 {
+        env.write(&format!("p{i}"), |_| {});
+    }
+    // p0 takes one slot and stays; p1 goes through; then p2 takes that slot and stays, and
+    // p3 and p4 wait in the queue.
+    let gate = env.fake.hold_only(&["postgrest-p0", "postgrest-p2"]);
+    let (handle, _stop, _task) = env.start();
+    let p1 = converged(&env, &handle, "p1").await;
+    in_flight(&env.fake, 2).await;
+    let created: Vec<Call> = env
+        .fake
+        .take_calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .collect();
+    assert!(
+        !created.contains(&Call::Create("postgrest-p3".into())),
+        "p3 was queued behind the held ones: {created:?}"
+    );
+    for held in ["p0", "p2", "p3"] {
+        assert!(
+            p1.projects[&pid(held)].container.is_none(),
+            "{held} has no container yet"
+        );
+    }
+    gate.add_permits(1_000);
+    for i in 0..5 {
+        converged(&env, &handle, &format!("p{i}")).await;
+    }
 }
 
 /// Answers `GET /ready` like PostgREST's admin server: 200 while `ready` is set, else 503.

@@ -51,6 +51,8 @@ struct Inner {
     next_id: u64,
     /// Held calls wait for a permit here.
     gate: Option<Arc<Semaphore>>,
+    /// Only calls on these container names are held, when set.
+    held_names: Option<std::collections::BTreeSet<String>>,
     /// Container name -> calls on it in flight (entered, not returned).
     in_flight: BTreeMap<String, usize>,
     max_in_flight: usize,
@@ -166,6 +168,15 @@ impl FakeRuntime {
         gate
     }
 
+    /// As [`FakeRuntime::hold`], for calls on the containers named `names` only: the others go
+    /// through.
+    pub fn hold_only(&self, names: &[&str]) -> Arc<Semaphore> {
+        let gate = self.hold();
+        self.inner.lock().unwrap().held_names =
+            Some(names.iter().map(|n| (*n).to_owned()).collect());
+        gate
+    }
+
     /// Calls that change a container, in flight now.
     pub fn in_flight(&self) -> usize {
         self.inner.lock().unwrap().in_flight.values().sum()
@@ -231,7 +242,8 @@ impl FakeRuntime {
             }
             let total = inner.in_flight.values().sum();
             inner.max_in_flight = inner.max_in_flight.max(total);
-            (inner.gate.clone(), name)
+            let held = inner.held_names.as_ref().is_none_or(|h| h.contains(&name));
+            (inner.gate.clone().filter(|_| held), name)
         };
         let (gate, name) = gate;
         if let Some(gate) = gate {
