@@ -10,7 +10,8 @@
 //! each one's results replace its block in BENCHMARKS.md.
 //!
 //! Scenarios: 1 `cold` one project, 2 `bulk` 50 and 200 projects, 3 `reload`, 4 `adoption`,
-//! 5 `idle` (run last), 6 `api`. Every comparison runs its baseline in the same run,
+//! 5 `idle` (run last), 6 `api`; and, only when named, `scale` (issue 14: a thousand running
+//! projects and ten thousand files). Every comparison runs its baseline in the same run,
 //! interleaved run by run, so a ratio holds on a noisy machine.
 //!
 //! The modules live in benches/scenarios/ (a crate root resolves `mod` next to itself, hence
@@ -41,6 +42,8 @@ mod opts;
 mod proxy;
 #[path = "scenarios/report.rs"]
 mod report;
+#[path = "scenarios/scale.rs"]
+mod scale;
 #[path = "scenarios/stats.rs"]
 mod stats;
 
@@ -135,6 +138,7 @@ async fn run(mut bench: Bench, opts: Opts) -> ExitCode {
             Scenario::Adoption => fleet::adoption(&mut ctx).await,
             Scenario::Api => fleet::api(&mut ctx).await,
             Scenario::Idle => fleet::idle(&mut ctx).await,
+            Scenario::Scale => scale::run(&mut ctx).await,
         };
         eprintln!(
             "bench: {} took {:.0} s",

@@ -29,6 +29,9 @@ pg="$tag-postgres"
 bouncer="$tag-pgbouncer"
 pg_image="${LAUNCHDB_POSTGRES_IMAGE:-launchdb/postgres:15-local}"
 bouncer_image="${LAUNCHDB_PGBOUNCER_IMAGE:-launchdb/pgbouncer:1.18-local}"
+# PostgreSQL's connection limit: the bench's `scale` scenario (1,000 projects, each its own
+# PgBouncer pool) needs more than the tests' 300.
+max_connections="${PGMT_DB_MAX_CONNECTIONS:-300}"
 log() { echo "tests/db.sh: $*" >&2; }
 
 down() {
@@ -61,7 +64,7 @@ up() {
     docker run -d --name "$pg" --network "$net" -e POSTGRES_PASSWORD="$pw" \
         -v "$here/../deploy/postgres/pg_hba.conf:/etc/launchdb/pg_hba.conf:ro" \
         --label launchdb.test-db=1 "$pg_image" postgres -c listen_addresses='*' \
-        -c hba_file=/etc/launchdb/pg_hba.conf -c max_connections=300 >/dev/null
+        -c hba_file=/etc/launchdb/pg_hba.conf -c max_connections="$max_connections" >/dev/null
     local i
     for i in $(seq 1 120); do
         # The entrypoint's first, socket-only server does not count: wait for TCP on the network.

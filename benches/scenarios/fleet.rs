@@ -147,7 +147,7 @@ async fn fleet(ctx: &mut Ctx) -> Result<&mut Fleet, String> {
 }
 
 /// Per container of the manager's instance: (container id, StartedAt, RestartCount).
-async fn inventory(bench: &Bench) -> BTreeMap<String, (String, String, i64)> {
+pub async fn inventory(bench: &Bench) -> BTreeMap<String, (String, String, i64)> {
     let containers = bench.containers(Who::Manager).await;
     stream::iter(containers)
         .map(|(project, id)| async move {
@@ -160,7 +160,7 @@ async fn inventory(bench: &Bench) -> BTreeMap<String, (String, String, i64)> {
 }
 
 /// Containers whose id, start time or restart count differ between two inventories.
-fn changed(
+pub fn changed(
     before: &BTreeMap<String, (String, String, i64)>,
     after: &BTreeMap<String, (String, String, i64)>,
 ) -> (usize, usize) {
@@ -180,7 +180,7 @@ fn changed(
 }
 
 /// Container ids the proxy saw written to (POST/DELETE on /containers/<id>/...).
-fn written_containers(calls: &Calls) -> BTreeSet<String> {
+pub fn written_containers(calls: &Calls) -> BTreeSet<String> {
     calls
         .writes
         .iter()

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The six scenarios of issue 4, in the order a full run executes them.
+/// The six scenarios of issue 4, in the order a full run executes them, and `scale` (issue
+/// 14), which only runs when named: it takes about half an hour and a thousand containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scenario {
     Cold,
@@ -12,6 +13,7 @@ pub enum Scenario {
     Adoption,
     Api,
     Idle,
+    Scale,
 }
 
 impl Scenario {
@@ -32,11 +34,15 @@ impl Scenario {
             Scenario::Adoption => "adoption",
             Scenario::Api => "api",
             Scenario::Idle => "idle",
+            Scenario::Scale => "scale",
         }
     }
 
     fn parse(word: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| s.name() == word)
+        Scenario::ALL
+            .into_iter()
+            .chain([Scenario::Scale])
+            .find(|s| s.name() == word)
     }
 }
 
@@ -66,6 +72,12 @@ pub struct Opts {
     /// GET /internal/postgrest requests per throughput run, and connections.
     pub api_requests: usize,
     pub api_conns: usize,
+    /// `scale`: running projects, project files, and its idle window.
+    pub scale: usize,
+    pub scale_files: usize,
+    pub scale_idle: Duration,
+    /// `scale`: sizes of the concurrent spawn bursts.
+    pub scale_bursts: Vec<usize>,
     pub binary: PathBuf,
     pub image: String,
     /// Write the results into this file (BENCHMARKS.md); `--no-write` keeps it untouched.
@@ -77,7 +89,8 @@ pub struct Opts {
 const USAGE: &str = "\
 usage: cargo bench --bench scenarios -- [SCENARIO...] [OPTIONS]
 
-Scenarios (default: all): cold bulk reload adoption api idle
+Scenarios (default: all six): cold bulk reload adoption api idle
+  and, only when named: scale (issue 14; about 30 minutes, a thousand containers)
 Needs target/release/postgrest-manager (cargo build --release), the image
 launchdb/postgrest:v1-test (bash postgrest/build-test-image.sh) and the tests'
 database: eval \"$(bash tests/db.sh up)\" (exports PGMT_PGBOUNCER; the bench
@@ -99,6 +112,11 @@ Options:
   --idle-metrics      idle twice: metrics off, then on and scraped every 15 s
   --api-requests N    GET /internal/postgrest requests per run            [20000]
   --api-conns N       load generator connections                          [8]
+  --scale N           scale: running projects (at most 1,000: one bridge
+                      holds 1,024 ports, the database and spares included) [1000]
+  --scale-files N     scale: project files, the rest disabled            [10000]
+  --scale-idle-secs S scale: idle window                                 [120]
+  --scale-bursts A,B  scale: concurrent spawns sent at once, per burst   [30,200]
   --binary PATH       manager binary        [target/release/postgrest-manager]
   --image IMAGE       container image       [launchdb/postgrest:v1-test]
   --no-write          do not update BENCHMARKS.md
@@ -147,6 +165,10 @@ impl Opts {
             idle_metrics: false,
             api_requests: 20_000,
             api_conns: 8,
+            scale: 1000,
+            scale_files: 10_000,
+            scale_idle: Duration::from_secs(120),
+            scale_bursts: vec![30, 200],
             binary: repo.join("target/release/postgrest-manager"),
             image: "launchdb/postgrest:v1-test".into(),
             report: Some(repo.join("BENCHMARKS.md")),
@@ -174,6 +196,12 @@ impl Opts {
                 "--idle-resync-secs" => opts.idle_resync_secs = number(&value(arg)?, arg)? as u64,
                 "--api-requests" => opts.api_requests = number(&value(arg)?, arg)?,
                 "--api-conns" => opts.api_conns = number(&value(arg)?, arg)?,
+                "--scale" => opts.scale = number(&value(arg)?, arg)?,
+                "--scale-files" => opts.scale_files = number(&value(arg)?, arg)?,
+                "--scale-bursts" => opts.scale_bursts = list(&value(arg)?, arg)?,
+                "--scale-idle-secs" => {
+                    opts.scale_idle = Duration::from_secs(number(&value(arg)?, arg)? as u64);
+                }
                 "--binary" => opts.binary = PathBuf::from(value(arg)?),
                 "--image" => opts.image = value(arg)?,
                 word if !word.starts_with('-') => {
@@ -195,6 +223,9 @@ impl Opts {
         opts.scenarios.dedup();
         if opts.idle_files < opts.fleet {
             opts.idle_files = opts.fleet;
+        }
+        if opts.scale_files < opts.scale {
+            opts.scale_files = opts.scale;
         }
         Ok(opts)
     }
