@@ -45,6 +45,10 @@ const SPARE_PORTS: usize = 3;
 /// Parallel create + start of the raw-API floor.
 const FLOOR_PARALLEL: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// A spawn answered 503 `busy` (64 writes in flight) or refused is asked again after this
+/// long, as a client with a short backoff would (at 20 ms, 136 waiting clients sent 130,000
+/// requests in a burst of 200 and took the CPU the manager and Docker needed).
+const RETRY: Duration = Duration::from_millis(250);
 
 /// The manager under test, its counting proxy and its API.
 struct Host {
@@ -233,7 +237,7 @@ struct Burst {
     first_s: f64,
     last_s: f64,
     /// 503 `busy` answers (more than 64 writes in flight) and connections closed at once
-    /// (over the API's cap), each retried after 20 ms.
+    /// (over the API's cap), each retried after [`RETRY`].
     busy: usize,
     /// 504s (the API's 60 s timeout ran out in the queue), each asked again.
     timeouts: usize,
@@ -278,7 +282,7 @@ async fn burst(bench: &Bench, host: &Host, n: usize, label: &str) -> Result<Burs
                         }
                         let Some(open) = conn.as_mut() else {
                             busy += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            tokio::time::sleep(RETRY).await;
                             continue;
                         };
                         let answer = open
@@ -298,7 +302,7 @@ async fn burst(bench: &Bench, host: &Host, n: usize, label: &str) -> Result<Burs
                                 if String::from_utf8_lossy(&answer).contains("busy") =>
                             {
                                 busy += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                tokio::time::sleep(RETRY).await;
                             }
                             Ok((other, answer)) => {
                                 return Err(format!(
@@ -309,7 +313,7 @@ async fn burst(bench: &Bench, host: &Host, n: usize, label: &str) -> Result<Burs
                             Err(_) => {
                                 conn = None;
                                 busy += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                tokio::time::sleep(RETRY).await;
                             }
                         }
                     }
