@@ -625,7 +625,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn publish(&self) {
-        let snapshot = table::snapshot(
+        let mut snapshot = table::snapshot(
             &self.table,
             &self.listing,
             &self.readiness,
@@ -633,6 +633,7 @@ impl<R: Runtime> Controller<R> {
             self.docker.is_none(),
             self.passes,
         );
+        snapshot.pools = self.pools.as_ref().map(|p| p.pending().map(str::to_owned));
         self.status.send_replace(Arc::new(snapshot));
     }
 }

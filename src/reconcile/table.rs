@@ -521,5 +521,7 @@ pub(super) fn snapshot(
         misnamed: table.misnamed.clone(),
         passes,
         plan: table.preview.clone(),
+        // The loop's, not the table's: `Controller::publish` fills it in.
+        pools: None,
     }
 }
