@@ -5,9 +5,11 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -201,6 +203,44 @@ fn a_password_change_under_load_through_caddy_fails_no_request() {
     assert_no_secrets(&manager.log(), &[&jwt_secret, &old, &new]);
 }
 
+/// An image built for one test from the test image plus `lines` (`docker build` with the
+/// Dockerfile on stdin, no context), tagged `<instance>img:<tag>`; removed when dropped.
+struct TestImage(String);
+
+impl TestImage {
+    fn build(env: &TestEnv, tag: &str, lines: &str) -> TestImage {
+        use std::io::Write;
+        let built = TestImage(format!("{}img:{tag}", env.instance));
+        let mut child = Command::new("docker")
+            .args(["build", "-q", "-t", &built.0, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker build starts");
+        let dockerfile = format!("FROM {}\n{lines}\n", image());
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dockerfile.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built
+    }
+}
+
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        let _ = docker(&["image", "rm", "-f", &self.0]);
+    }
+}
+
 #[test]
 fn an_image_change_under_load_through_caddy_fails_no_request() {
     if caddy_missing() {
@@ -208,22 +248,8 @@ fn an_image_change_under_load_through_caddy_fails_no_request() {
     }
     let env = TestEnv::new();
     // A second image, differing from the test image in a label only; removed at the end.
-    let image_v2 = format!("{}img:v2", env.instance);
-    let dir = env.root().join("image");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("Dockerfile"),
-        format!("FROM {}\nLABEL launchdb.test-variant=v2\n", image()),
-    )
-    .unwrap();
-    struct RemoveImage(String);
-    impl Drop for RemoveImage {
-        fn drop(&mut self) {
-            let _ = docker(&["image", "rm", "-f", &self.0]);
-        }
-    }
-    let _image = RemoveImage(image_v2.clone());
-    docker_ok(&["build", "-q", "-t", &image_v2, dir.to_str().unwrap()]);
+    let v2 = TestImage::build(&env, "v2", "LABEL launchdb.test-variant=v2");
+    let image_v2 = v2.0.clone();
 
     let caddy = start_caddy(&env);
     let mut manager = manager_with_caddy(&env, caddy, None);
@@ -286,6 +312,249 @@ fn a_manager_killed_with_the_next_container_in_place_leaves_one_serving() {
     assert_eq!(project_containers(&env, &id), [after.name]);
 }
 
+/// Where a crash-point test kills the manager.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// The manager SIGKILLs itself right after this step (`PGM_TEST_CRASH_AT`): for steps too
+    /// short to catch from outside.
+    At(&'static str),
+    /// The test SIGKILLs it as soon as Docker's event stream reports `action` (with this
+    /// `signal`, for a kill) on the new container, or on the old one with `on_old`.
+    OnEvent {
+        on_old: bool,
+        action: &'static str,
+        signal: Option<&'static str>,
+    },
+}
+
+/// What Docker and Caddy held right after the manager died.
+#[derive(Debug)]
+struct AtKill {
+    old: Option<Container>,
+    next: Option<Container>,
+    /// What Caddy's route dialled before the change, and now.
+    dial_before: String,
+    dial: Option<String>,
+}
+
+impl AtKill {
+    /// The new container's alias, as Caddy dials it.
+    fn next_dial(&self) -> Option<String> {
+        let next = self.next.as_ref()?;
+        Some(format!("{}:3000", next.labels["launchdb.upstream"]))
+    }
+}
+
+/// Docker's events for one container from now on (`docker events --since`), line by line:
+/// `<action> <signal>`. The process is the env's, killed when the env drops.
+struct DockerEvents(mpsc::Receiver<String>);
+
+impl DockerEvents {
+    fn follow(env: &TestEnv, container: &str, action: &str) -> DockerEvents {
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--since",
+                &docker_now(),
+                "--filter",
+                &format!("container={container}"),
+                "--filter",
+                &format!("event={action}"),
+                "--format",
+                "{{.Action}} {{index .Actor.Attributes \"signal\"}}",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events starts");
+        let stdout = child.stdout.take().unwrap();
+        env.register(Arc::new(Mutex::new(child)));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        DockerEvents(rx)
+    }
+
+    /// Waits for a line `<action> <signal>` (any signal when `None`).
+    fn wait(&self, action: &str, signal: Option<&str>) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .0
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {action} event from Docker: {e}"));
+            let mut words = line.split_whitespace();
+            if words.next() == Some(action) && signal.is_none_or(|s| words.next() == Some(s)) {
+                return;
+            }
+        }
+    }
+}
+
+/// A password change under load through Caddy, the manager SIGKILLed at `kill`, then a new
+/// manager: at the end one `postgrest-<id>` serves the new password, nothing else of the
+/// project is left, Caddy dials it, and the client through Caddy saw no failed request, not
+/// even while no manager ran. `at_kill` checks that the kill hit the step it names.
+fn crash_point(kill: Kill, at_kill: impl FnOnce(&AtKill)) {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let caddy = start_caddy(&env);
+    let mut vars = vec![(
+        "PGM_CADDY_ADMIN_URL".to_owned(),
+        format!("http://{caddy}:2019"),
+    )];
+    if let Kill::At(step) = kill {
+        vars.push(("PGM_TEST_CRASH_AT".to_owned(), step.to_owned()));
+    }
+    let mut manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            env: vars,
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let (jwt_secret, old, new) = (secret("jwt"), secret("pwold"), secret("pwnew"));
+    env.write_state(&id, &state_toml(&jwt_secret, &old));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+    let dial_before = caddy_dial(caddy, &id).expect("Caddy proxies the project");
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 50);
+    let next_name = format!("postgrest-{id}-next");
+    let events = match kill {
+        Kill::OnEvent { on_old, action, .. } => Some(DockerEvents::follow(
+            &env,
+            if on_old { &before.id } else { &next_name },
+            action,
+        )),
+        Kill::At(_) => None,
+    };
+    env.write_state(&id, &state_toml(&jwt_secret, &new));
+    match (kill, events) {
+        (Kill::OnEvent { action, signal, .. }, Some(events)) => {
+            events.wait(action, signal);
+            manager.kill();
+        }
+        _ => {
+            manager.wait_exit();
+            assert!(
+                manager
+                    .log()
+                    .contains("PGM_TEST_CRASH_AT: killing this manager"),
+                "{}",
+                manager.log()
+            );
+        }
+    }
+    let seen = AtKill {
+        old: inspect(&before.id),
+        next: inspect(&next_name),
+        dial_before,
+        dial: caddy_dial(caddy, &id),
+    };
+    eprintln!("{kill:?}: at the kill {seen:#?}");
+    at_kill(&seen);
+
+    let manager = manager_with_caddy(&env, caddy, None);
+    let after = wait_replaced(&env, &id, &before.id);
+    let dial = format!("{}:3000", after.labels["launchdb.upstream"]);
+    wait_until(&format!("Caddy to dial {dial}"), || {
+        (caddy_dial(caddy, &id).as_ref() == Some(&dial)).then_some(())
+    });
+    answered(&client, 50);
+    let (ok, failed) = client.finish();
+    if !failed.is_empty() {
+        eprintln!("{}", manager.log());
+    }
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    assert_eq!(dump_config(&after.name)["db_uri"]["password"], new);
+    assert_eq!(project_containers(&env, &id), [after.name]);
+    assert_no_secrets(&manager.log(), &[&jwt_secret, &old, &new]);
+}
+
+#[test]
+fn crash_after_the_new_container_is_created() {
+    crash_point(Kill::At("created"), |seen| {
+        let next = seen.next.as_ref().expect("-next exists");
+        assert_eq!(next.status, "created");
+        assert!(seen.old.as_ref().is_some_and(|c| c.running));
+        assert_eq!(seen.dial.as_ref(), Some(&seen.dial_before));
+    });
+}
+
+#[test]
+fn crash_after_the_new_container_started() {
+    let kill = Kill::OnEvent {
+        on_old: false,
+        action: "start",
+        signal: None,
+    };
+    crash_point(kill, |seen| {
+        assert!(seen.next.as_ref().is_some_and(|c| c.running));
+        assert!(seen.old.as_ref().is_some_and(|c| c.running));
+    });
+}
+
+#[test]
+fn crash_after_the_new_container_serves() {
+    crash_point(Kill::At("serving"), |seen| {
+        let next = seen.next.as_ref().expect("-next exists");
+        assert_eq!(http_get(next.ip.unwrap(), "/", None).ok(), Some(200));
+        assert!(seen.old.as_ref().is_some_and(|c| c.running));
+        assert_eq!(seen.dial.as_ref(), Some(&seen.dial_before));
+    });
+}
+
+#[test]
+fn crash_after_the_route_switch() {
+    crash_point(Kill::At("switched"), |seen| {
+        assert_eq!(seen.dial, seen.next_dial());
+        assert!(seen.old.as_ref().is_some_and(|c| c.running));
+    });
+}
+
+#[test]
+fn crash_after_the_old_container_got_sigterm() {
+    let kill = Kill::OnEvent {
+        on_old: true,
+        action: "kill",
+        signal: Some("15"),
+    };
+    crash_point(kill, |seen| {
+        assert_ne!(seen.dial.as_ref(), Some(&seen.dial_before));
+    });
+}
+
+#[test]
+fn crash_after_the_old_container_was_removed_before_the_rename() {
+    crash_point(Kill::At("removed"), |seen| {
+        assert!(seen.old.is_none());
+        assert!(seen.next.as_ref().is_some_and(|c| c.running));
+        assert_eq!(seen.dial, seen.next_dial());
+    });
+}
+
+#[test]
+fn crash_after_the_rename() {
+    crash_point(Kill::At("renamed"), |seen| {
+        assert!(seen.old.is_none());
+        assert!(seen.next.is_none(), "renamed: {seen:?}");
+        assert_ne!(seen.dial.as_ref(), Some(&seen.dial_before));
+    });
+}
+
 /// The host:port Caddy's route for the project dials now (its admin API), if it proxies.
 fn caddy_dial(caddy: IpAddr, id: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -299,8 +568,13 @@ fn caddy_dial(caddy: IpAddr, id: &str) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.trim().trim_matches('"').to_owned())
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // The body is one JSON string, maybe chunked: whatever is between its quotes.
+    let (_, rest) = body.split_once('"')?;
+    let (dial, _) = rest.split_once('"')?;
+    Some(dial.to_owned())
 }
 
 /// The benchmark behind BENCHMARKS.md ("Blue/green replacement"), not a test: run with
@@ -382,8 +656,9 @@ fn bench_replacement_under_load() {
 
 /// A new container that cannot log in (here: pointed straight at PostgreSQL, where its role
 /// has no such password, so PostgREST exits) never takes the project down: the old one keeps
-/// serving through Caddy without a failed request, the new one is removed, and the status
-/// says why in PostgREST's words, without the password.
+/// serving through Caddy without a failed request, the new one is removed as soon as its log
+/// says the login was refused (the replace timeout is ten minutes, longer than this test
+/// waits), and the status says why in PostgREST's words, without the password.
 #[test]
 fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
     if caddy_missing() {
@@ -406,7 +681,8 @@ fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
             api: Api::Ready,
             env: vec![
                 ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
-                ("PGM_REPLACE_TIMEOUT_SECS".into(), "10".into()),
+                // Ten minutes: the failure must be seen in the log, not waited out.
+                ("PGM_REPLACE_TIMEOUT_SECS".into(), "600".into()),
             ],
             ..ManagerOpts::default()
         },
@@ -426,7 +702,7 @@ fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
     env.write_state(&id, &wrong_toml);
     let view = wait_until_for(
         "the status to say the new container never served",
-        Duration::from_secs(90),
+        TIMEOUT,
         || {
             let view = manager
                 .call("GET", &format!("/internal/postgrest/{id}"), None)
@@ -437,6 +713,13 @@ fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
     );
     let error = view["lastError"].as_str().unwrap().to_owned();
     assert!(error.contains("old one keeps serving"), "{error}");
+    // PostgREST exits on a refused login straight to PostgreSQL; either sign gives it up.
+    assert!(
+        error.contains("(its database refused the login)")
+            || error.contains("(it exited with code 1)"),
+        "{error}"
+    );
+    assert!(error.contains("password authentication failed"), "{error}");
     assert!(
         !error.contains(&wrong),
         "the password in the status: {error}"
@@ -453,4 +736,63 @@ fn a_new_container_that_cannot_log_in_leaves_the_old_one_serving() {
             .then_some(())
     });
     assert_no_secrets(&manager.log(), &[&jwt_secret, &good, &wrong]);
+}
+
+/// A new image whose process exits at once (Docker restarts it, unless-stopped): the
+/// replacement is given up as soon as Docker restarts it, not at the timeout; the new
+/// container is removed, the old one keeps serving through Caddy without a failed request,
+/// and the status says why (the exit code and the container's own last words).
+#[test]
+fn an_image_that_does_not_start_leaves_the_old_one_serving() {
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let broken = TestImage::build(
+        &env,
+        "broken",
+        "LABEL launchdb.test-variant=broken\n\
+         ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo this image does not start >&2; exit 3\"]",
+    );
+    let caddy = start_caddy(&env);
+    let mut manager = manager_with_caddy(&env, caddy, None);
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let before = env.wait_serving(&id);
+    wait_routed(caddy, &id);
+
+    let client = Client::start(caddy, &id);
+    answered(&client, 50);
+    manager.terminate();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            image: Some(broken.0.clone()),
+            env: vec![("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019"))],
+            ..ManagerOpts::default()
+        },
+    );
+    let view = wait_until("the status to say the new container never served", || {
+        let view = manager
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
+        let error = view["lastError"].as_str().unwrap_or_default().to_owned();
+        error.contains("never served").then_some(view)
+    });
+    let error = view["lastError"].as_str().unwrap().to_owned();
+    assert!(error.contains("(it exited with code 3)"), "{error}");
+    assert!(error.contains("this image does not start"), "{error}");
+    assert!(error.contains("old one keeps serving"), "{error}");
+    wait_until("the failed replacement to be removed", || {
+        inspect(&format!("postgrest-{id}-next"))
+            .is_none()
+            .then_some(())
+    });
+    answered(&client, 50);
+    let (ok, failed) = client.finish();
+    assert_eq!(failed, Vec::<String>::new(), "{ok} answered 200");
+    let now = inspect(&env.container(&id)).expect("the old container is there");
+    assert_eq!(now.id, before.id);
+    assert!(now.running);
 }
