@@ -578,79 +578,174 @@ fn caddy_dial(caddy: IpAddr, id: &str) -> Option<String> {
 }
 
 /// The benchmark behind BENCHMARKS.md ("Blue/green replacement"), not a test: run with
-/// `cargo test --release --test bluegreen bench_replacement -- --ignored --nocapture`.
-/// For each of `bluegreen` and `recreate`: a client at ~100 req/s through Caddy for 10 s, a
-/// password change, then 12 s more; it prints the failed requests and the time from the
-/// state write to the new container serving, and the cold-start floor of the same run (a new
-/// project's state write to its container serving). Times are polled every 50 ms.
+/// `cargo test --test bluegreen bench_replacement -- --ignored --nocapture` (test profile).
+///
+/// Three scenarios, each with a manager of its own (API on, Caddy) and two clients of
+/// [`Client`] (each one request every 10 ms, so about 2 × 70–100 req/s) through Caddy's port
+/// 80 for 10 s before the change and 12 s after it:
+/// - `password` (`PGM_REPLACE=bluegreen`): `PUT` of a new password; the time from sending the
+///   `PUT` until Caddy dials the new container (it serves the public from then on), and until
+///   the `PUT` answered (after the old one drained and the rename);
+/// - `image` (bluegreen): the manager restarted with a second test image that differs from
+///   the first in a label; the time from the new manager's start until Caddy dials the new
+///   container;
+/// - `recreate` (`PGM_REPLACE=recreate`, the old path): the same `PUT` as `password`; the
+///   time until the `PUT` answered.
+///
+/// Each prints its failed requests and the cold-start floor of the same run: a `PUT` of a new
+/// project until its first 200 through Caddy, under the same load (5 s into it; the ratio is
+/// against this one) and before the load (`idle_floor_ms`). Times are polled every 10 ms.
 #[test]
 #[ignore]
 fn bench_replacement_under_load() {
     if caddy_missing() {
         return;
     }
-    for mode in ["bluegreen", "recreate"] {
+    for scenario in ["password", "image", "recreate"] {
         let env = TestEnv::new();
+        let v1 = TestImage::build(&env, "v1", "LABEL launchdb.test-variant=v1");
+        let v2 = TestImage::build(&env, "v2", "LABEL launchdb.test-variant=v2");
         let caddy = start_caddy(&env);
-        let _manager = Manager::start_with(
-            &env,
-            ManagerOpts {
-                env: vec![
-                    ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
-                    ("PGM_REPLACE".into(), mode.into()),
-                ],
-                ..ManagerOpts::default()
-            },
-        );
-        // The cold-start floor: a new project, from its state write to serving.
-        let floor_id = env.project_id();
-        let started = std::time::Instant::now();
-        env.write_state(&floor_id, &state_toml(&secret("jwt"), &secret("pw")));
-        env.wait_serving(&floor_id);
-        let floor = started.elapsed();
+        let mode = if scenario == "recreate" {
+            "recreate"
+        } else {
+            "bluegreen"
+        };
+        let start = |image: &TestImage| {
+            Manager::start_with(
+                &env,
+                ManagerOpts {
+                    api: Api::Ready,
+                    image: Some(image.0.clone()),
+                    env: vec![
+                        ("PGM_CADDY_ADMIN_URL".into(), format!("http://{caddy}:2019")),
+                        ("PGM_REPLACE".into(), mode.into()),
+                    ],
+                    ..ManagerOpts::default()
+                },
+            )
+        };
+        let mut manager = start(&v1);
+        let put = |manager: &Manager, id: &str, jwt_secret: &str, password: &str| {
+            let body =
+                serde_json::json!({"jwtSecret": jwt_secret, "authenticatorPassword": password});
+            let response = manager.call("PUT", &format!("/internal/postgrest/{id}"), Some(body));
+            assert!(
+                response.status == 200 || response.status == 201,
+                "PUT: {} {}",
+                response.status,
+                response.body
+            );
+        };
+        // The cold-start floor: a new project, from its PUT to its first 200 through Caddy.
+        let cold_start = |manager: &Manager| {
+            let floor_id = env.project_id();
+            let started = std::time::Instant::now();
+            thread::scope(|s| {
+                s.spawn(|| put(manager, &floor_id, &secret("jwt"), &secret("pw")));
+                poll("the new project through Caddy", || {
+                    let path = format!("/db/{floor_id}/items");
+                    (http_get_port(caddy, 80, &path, None).ok()? == 200).then_some(())
+                });
+            });
+            started.elapsed()
+        };
+        let idle_floor = cold_start(&manager);
 
         let id = env.project_id();
         let jwt_secret = secret("jwt");
-        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwold")));
+        put(&manager, &id, &jwt_secret, &secret("pwold"));
         let before = env.wait_serving(&id);
         wait_routed(caddy, &id);
-        let client = Client::start(caddy, &id);
+        let clients = [Client::start(caddy, &id), Client::start(caddy, &id)];
         let load_started = std::time::Instant::now();
+        wait_until_for("5 s of load", Duration::from_secs(30), || {
+            (load_started.elapsed() >= Duration::from_secs(5)).then_some(())
+        });
+        // The floor the replacement is compared with: under the same load.
+        let floor = cold_start(&manager);
         wait_until_for("10 s of load", Duration::from_secs(30), || {
             (load_started.elapsed() >= Duration::from_secs(10)).then_some(())
         });
         let dial_before = caddy_dial(caddy, &id);
         let changed = std::time::Instant::now();
-        env.write_state(&id, &state_toml(&jwt_secret, &secret("pwnew")));
-        // Blue/green: the new container serves the public once Caddy dials it.
-        let switched = (mode == "bluegreen").then(|| {
-            wait_until("Caddy to dial the new container", || {
-                let dial = caddy_dial(caddy, &id)?;
-                (Some(&dial) != dial_before.as_ref()).then_some(())
-            });
-            changed.elapsed()
-        });
-        wait_replaced(&env, &id, &before.id);
-        let replaced = switched.unwrap_or_else(|| changed.elapsed());
-        let done = changed.elapsed();
+        let (to_serving, answered) = match scenario {
+            "image" => {
+                manager.terminate();
+                manager = start(&v2);
+                let serving = poll("Caddy to dial the new container", || {
+                    let dial = caddy_dial(caddy, &id)?;
+                    (Some(&dial) != dial_before.as_ref()).then(|| changed.elapsed())
+                });
+                (Some(serving), None)
+            }
+            _ => thread::scope(|s| {
+                let putting = s.spawn(|| {
+                    put(&manager, &id, &jwt_secret, &secret("pwnew"));
+                    changed.elapsed()
+                });
+                let serving = (mode == "bluegreen").then(|| {
+                    poll("Caddy to dial the new container", || {
+                        let dial = caddy_dial(caddy, &id)?;
+                        (Some(&dial) != dial_before.as_ref()).then(|| changed.elapsed())
+                    })
+                });
+                (serving, Some(putting.join().unwrap()))
+            }),
+        };
+        let after = wait_replaced(&env, &id, &before.id);
         wait_until_for("12 s more of load", Duration::from_secs(60), || {
             (changed.elapsed() >= Duration::from_secs(12)).then_some(())
         });
         let seconds = load_started.elapsed().as_secs_f64();
-        let (ok, failed) = client.finish();
+        let (mut ok, mut failed) = (0, Vec::new());
+        for client in clients {
+            let (o, f) = client.finish();
+            ok += o;
+            failed.extend(f);
+        }
+        if scenario == "image" {
+            let variant = docker_ok(&[
+                "inspect",
+                "-f",
+                "{{index .Config.Labels \"launchdb.test-variant\"}}",
+                &after.id,
+            ]);
+            assert_eq!(variant.trim(), "v2");
+        }
+        let ms = |d: Option<Duration>| d.map_or("-".to_owned(), |d| d.as_millis().to_string());
+        let ratio = to_serving.map_or("-".to_owned(), |d| {
+            format!("{:.2}", d.as_secs_f64() / floor.as_secs_f64())
+        });
         println!(
-            "BENCH mode={mode} requests={} failed={} rate={:.0}/s load={seconds:.1}s \
-             change_to_serving_ms={} change_to_old_gone_ms={} cold_start_floor_ms={} \
-             ratio={:.2} failures={:?}",
+            "BENCH scenario={scenario} mode={mode} requests={} failed={} rate={:.0}/s \
+             load={seconds:.1}s change_to_serving_ms={} put_answered_ms={} \
+             cold_start_floor_ms={} idle_floor_ms={} ratio={ratio} failures={:?}",
             ok + failed.len(),
             failed.len(),
             (ok + failed.len()) as f64 / seconds,
-            replaced.as_millis(),
-            done.as_millis(),
+            ms(to_serving),
+            ms(answered),
             floor.as_millis(),
-            replaced.as_secs_f64() / floor.as_secs_f64(),
+            idle_floor.as_millis(),
             failed.iter().take(3).collect::<Vec<_>>(),
         );
+    }
+}
+
+/// Polls `check` every 10 ms (a bench's finer grain than [`wait_until`]), for at most
+/// [`TIMEOUT`].
+fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
