@@ -634,6 +634,11 @@ impl<R: Runtime> Controller<R> {
             self.passes,
         );
         snapshot.pools = self.pools.as_ref().map(|p| p.pending().map(str::to_owned));
+        snapshot.unprobed = self.listing.iter().any(|c| {
+            c.state == State::Running
+                && c.project().is_some()
+                && matches!(self.readiness.get(&c.id), None | Some(Readiness::Unknown))
+        });
         self.status.send_replace(Arc::new(snapshot));
     }
 }

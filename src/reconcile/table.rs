@@ -532,5 +532,6 @@ pub(super) fn snapshot(
         plan: table.preview.clone(),
         // The loop's, not the table's: `Controller::publish` fills it in.
         pools: None,
+        unprobed: false,
     }
 }
