@@ -961,3 +961,60 @@ fn an_image_that_does_not_start_leaves_the_old_one_serving() {
     assert_eq!(now.id, before.id);
     assert!(now.running);
 }
+
+/// Not a test: what Caddy 2.6.2 alone does to clients while its config is reloaded (every
+/// route change is a reload), behind BENCHMARKS.md's note on resets. Run with
+/// `cargo test --test bluegreen bench_caddy_reload_resets -- --ignored --nocapture`.
+/// Two clients GET a static route through Caddy (no upstream) for 20 s while the route is
+/// replaced every 200 ms through the admin API; it prints the answers and the failures.
+#[test]
+#[ignore]
+fn bench_caddy_reload_resets() {
+    use std::io::{Read, Write};
+    if caddy_missing() {
+        return;
+    }
+    let env = TestEnv::new();
+    let caddy = start_caddy(&env);
+    let set_route = |n: usize| {
+        let body = serde_json::json!([{
+            "@id": "launchdb-project-x",
+            "match": [{"path": ["/db/x/*"]}],
+            "handle": [{"handler": "static_response", "status_code": 200, "body": n.to_string()}],
+        }])
+        .to_string();
+        let mut stream = std::net::TcpStream::connect((caddy, 2019)).unwrap();
+        write!(
+            stream,
+            "PATCH /id/launchdb-projects/handle/0/routes HTTP/1.1\r\nHost: {caddy}:2019\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    };
+    set_route(0);
+    let clients = [Client::start(caddy, "x"), Client::start(caddy, "x")];
+    let started = std::time::Instant::now();
+    let mut reloads = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        reloads += 1;
+        set_route(reloads);
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (o, f) = client.finish();
+        ok += o;
+        failed.extend(f);
+    }
+    println!(
+        "BENCH caddy_reloads={reloads} (logged {}) answered_200={ok} failed={} resets={} first={:?}",
+        caddy_reloads(&env),
+        failed.len(),
+        failed.iter().filter(|f| f.contains("ConnectionReset")).count(),
+        failed.first(),
+    );
+}
