@@ -568,3 +568,58 @@ async fn a_new_container_in_a_crash_loop_is_given_up_at_once() {
         old.id
     );
 }
+
+/// What a manager killed after the old container's SIGTERM finds: the old one stopped (stale),
+/// the new one running with the wanted spec, neither probed yet. The project's container, and
+/// so its route, is the new one from the first listing on, not the stopped one (whose route
+/// would be a JSON 503 until the new one's first probe); while the old one still runs, it
+/// keeps the route until the new one is known to serve.
+#[test]
+fn a_stopped_old_container_hands_the_route_to_a_running_replacement_before_its_probe() {
+    use crate::runtime::{ContainerInfo, Health};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LoopConfig::for_tests("bg", tmp.path());
+    let file = |password: &str| {
+        SpecFile::new(
+            Secret::new("a".repeat(32)),
+            Secret::new(password.to_owned()),
+        )
+    };
+    cfg.state.write(&pid(), &file("pw1")).unwrap();
+    let old_spec = cfg.state.read(&pid()).unwrap().unwrap();
+    cfg.state.write(&pid(), &file("pw2")).unwrap();
+    let mut table = table::Table::default();
+    table.absorb(cfg.state.load().unwrap(), &cfg.template);
+    let info = |id: &str, name: &str, spec, state| {
+        let rendered = render::render(spec, &cfg.template);
+        let mut labels = rendered.container.labels;
+        labels.insert(LABEL_UPSTREAM.to_owned(), format!("{name}-alias"));
+        ContainerInfo {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            labels,
+            state,
+            health: Health::None,
+            ip: None,
+            exit_code: None,
+        }
+    };
+    let new_spec = cfg.state.read(&pid()).unwrap().unwrap();
+    let shown = |old_state| {
+        let listing = [
+            info("old", "postgrest-p1", &old_spec, old_state),
+            info("new", "postgrest-p1-next", &new_spec, State::Running),
+        ];
+        let projects = table.snapshot(&listing, &Default::default());
+        let status = projects[&pid()].clone();
+        (status.container.unwrap().id, status.upstream.unwrap())
+    };
+    assert_eq!(
+        shown(State::Exited),
+        ("new".to_owned(), "postgrest-p1-next-alias".to_owned())
+    );
+    assert_eq!(
+        shown(State::Running),
+        ("old".to_owned(), "postgrest-p1-alias".to_owned())
+    );
+}
