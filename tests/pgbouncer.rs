@@ -245,3 +245,69 @@ fn pgbouncer_serves_exactly_the_projects_databases_with_their_pools() {
     env.wait_gone(&id);
     assert_no_secrets(&manager.log(), &[secret, password]);
 }
+
+/// A PgBouncer the manager cannot signal (its container does not exist yet) shows in the
+/// status of every project, with the reason, while the containers converge; once PgBouncer is
+/// there the retry (with backoff) signals it and the status says `in place`.
+#[test]
+fn a_pgbouncer_that_cannot_be_told_shows_in_the_status_until_it_can() {
+    let env = TestEnv::new();
+    let dir = env.root().join("pgbouncer");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let include = dir.join("databases.ini");
+    let bouncer_name = format!("{}-pgbouncer", env.instance);
+    let postgres = std::env::var("PGMT_POSTGRES").unwrap();
+    let manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            api: Api::Ready,
+            args: [
+                "--pgbouncer-include",
+                include.to_str().unwrap(),
+                "--pgbouncer-container",
+                &bouncer_name,
+                "--pgbouncer-server-host",
+                &postgres,
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    let state = format!(
+        "{}db_name = \"{DB}\"\n",
+        state_toml(&secret("jwt"), &secret("pw"))
+    );
+    env.write_state(&id, &state);
+    env.wait_serving(&id);
+    let pool = |manager: &Manager| {
+        let view = manager
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
+        view["pool"].as_str().unwrap_or_default().to_owned()
+    };
+    let pending = wait_until("the status to show the pools pending", || {
+        let pool = pool(&manager);
+        pool.starts_with("pending: ").then_some(pool)
+    });
+    assert!(
+        pending.contains(&format!("signalling {bouncer_name}")),
+        "{pending}"
+    );
+    // The retries write the file; only the signal fails.
+    wait_until("the project's entry in the include", || {
+        fs::read_to_string(&include)
+            .ok()?
+            .contains(&format!("{DB} = "))
+            .then_some(())
+    });
+
+    let bouncer = start_bouncer(&env, &dir);
+    wait_until("the status to show the pools in place", || {
+        (pool(&manager) == "in place").then_some(())
+    });
+    assert!(bouncer.reloads() >= 1, "PgBouncer was signalled");
+    assert!(bouncer.database(DB).is_some());
+}

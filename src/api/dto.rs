@@ -136,6 +136,10 @@ pub struct ProjectView {
     /// the manager cannot bring Caddy's routes in step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// With PgBouncer's pools kept, for a project with a spec: `in place`, or `pending: <why>`
+    /// while the manager cannot bring PgBouncer's `[databases]` in step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Why the project is not as desired, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -242,6 +246,7 @@ impl ProjectView {
             health: container.map(|c| c.health.to_string()),
             ready,
             route: None,
+            pool: None,
             reason: (!serving).then(|| reason(status, desired)),
             file_error: status.file_error.clone(),
             last_error: status.last_error.clone(),
@@ -256,6 +261,18 @@ impl ProjectView {
     /// Adds the project's events (the view of one project shows them; the list does not).
     pub fn with_events(mut self, status: &ProjectStatus) -> ProjectView {
         self.events = status.events.iter().map(EventView::from).collect();
+        self
+    }
+
+    /// Adds the state of PgBouncer's pools (`Snapshot::pools`): a project with a spec, enabled
+    /// or not, has its entry in the include.
+    pub fn with_pool(mut self, pools: Option<&Option<String>>) -> ProjectView {
+        if matches!(self.desired, DesiredState::Enabled | DesiredState::Disabled) {
+            self.pool = pools.map(|pending| match pending {
+                None => "in place".to_owned(),
+                Some(why) => format!("pending: {why}"),
+            });
+        }
         self
     }
 

@@ -758,3 +758,27 @@ async fn plan_and_events_say_what_happened_and_why() {
     let text = view.to_string();
     assert!(!text.contains(SECRET) && !text.contains(new_secret) && !text.contains("pw-1"));
 }
+
+/// With PgBouncer's pools kept, every project with a spec shows whether they are in place, and
+/// why not; without them, or for a project without a spec, nothing is shown.
+#[test]
+fn the_pools_state_is_shown_on_projects_with_a_spec() {
+    use super::dto::ProjectView;
+    use crate::reconcile::ProjectStatus;
+    let id = ProjectId::parse("p1").unwrap();
+    let status = ProjectStatus::default();
+    let absent = ProjectView::new(&id, &status);
+    let pending = Some(Some("signalling pgbouncer: not found".to_owned()));
+    assert_eq!(absent.clone().with_pool(pending.as_ref()).pool, None);
+    let mut enabled = absent;
+    enabled.desired = crate::spec::DesiredState::Enabled;
+    assert_eq!(
+        enabled.clone().with_pool(pending.as_ref()).pool.as_deref(),
+        Some("pending: signalling pgbouncer: not found")
+    );
+    assert_eq!(
+        enabled.clone().with_pool(Some(&None)).pool.as_deref(),
+        Some("in place")
+    );
+    assert_eq!(enabled.with_pool(None).pool, None);
+}

@@ -73,7 +73,9 @@ impl Ctx {
             .routes
             .as_ref()
             .map(|rx| rx.borrow().pending.clone());
-        ProjectView::new(id, status).with_route(pending.as_ref())
+        ProjectView::new(id, status)
+            .with_route(pending.as_ref())
+            .with_pool(self.handle.snapshot().pools.as_ref())
     }
 
     pub(super) async fn read_file(&self, id: &ProjectId) -> Result<Option<SpecFile>, ApiError> {

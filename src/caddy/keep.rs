@@ -62,6 +62,10 @@ pub fn desired_routes(snapshot: &Snapshot, previous: &Routes) -> Routes {
     }))
 }
 
+/// How long after its start the route task waits, at most, for every running container's
+/// first `/ready` probe before its first sync (`Snapshot::unprobed`).
+const FIRST_PROBES: Duration = Duration::from_secs(2);
+
 /// Runs until `shutdown` completes, publishing what is in place in `state`.
 pub async fn keep_in_step<C: CaddyAdmin>(
     mut handle: Handle,
@@ -75,21 +79,34 @@ pub async fn keep_in_step<C: CaddyAdmin>(
     let mut tick = tokio::time::interval(resync);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut check_caddy = false;
+    // A restarted manager does not know what Caddy holds: routing by a guess before the
+    // probes have looked would flip routes Caddy already holds right (a replacement's new
+    // container, switched to before a crash, back to the old one and forth again), and every
+    // flip is a reload of Caddy's whole config.
+    let mut hold_until = Some(Instant::now() + FIRST_PROBES);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             _ = tick.tick() => check_caddy = true,
             changed = handle.changed() => if !changed { return },
             () = sleep_until(sync.retry_at()) => {}
+            () = sleep_until(hold_until) => {}
         }
         let snapshot = handle.snapshot();
         // Before the loop's first pass the snapshot knows no project yet: sending its empty
         // list would take every route down. After it every project is known (those with
         // actions in flight too: a replacement finishing after a restart waits for its
         // switch here, so this must not wait for the whole first reconcile).
+        if hold_until.is_some_and(|until| Instant::now() >= until) {
+            hold_until = None;
+        }
         if !snapshot.reconciled_once && snapshot.passes == 0 {
             continue;
         }
+        if hold_until.is_some() && snapshot.unprobed {
+            continue;
+        }
+        hold_until = None;
         desired = desired_routes(&snapshot, &desired);
         let status = sync.sync(&desired, std::mem::take(&mut check_caddy)).await;
         state.send_if_modified(|current| {

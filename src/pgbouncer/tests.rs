@@ -240,6 +240,13 @@ async fn a_missing_pgbouncer_is_retried_with_backoff_and_containers_still_conver
         .wait_for(WAIT, |s| s.projects.get(&id).is_some_and(|p| p.converged()))
         .await
         .expect("the project converges while PgBouncer is missing");
+    // The status says why the pools are not in place (the API shows it on every project:
+    // `api::tests::the_pools_state_is_shown_on_projects_with_a_spec`).
+    let pending = handle.snapshot().pools.clone();
+    let why = pending
+        .expect("pools are kept")
+        .expect("pending while PgBouncer is missing");
+    assert!(why.starts_with(&format!("signalling {PGBOUNCER}")), "{why}");
     // PgBouncer appears: the loop's own retry timer brings the signal, no wake needed.
     env.add_pgbouncer();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -249,4 +256,5 @@ async fn a_missing_pgbouncer_is_retried_with_backoff_and_containers_still_conver
     }
     passes(&handle, 2).await;
     assert_eq!(env.hups().await, 1, "signalled once, then in sync");
+    assert_eq!(handle.snapshot().pools, Some(None), "in place again");
 }

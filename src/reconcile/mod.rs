@@ -668,7 +668,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn publish(&self) {
-        let snapshot = table::snapshot(
+        let mut snapshot = table::snapshot(
             &self.table,
             &self.listing,
             &self.readiness,
@@ -676,6 +676,12 @@ impl<R: Runtime> Controller<R> {
             self.docker.is_none(),
             self.passes,
         );
+        snapshot.pools = self.pools.as_ref().map(|p| p.pending().map(str::to_owned));
+        snapshot.unprobed = self.listing.iter().any(|c| {
+            c.state == State::Running
+                && c.project().is_some()
+                && matches!(self.readiness.get(&c.id), None | Some(Readiness::Unknown))
+        });
         self.status.send_replace(Arc::new(snapshot));
     }
 }

@@ -8,6 +8,15 @@
 //! a name that resolves to nothing or to the container being stopped. Every step is safe to
 //! interrupt: the planner finishes or undoes a replacement it finds half done
 //! (`plan::two_containers`).
+//!
+//! A new container that cannot serve is given up as soon as that is certain, not at the
+//! timeout: when it exits or Docker is restarting it (an image that does not start, a
+//! PostgREST that exits on a wrong password), or when its log says its database refused the
+//! login (through PgBouncer PostgREST retries a refused login instead of exiting).
+//!
+//! Test-only crash points: with `PGM_TEST_CRASH_AT=<step>` in its environment the manager
+//! SIGKILLs itself right after that step of a replacement (see [`crash_point`]); without it
+//! (always, outside `tests/bluegreen.rs`) the points do nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +43,22 @@ const FIRST_PROBE: Duration = Duration::from_millis(10);
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const LOG_LINES: usize = 30;
+/// While the new container does not serve, its log is read at most this often for a refused
+/// login.
+const LOGS_EVERY: Duration = Duration::from_millis(500);
+/// What a PostgREST (or PgBouncer, or PostgreSQL, in PostgREST's log) says when its database
+/// refused the login: no retry makes such a container serve until the password is fixed.
+const LOGIN_REFUSED: [&str; 3] = [
+    "password authentication failed",
+    "SASL authentication failed",
+    "no password supplied",
+];
+/// Between Caddy taking the new route and SIGTERM to the old container: requests Caddy sent
+/// to the old one just before the switch are still being answered. PostgREST v16 drains on
+/// SIGTERM; older versions (and the test double) stop at once and would cut them off (a 502).
+const SETTLE: Duration = Duration::from_secs(1);
+/// The environment variable behind [`crash_point`].
+const CRASH_AT: &str = "PGM_TEST_CRASH_AT";
 
 /// What a replacement needs from the loop to move a project's route.
 #[derive(Clone)]
@@ -105,6 +130,7 @@ pub(super) async fn replace<R: Runtime>(
     };
     let switched = async {
         let info = wait_serving(runtime, cfg, project, rendered).await?;
+        crash_point("serving");
         switch
             .route(project, info.upstream(), cfg.replace_timeout)
             .await
@@ -117,9 +143,13 @@ pub(super) async fn replace<R: Runtime>(
         }
         return Err(e);
     }
+    crash_point("switched");
     info!(project = %project, "the route is on the new container; stopping the old one");
+    tokio::time::sleep(SETTLE).await;
     remove_container(runtime, old).await?;
+    crash_point("removed");
     runtime.rename(&next, &project.container_name()).await?;
+    crash_point("renamed");
     schema_loaded(cfg, project, &next, rendered.schema_token).await;
     loaded(cfg, project, next, rendered, false).await
 }
@@ -155,11 +185,32 @@ async fn start_next<R: Runtime>(
         }
         Err(e) => return Err(e.into()),
     };
+    crash_point("created");
     if let Err(e) = runtime.start(&id).await {
         let _ = remove_container(runtime, &id).await;
         return Err(e.into());
     }
+    crash_point("started");
     Ok(id)
+}
+
+/// Test-only: SIGKILLs this manager right after `step` of a replacement when
+/// `PGM_TEST_CRASH_AT=<step>` is set (`created`, `started`, `serving`, `switched`, `removed`,
+/// `renamed`), so `tests/bluegreen.rs` can kill it at points too short to catch from outside.
+/// Inert without the variable; read once.
+fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var(CRASH_AT).ok());
+    if at.as_deref() == Some(step) {
+        warn!(step, "{CRASH_AT}: killing this manager (SIGKILL)");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether the log says the database refused the login.
+fn login_refused(logs: &str) -> bool {
+    LOGIN_REFUSED.iter().any(|words| logs.contains(words))
 }
 
 /// A fresh alias: `postgrest-<id>-<n>`, `n` from the clock, so it differs from the alias of
@@ -171,7 +222,9 @@ pub(super) fn upstream_alias(project: &ProjectId) -> String {
     format!("{}-{n:x}", project.container_name())
 }
 
-/// Waits until the new container serves (`/ready` 200), bounded by the replace timeout.
+/// Waits until the new container serves (`/ready` 200), bounded by the replace timeout; gives
+/// up at once when it cannot: it exited or is being restarted by Docker (a crash loop), or
+/// its log says its database refused the login.
 async fn wait_serving<R: Runtime>(
     runtime: &R,
     cfg: &LoopConfig,
@@ -181,6 +234,7 @@ async fn wait_serving<R: Runtime>(
     let name = next_container_name(project);
     let deadline = Instant::now() + cfg.replace_timeout;
     let mut every = FIRST_PROBE;
+    let mut next_logs = Instant::now();
     loop {
         let info = runtime.find_by_name(&name).await?;
         if let (State::Running, Some(ip)) = (info.state, info.ip) {
@@ -191,17 +245,36 @@ async fn wait_serving<R: Runtime>(
                 return Ok(info);
             }
         }
-        let stopped = matches!(info.state, State::Exited | State::Dead);
-        if stopped || Instant::now() >= deadline {
-            let logs = runtime.logs(&info.id, LOG_LINES).await.unwrap_or_default();
-            let why = if stopped {
-                "it stopped".to_owned()
+        let crashed = matches!(info.state, State::Exited | State::Dead | State::Restarting);
+        let timed_out = Instant::now() >= deadline;
+        let logs = if crashed || timed_out || Instant::now() >= next_logs {
+            next_logs = Instant::now() + LOGS_EVERY;
+            runtime.logs(&info.id, LOG_LINES).await.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let why = if login_refused(&logs) {
+            Some("its database refused the login".to_owned())
+        } else if crashed {
+            Some(match info.exit_code {
+                Some(code) => format!("it exited with code {code}"),
+                None => "it stopped".to_owned(),
+            })
+        } else if timed_out {
+            Some(format!("not within {} s", cfg.replace_timeout.as_secs()))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // An image that does not start may say nothing at all.
+            let reason = if logs.trim().is_empty() {
+                "its log is empty".to_owned()
             } else {
-                format!("not within {} s", cfg.replace_timeout.as_secs())
+                reason_from_logs(&logs)
             };
             return Err(ActionError::NeverServed {
                 why,
-                reason: rendered.config.redact(&reason_from_logs(&logs)),
+                reason: rendered.config.redact(&reason),
             });
         }
         tokio::time::sleep(every).await;

@@ -27,6 +27,12 @@ pub struct Snapshot {
     pub passes: u64,
     /// What the last pass planned, per project, and why (`GET /internal/plan`).
     pub plan: Arc<Vec<Preview>>,
+    /// With PgBouncer's pools kept (`PGM_PGBOUNCER_INCLUDE`): `Some(None)` while they are in
+    /// place, `Some(Some(why))` while they are not (retried with backoff).
+    pub pools: Option<Option<String>>,
+    /// Some running container of ours has not been probed for `/ready` yet (right after a
+    /// start, for a moment): the route task waits for it before its first sync.
+    pub unprobed: bool,
 }
 
 impl Snapshot {

@@ -18,7 +18,7 @@ use super::snapshot::{
 };
 use crate::plan::{self, Desired, Observed, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
-use crate::runtime::{ContainerInfo, RuntimeError};
+use crate::runtime::{ContainerInfo, RuntimeError, State};
 use crate::spec::ProjectId;
 use crate::state_dir::Loaded;
 
@@ -451,7 +451,9 @@ impl Table {
         }
         // A replacement that matches the desired state and serves takes over the route from a
         // stale `postgrest-<id>`, before its switch: a manager restarted after the switch must
-        // not send the public back to an old container that Docker is still stopping.
+        // not send the public back to an old container that Docker is still stopping. One not
+        // probed yet takes over from an old one that no longer runs (a manager killed after
+        // the old one got SIGTERM): that one cannot serve, and its route would be a 503.
         for next in listing {
             let Some(id) = next.project() else {
                 continue;
@@ -462,10 +464,17 @@ impl Table {
             };
             let takes_over = next.name == crate::plan::next_container_name(&id)
                 && next.spec_hash() == Some(wanted)
-                && readiness.get(&next.id) == Some(&Readiness::Ready)
                 && shown
                     .get(&id)
-                    .is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted));
+                    .is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted))
+                && match readiness.get(&next.id) {
+                    Some(Readiness::Ready) => true,
+                    None | Some(Readiness::Unknown) => {
+                        next.state == State::Running
+                            && shown.get(&id).is_some_and(|c| c.state != State::Running)
+                    }
+                    Some(Readiness::NotReady { .. }) => false,
+                };
             if takes_over {
                 shown.insert(id, next);
             }
@@ -521,5 +530,8 @@ pub(super) fn snapshot(
         misnamed: table.misnamed.clone(),
         passes,
         plan: table.preview.clone(),
+        // The loop's, not the table's: `Controller::publish` fills it in.
+        pools: None,
+        unprobed: false,
     }
 }

@@ -459,3 +459,167 @@ async fn a_manager_killed_with_the_next_container_in_place_finishes_the_replacem
         [Call::Rename(next_id, "postgrest-p1".into())]
     );
 }
+
+/// The replacement is given up as soon as the new container's database refused its login, not
+/// at the timeout (an hour here: the test's own 10 s wait would run out first): through
+/// PgBouncer PostgREST retries a refused login forever, and no retry fixes a wrong password.
+#[tokio::test]
+async fn a_refused_login_gives_the_new_container_up_without_waiting_for_the_timeout() {
+    let mut env = Env::new().await;
+    env.cfg.replace_timeout = Duration::from_secs(3600);
+    env.write("pw1");
+    let (handle, _stop, _task) = env.start();
+    let first = env.serving_current(&handle).await;
+    let old = first.projects[&pid()].container.clone().unwrap();
+
+    env.new_ready.store(false, Ordering::SeqCst);
+    env.fake.set_logs(
+        "postgrest-p1-next",
+        "29/Nov/2026:07:00:00 +0000: Attempting to connect to the database...\n\
+         29/Nov/2026:07:00:00 +0000: {\"code\":\"PGRST000\",\"details\":\"connection to server at \\\"pgbouncer\\\" failed: FATAL:  SASL authentication failed\\n\",\"hint\":null,\"message\":\"Database connection error. Retrying the connection.\"}\n\
+         29/Nov/2026:07:00:00 +0000: Attempting to reconnect to the database in 1 seconds...\n",
+    );
+    env.write("wrongpw");
+    handle.wake();
+    let failed = handle
+        .wait_for(WAIT, |s| s.projects[&pid()].last_error.is_some())
+        .await
+        .expect("the replacement is given up before the timeout");
+    let error = failed.projects[&pid()].last_error.clone().unwrap();
+    assert!(
+        error.contains("never served (its database refused the login)"),
+        "{error}"
+    );
+    assert!(error.contains("SASL authentication failed"), "{error}");
+    assert!(
+        !error.contains("wrongpw"),
+        "no secret in the status: {error}"
+    );
+    tokio::time::timeout(WAIT, async {
+        while env.names() != ["postgrest-p1"] {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the new container is removed");
+    let container = failed.projects[&pid()].container.clone().unwrap();
+    assert_eq!(container.id, old.id);
+    // One failure, one event.
+    let record = handle.snapshot();
+    let failures = record.projects[&pid()]
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Failed)
+        .count();
+    assert_eq!(failures, 1, "{:?}", record.projects[&pid()].events);
+}
+
+/// A new container that Docker keeps restarting (an image whose process exits, a PostgREST
+/// that exits on a refused login straight to PostgreSQL) is given up at once, with the exit
+/// code, and removed; the old one keeps serving.
+#[tokio::test]
+async fn a_new_container_in_a_crash_loop_is_given_up_at_once() {
+    let mut env = Env::new().await;
+    env.cfg.replace_timeout = Duration::from_secs(3600);
+    env.write("pw1");
+    let (handle, _stop, _task) = env.start();
+    let first = env.serving_current(&handle).await;
+    let old = first.projects[&pid()].container.clone().unwrap();
+
+    env.new_ready.store(false, Ordering::SeqCst);
+    env.fake.set_logs(
+        "postgrest-p1-next",
+        "exec /no/such/entrypoint: no such file\n",
+    );
+    // Docker restarts the new container as soon as it exists (its process exits).
+    let fake = env.fake.clone();
+    let crash_loop = tokio::spawn(async move {
+        loop {
+            if fake
+                .containers()
+                .iter()
+                .any(|c| c.name == "postgrest-p1-next" && c.state == State::Running)
+            {
+                fake.set_state("postgrest-p1-next", State::Restarting);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    env.write("pw2");
+    handle.wake();
+    let failed = handle
+        .wait_for(WAIT, |s| s.projects[&pid()].last_error.is_some())
+        .await
+        .expect("the replacement is given up before the timeout");
+    crash_loop.abort();
+    let error = failed.projects[&pid()].last_error.clone().unwrap();
+    assert!(error.contains("never served (it stopped)"), "{error}");
+    assert!(error.contains("no such file"), "{error}");
+    assert!(error.contains("old one keeps serving"), "{error}");
+    tokio::time::timeout(WAIT, async {
+        while env.names() != ["postgrest-p1"] {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the new container is removed");
+    assert_eq!(
+        failed.projects[&pid()].container.as_ref().unwrap().id,
+        old.id
+    );
+}
+
+/// What a manager killed after the old container's SIGTERM finds: the old one stopped (stale),
+/// the new one running with the wanted spec, neither probed yet. The project's container, and
+/// so its route, is the new one from the first listing on, not the stopped one (whose route
+/// would be a JSON 503 until the new one's first probe); while the old one still runs, it
+/// keeps the route until the new one is known to serve.
+#[test]
+fn a_stopped_old_container_hands_the_route_to_a_running_replacement_before_its_probe() {
+    use crate::runtime::{ContainerInfo, Health};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = LoopConfig::for_tests("bg", tmp.path());
+    let file = |password: &str| {
+        SpecFile::new(
+            Secret::new("a".repeat(32)),
+            Secret::new(password.to_owned()),
+        )
+    };
+    cfg.state.write(&pid(), &file("pw1")).unwrap();
+    let old_spec = cfg.state.read(&pid()).unwrap().unwrap();
+    cfg.state.write(&pid(), &file("pw2")).unwrap();
+    let mut table = table::Table::default();
+    table.absorb(cfg.state.load().unwrap(), &cfg.template);
+    let info = |id: &str, name: &str, spec, state| {
+        let rendered = render::render(spec, &cfg.template);
+        let mut labels = rendered.container.labels;
+        labels.insert(LABEL_UPSTREAM.to_owned(), format!("{name}-alias"));
+        ContainerInfo {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            labels,
+            state,
+            health: Health::None,
+            ip: None,
+            exit_code: None,
+        }
+    };
+    let new_spec = cfg.state.read(&pid()).unwrap().unwrap();
+    let shown = |old_state| {
+        let listing = [
+            info("old", "postgrest-p1", &old_spec, old_state),
+            info("new", "postgrest-p1-next", &new_spec, State::Running),
+        ];
+        let projects = table.snapshot(&listing, &Default::default());
+        let status = projects[&pid()].clone();
+        (status.container.unwrap().id, status.upstream.unwrap())
+    };
+    assert_eq!(
+        shown(State::Exited),
+        ("new".to_owned(), "postgrest-p1-next-alias".to_owned())
+    );
+    assert_eq!(
+        shown(State::Running),
+        ("old".to_owned(), "postgrest-p1-alias".to_owned())
+    );
+}

@@ -298,6 +298,17 @@ impl Manager {
         status
     }
 
+    /// Waits (up to the harness timeout) for a manager expected to end by itself (one that
+    /// SIGKILLs itself at a test-only crash point); returns its exit status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.stopping.store(true, Ordering::SeqCst);
+        let status = wait_until("the manager to exit by itself", || {
+            lock(&self.child).try_wait().ok().flatten()
+        });
+        self.join_readers();
+        status
+    }
+
     /// Whether the process is still running.
     pub fn running(&self) -> bool {
         matches!(lock(&self.child).try_wait(), Ok(None))
