@@ -18,7 +18,10 @@
 
 mod support;
 
-use support::swarm::{Swarm, DB_HOST};
+use std::time::Duration;
+
+use support::private_daemon::PrivateDaemon;
+use support::swarm::{Cluster, Swarm, DB_HOST};
 use support::*;
 
 fn swarm_manager(env: &TestEnv, swarm: &Swarm) -> Manager {
@@ -291,4 +294,95 @@ impl<F: Fn()> Drop for OnPanic<F> {
             (self.0)();
         }
     }
+}
+
+/// The node of the service's one wanted task once it runs, from the manager's view.
+fn task_node(swarm: &Swarm, name: &str) -> Option<String> {
+    let tasks = swarm.docker(&[
+        "service",
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        name,
+    ]);
+    let tasks = String::from_utf8_lossy(&tasks.stdout).into_owned();
+    let [task] = tasks.split_whitespace().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let state = swarm.ok(&["inspect", "--format", "{{.NodeID}} {{.Status.State}}", task]);
+    let (node, state) = state.split_once(' ')?;
+    (state == "running").then(|| node.to_owned())
+}
+
+/// Three nodes (private daemons in their own namespaces, bridged in a fourth): a project
+/// placed on the workers moves to the other worker when its node is drained, and back when
+/// that node dies (its daemon SIGKILLed), serving after each move; the manager's status
+/// follows, and the manager changes nothing itself (the service's spec stays).
+#[test]
+fn tasks_move_off_a_drained_node_and_a_killed_one() {
+    let env = TestEnv::bare();
+    let mut cluster = Cluster::start(&env.network);
+    let manager = swarm_manager(&env, &cluster.swarm);
+    let id = env.project_id();
+    let name = env.container(&id);
+    let password = secret("pw");
+    cluster.swarm.add_project_database(&id, &password);
+    env.write_state(
+        &id,
+        &format!(
+            "{}placement = [\"node.role==worker\"]\n",
+            state_toml(&secret("jwt"), &password)
+        ),
+    );
+    let workers: Vec<String> = cluster.workers.iter().map(Cluster::node_id).collect();
+    let swarm = &cluster.swarm;
+    let url = format!("http://{name}:3000/");
+    let serves_on = |what: &str, wanted: &dyn Fn(&str) -> bool| -> String {
+        wait_until_for(what, Duration::from_secs(180), || {
+            let node = task_node(swarm, &name).filter(|n| wanted(n))?;
+            (swarm.get(&url, None)? == 200).then_some(node)
+        })
+    };
+    let first = serves_on("a task serving on a worker", &|n| {
+        workers.iter().any(|w| w == n)
+    });
+    let version = service_state(swarm, &name).unwrap();
+
+    swarm.ok(&["node", "update", "--availability", "drain", &first]);
+    let second = serves_on("the task moved off the drained node, serving", &|n| {
+        n != first && workers.iter().any(|w| w == n)
+    });
+    wait_until("the status to show the new node", || {
+        let view = manager
+            .call("GET", &format!("/internal/postgrest/{id}"), None)
+            .json();
+        let nodes = view["tasks"]["nodes"].as_array()?.clone();
+        (nodes.len() == 1 && second.starts_with(nodes[0].as_str()?)).then_some(())
+    });
+
+    swarm.ok(&["node", "update", "--availability", "active", &first]);
+    let victim: &mut PrivateDaemon = cluster
+        .workers
+        .iter_mut()
+        .find(|w| Cluster::node_id(w) == second)
+        .expect("the second node is a worker");
+    victim.kill();
+    let swarm = &cluster.swarm;
+    let third = wait_until_for(
+        "the task rescheduled off the killed node, serving",
+        Duration::from_secs(180),
+        || {
+            let node = task_node(swarm, &name).filter(|n| *n == first)?;
+            (swarm.get(&url, None)? == 200).then_some(node)
+        },
+    );
+    assert_eq!(third, first);
+    assert_eq!(
+        service_state(swarm, &name).unwrap(),
+        version,
+        "Swarm moved the task; the manager updated nothing"
+    );
+    drop(manager);
 }

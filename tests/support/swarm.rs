@@ -24,11 +24,17 @@ pub struct Swarm {
 impl Swarm {
     /// A private daemon as a one-node swarm with the overlay network `network` and PostgreSQL.
     pub fn start(network: &str) -> Swarm {
+        Swarm::init(PrivateDaemon::start(), network, "127.0.0.1")
+    }
+
+    /// `daemon` as the first manager of a swarm advertised at `address`, with the overlay
+    /// network `network` and PostgreSQL on it (as a container on this node).
+    pub fn init(daemon: PrivateDaemon, network: &str, address: &str) -> Swarm {
         let swarm = Swarm {
-            daemon: PrivateDaemon::start(),
+            daemon,
             network: network.to_owned(),
         };
-        swarm.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        swarm.ok(&["swarm", "init", "--advertise-addr", address]);
         swarm.ok(&[
             "network",
             "create",
@@ -228,5 +234,136 @@ impl Drop for Swarm {
         let _ = self.docker(&["swarm", "leave", "--force"]);
         // The daemon's guard (dropped next) removes the containers, the daemon, its mounts,
         // its directory and its namespace.
+    }
+}
+
+/// Three private daemons, each in its own network namespace, joined by veth pairs to a bridge
+/// in a fourth namespace of the test's own (`pgm-dockerd-<pid>x<n>hub`; the host's interfaces
+/// are never touched): node 1 the swarm's manager (with PostgreSQL), nodes 2 and 3 workers.
+pub struct Cluster {
+    /// Node 1.
+    pub swarm: Swarm,
+    /// Nodes 2 and 3.
+    pub workers: Vec<PrivateDaemon>,
+    hub: String,
+}
+
+/// The nodes' addresses on the hub's bridge: `10.253.0.<n>`.
+fn node_address(n: usize) -> String {
+    format!("10.253.0.{n}")
+}
+
+fn ip(netns: &str, args: &[&str]) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("ip")
+        .args(args)
+        .output()
+        .expect("nsenter ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Cluster {
+    pub fn start(network: &str) -> Cluster {
+        let nodes: Vec<PrivateDaemon> = (0..3).map(|_| PrivateDaemon::start()).collect();
+        let hub = format!("{}hub", nodes[0].netns);
+        let status = Command::new("ip")
+            .args(["netns", "add", &hub])
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "ip netns add {hub}");
+        // The guard exists from here on: a failure below still removes the hub and the nodes.
+        let mut nodes = nodes.into_iter();
+        let first = nodes.next().unwrap();
+        let workers: Vec<PrivateDaemon> = nodes.collect();
+        let wire = |n: usize, daemon: &PrivateDaemon| {
+            let (outer, inner) = (format!("pgmh{n}"), format!("pgmn{n}"));
+            ip(
+                &hub,
+                &[
+                    "link",
+                    "add",
+                    &outer,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &inner,
+                    "netns",
+                    &daemon.netns,
+                ],
+            );
+            ip(&hub, &["link", "set", &outer, "master", "br0", "up"]);
+            ip(
+                &daemon.netns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", node_address(n)),
+                    "dev",
+                    &inner,
+                ],
+            );
+            ip(&daemon.netns, &["link", "set", &inner, "up"]);
+        };
+        ip(&hub, &["link", "add", "br0", "type", "bridge"]);
+        ip(&hub, &["link", "set", "br0", "up"]);
+        wire(1, &first);
+        for (i, worker) in workers.iter().enumerate() {
+            wire(i + 2, worker);
+        }
+        let cluster = Cluster {
+            swarm: Swarm::init(first, network, &node_address(1)),
+            workers,
+            hub,
+        };
+        let token = cluster.swarm.ok(&["swarm", "join-token", "-q", "worker"]);
+        for (i, worker) in cluster.workers.iter().enumerate() {
+            let out = worker.docker(&[
+                "swarm",
+                "join",
+                "--token",
+                &token,
+                "--advertise-addr",
+                &node_address(i + 2),
+                &format!("{}:2377", node_address(1)),
+            ]);
+            assert!(
+                out.status.success(),
+                "node {} joining the swarm: {}",
+                i + 2,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        wait_until("three nodes ready in the swarm", || {
+            let nodes = cluster.swarm.ok(&["node", "ls", "--format", "{{.Status}}"]);
+            (nodes.lines().filter(|s| *s == "Ready").count() == 3).then_some(())
+        });
+        cluster
+    }
+
+    /// The swarm node id of each worker, by its daemon.
+    pub fn node_id(daemon: &PrivateDaemon) -> String {
+        let out = daemon.docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for worker in &self.workers {
+            if worker.pid().is_some() {
+                let _ = worker.docker(&["swarm", "leave", "--force"]);
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .stderr(Stdio::null())
+            .status();
+        // Then the swarm's guard (services, leave) and every daemon's guard.
     }
 }
