@@ -386,3 +386,92 @@ fn tasks_move_off_a_drained_node_and_a_killed_one() {
     );
     drop(manager);
 }
+
+/// The benchmark behind BENCHMARKS.md's Swarm section (ignored: it measures, it does not
+/// prove). On a one-node swarm, per round: a project file written until its task serves
+/// (`GET /` 200 through the overlay network), against `POST /services/create` of the very spec
+/// the manager made (the same secret, another name) until its task serves; then a JWT
+/// rotation: the file written until the new secret is in force, with a client looping on
+/// the overlay network meanwhile, and its failed requests.
+/// `cargo test --release --test swarm bench_swarm -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_swarm() {
+    use std::time::Instant;
+    const ROUNDS: usize = 5;
+    let env = TestEnv::bare();
+    let swarm = Swarm::start(&env.network);
+    let _manager = swarm_manager(&env, &swarm);
+    let socket = swarm.daemon.dir.join("docker.sock");
+    let serving = |name: &str| {
+        let url = format!("http://{name}:3000/");
+        wait_until_for(name, Duration::from_secs(120), || {
+            (serving_task(&swarm, name).is_some() && swarm.get(&url, None)? == 200).then_some(())
+        });
+    };
+    for round in 0..ROUNDS {
+        let id = env.project_id();
+        let name = env.container(&id);
+        let password = secret("pw");
+        swarm.add_project_database(&id, &password);
+        let (old_jwt, new_jwt) = (secret("jwtold"), secret("jwtnew"));
+
+        let started = Instant::now();
+        env.write_state(&id, &state_toml(&old_jwt, &password));
+        serving(&name);
+        let manager_time = started.elapsed();
+
+        // The same spec, by hand: the manager's service spec under another name.
+        let spec = swarm.ok(&["service", "inspect", &name, "--format", "{{json .Spec}}"]);
+        let mut spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+        let by_hand = format!("byhand{round}x{}", std::process::id());
+        spec["Name"] = serde_json::Value::String(by_hand.clone());
+        spec["Labels"] = serde_json::json!({});
+        let started = Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--unix-socket"])
+            .arg(&socket)
+            .args(["-H", "Content-Type: application/json", "-d"])
+            .arg(spec.to_string())
+            .arg("http://docker/services/create")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serving(&by_hand);
+        let by_hand_time = started.elapsed();
+        swarm.ok(&["service", "rm", &by_hand]);
+
+        let url = format!("http://{name}:3000/");
+        let load = swarm.ok(&[
+            "run", "-d", "--network", &swarm.network, "--entrypoint", "sh", &image(), "-c",
+            &format!("while true; do if timeout 5 wget -q -O /dev/null {url}; then echo ok; else echo FAIL; fi; done"),
+        ]);
+        let log = || String::from_utf8_lossy(&swarm.docker(&["logs", &load]).stdout).into_owned();
+        wait_until("the load client's first answers", || {
+            (log().matches("ok").count() >= 5).then_some(())
+        });
+        let started = Instant::now();
+        env.write_state(&id, &state_toml(&new_jwt, &password));
+        wait_until_for("the new secret in force", Duration::from_secs(120), || {
+            (swarm.get(&url, Some(&jwt(&new_jwt, "authenticated")))? == 200).then_some(())
+        });
+        let rotation = started.elapsed();
+        swarm.ok(&["kill", &load]);
+        let answers = log();
+        swarm.ok(&["rm", "-f", &load]);
+        println!(
+            "round {round}: file->serving {:.2} s, service create->serving {:.2} s ({:.2}x), \
+             rotation->new secret in force {:.2} s, requests ok {} failed {}",
+            manager_time.as_secs_f64(),
+            by_hand_time.as_secs_f64(),
+            manager_time.as_secs_f64() / by_hand_time.as_secs_f64(),
+            rotation.as_secs_f64(),
+            answers.matches("ok").count(),
+            answers.matches("FAIL").count(),
+        );
+    }
+}
