@@ -119,6 +119,18 @@ pub struct ServeArgs {
     /// Docker daemon address (as for the docker CLI); the local socket when unset.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// What runs each project's PostgREST: `docker`, one container on this Docker host (a
+    /// config change is a reload signal), or `swarm`, one Swarm service on an attachable
+    /// overlay network (`PGM_NETWORK`), its config in a Swarm secret, every change a rolling
+    /// service update. The daemon must be a Swarm manager.
+    #[arg(long, env = "PGM_ORCHESTRATOR", default_value = "docker", value_parser = ["docker", "swarm"])]
+    pub orchestrator: String,
+    /// With `swarm`: how clients reach a service. `vip`, one virtual IP per service that
+    /// Swarm balances with the kernel's IPVS; `dnsrr`, the service name resolves to its
+    /// tasks' own addresses (for kernels without IPVS, where a virtual IP answers "No route
+    /// to host").
+    #[arg(long, env = "PGM_SWARM_ENDPOINT_MODE", default_value = "vip", value_parser = ["vip", "dnsrr"])]
+    pub swarm_endpoint_mode: String,
     /// Caddy's admin API (`http://<host>:<port>`): when set, the manager keeps one route per
     /// project there (`/db/<id>/` -> `postgrest-<id>:3000`). Unset: no Caddy calls at all.
     #[arg(long, env = "PGM_CADDY_ADMIN_URL")]
@@ -283,6 +295,12 @@ pub struct DockerArgs {
     /// Docker daemon address (as for the docker CLI); the local socket when unset.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// What the manager runs each project's PostgREST as: `docker`, one container on this Docker host (a
+    /// config change is a reload signal), or `swarm`, one Swarm service on an attachable
+    /// overlay network (`PGM_NETWORK`), its config in a Swarm secret, every change a rolling
+    /// service update. The daemon must be a Swarm manager.
+    #[arg(long, env = "PGM_ORCHESTRATOR", default_value = "docker", value_parser = ["docker", "swarm"])]
+    pub orchestrator: String,
 }
 
 /// Waiting for the running manager to act on a change.

@@ -10,7 +10,7 @@ use postgrest_manager::args::{Cli, Command};
 use postgrest_manager::metrics::{self, Metrics};
 use postgrest_manager::reconcile::{Controller, Handle};
 use postgrest_manager::render::ADMIN_PORT;
-use postgrest_manager::runtime::docker::DockerRuntime;
+use postgrest_manager::runtime::engine::Engine;
 use postgrest_manager::runtime::metered::Metered;
 use postgrest_manager::runtime::Runtime;
 use postgrest_manager::settings::Settings;
@@ -118,7 +118,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Nothing is counted unless someone can read it.
     let metrics = metrics_listener.as_ref().map(|_| Metrics::new());
     let docker = Arc::new(Metered::new(
-        DockerRuntime::new(settings.docker_host.as_deref()),
+        Engine::new(
+            settings.orchestrator,
+            settings.docker_host.as_deref(),
+            cfg.template.spec_key.clone(),
+            settings.swarm_endpoint,
+        ),
         metrics.clone(),
     ));
     let state_dir = cfg.state.path().to_owned();

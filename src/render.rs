@@ -163,7 +163,7 @@ impl RenderedConfig {
 }
 
 /// Everything the runtime needs to create one project's container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,
@@ -187,6 +187,37 @@ pub struct ContainerSpec {
     pub tmpfs: BTreeMap<String, String>,
     pub healthcheck: Vec<String>,
     pub healthcheck_interval_secs: u64,
+    /// Swarm placement constraints (the project's `placement`); a container ignores them.
+    pub placement: Vec<String>,
+}
+
+/// What `#[derive(Debug)]` prints, with `placement` only when there is one: the spec-hash
+/// hashes this text, so a project without placement keeps the hash (and the container) it
+/// had before the field existed (`render::tests::debug_is_the_derived_one_without_placement`).
+impl std::fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("ContainerSpec");
+        s.field("name", &self.name)
+            .field("image", &self.image)
+            .field("network", &self.network)
+            .field("aliases", &self.aliases)
+            .field("labels", &self.labels)
+            .field("config_source", &self.config_source)
+            .field("user", &self.user)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("memory_swap_bytes", &self.memory_swap_bytes)
+            .field("nano_cpus", &self.nano_cpus)
+            .field("pids_limit", &self.pids_limit)
+            .field("log_options", &self.log_options)
+            .field("stop_grace_secs", &self.stop_grace_secs)
+            .field("tmpfs", &self.tmpfs)
+            .field("healthcheck", &self.healthcheck)
+            .field("healthcheck_interval_secs", &self.healthcheck_interval_secs);
+        if !self.placement.is_empty() {
+            s.field("placement", &self.placement);
+        }
+        s.finish()
+    }
 }
 
 /// One project rendered: its config file, its container and the hash of what only a new
@@ -339,7 +370,7 @@ pub fn render(spec: &Spec, template: &Template) -> Rendered {
     let _ = writeln!(text, "# reload-token {}", spec.reload_token);
     let digest = sha256_hex(text.as_bytes());
 
-    let container = container_spec(&spec.id, template);
+    let container = container_spec(&spec.id, template, &spec.placement);
 
     // The spec-hash covers the container's whole shape and the keys a reload cannot change,
     // the database password among them. Labels travel where configs never go (event streams,
@@ -378,7 +409,7 @@ pub fn owner_labels(instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
+fn container_spec(id: &ProjectId, template: &Template, placement: &[String]) -> ContainerSpec {
     let mut labels = owner_labels(&template.instance);
     labels.insert(LABEL_PROJECT.to_owned(), id.to_string());
     // The wrapper writes its PID file to /run; PostgREST itself needs no writable disk.
@@ -418,11 +449,82 @@ fn container_spec(id: &ProjectId, template: &Template) -> ContainerSpec {
         tmpfs,
         healthcheck: vec!["CMD".into(), "/usr/local/bin/healthcheck.sh".into()],
         healthcheck_interval_secs: template.healthcheck_interval_secs,
+        placement: placement.to_vec(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+
+    /// `ContainerSpec`'s hand-written `Debug` (which the spec-hash hashes) is exactly what the
+    /// derive printed before `placement` existed, so no container is recreated by the upgrade;
+    /// a placement adds itself.
+    #[test]
+    fn debug_is_the_derived_one_without_placement() {
+        mod before {
+            use std::collections::BTreeMap;
+            use std::path::PathBuf;
+            #[derive(Debug)]
+            #[allow(dead_code)]
+            pub struct ContainerSpec {
+                pub name: String,
+                pub image: String,
+                pub network: String,
+                pub aliases: Vec<String>,
+                pub labels: BTreeMap<String, String>,
+                pub config_source: PathBuf,
+                pub user: String,
+                pub memory_bytes: i64,
+                pub memory_swap_bytes: i64,
+                pub nano_cpus: i64,
+                pub pids_limit: i64,
+                pub log_options: BTreeMap<String, String>,
+                pub stop_grace_secs: u64,
+                pub tmpfs: BTreeMap<String, String>,
+                pub healthcheck: Vec<String>,
+                pub healthcheck_interval_secs: u64,
+            }
+        }
+        let spec = Spec::parse(
+            ProjectId::parse("p1").unwrap(),
+            &format!(
+                "jwt_secret = \"{}\"\nauthenticator_password = \"pw\"\n",
+                "s".repeat(32)
+            ),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let template = Template::for_tests("i", dir.path().to_owned(), 10001);
+        let c = render(&spec, &template).container;
+        let old = before::ContainerSpec {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            network: c.network.clone(),
+            aliases: c.aliases.clone(),
+            labels: c.labels.clone(),
+            config_source: c.config_source.clone(),
+            user: c.user.clone(),
+            memory_bytes: c.memory_bytes,
+            memory_swap_bytes: c.memory_swap_bytes,
+            nano_cpus: c.nano_cpus,
+            pids_limit: c.pids_limit,
+            log_options: c.log_options.clone(),
+            stop_grace_secs: c.stop_grace_secs,
+            tmpfs: c.tmpfs.clone(),
+            healthcheck: c.healthcheck.clone(),
+            healthcheck_interval_secs: c.healthcheck_interval_secs,
+        };
+        assert_eq!(format!("{c:?}"), format!("{old:?}"));
+        let mut placed = c;
+        placed.placement = vec!["node.role==worker".into()];
+        assert_eq!(
+            format!("{placed:?}"),
+            format!(
+                "{}, placement: [\"node.role==worker\"] }}",
+                format!("{old:?}").trim_end_matches(" }")
+            )
+        );
+    }
     use super::*;
     use crate::spec::{Secret, SpecFile};
 
@@ -543,7 +645,10 @@ admin-server-port = 3001
         let canonical_of = |password: &str| {
             let spec = spec_with(|f| f.authenticator_password = Secret::new(password));
             let rendered = render(&spec, &template());
-            let mut canonical = format!("{:?}\n", container_spec(&spec.id, &template()));
+            let mut canonical = format!(
+                "{:?}\n",
+                container_spec(&spec.id, &template(), &spec.placement)
+            );
             for (key, value, reload) in keys(&spec, &template()) {
                 if reload == Reload::No {
                     let _ = writeln!(canonical, "{key}={}", render_value(&value));

@@ -6,8 +6,10 @@
 
 pub mod docker;
 mod docker_logs;
+pub mod engine;
 pub mod fake;
 pub mod metered;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,6 +33,8 @@ pub enum RuntimeError {
     Other(String),
 }
 
+/// Which kind of engine runs PostgREST, as the planner needs to know it.
+pub use crate::plan::Orchestrator;
 /// Container states as Docker reports them.
 pub use crate::plan::State;
 
@@ -68,6 +72,23 @@ pub struct ContainerInfo {
     pub ip: Option<IpAddr>,
     /// The exit code of its last run, while it is exited or being restarted.
     pub exit_code: Option<i64>,
+    /// A Swarm service's tasks (`None` for a container).
+    pub tasks: Option<Tasks>,
+}
+
+/// A Swarm service's tasks, as the status shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tasks {
+    /// Tasks Swarm wants running (the replicas).
+    pub desired: u64,
+    /// Tasks running (for PostgREST: their `/ready` check passed).
+    pub running: u64,
+    /// The nodes the running tasks are on (Swarm's node ids, shortened, or hostnames).
+    pub nodes: Vec<String>,
+    /// The newest task error Swarm recorded (`task: non-zero exit (1)`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl ContainerInfo {
@@ -183,4 +204,28 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         lines: usize,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// What this runtime runs PostgREST as: containers (the default) or Swarm services. The
+    /// planner plans by it, and the readiness watch takes a Swarm task's health as "serves".
+    fn orchestrator(&self) -> Orchestrator {
+        Orchestrator::Docker
+    }
+
+    /// Swarm only: updates the service `id` to `spec` (its config file as a new secret),
+    /// start-first, and returns once the new tasks serve; `restart_token` changing restarts
+    /// the tasks even when nothing else changed (a schema reload). A runtime of containers
+    /// cannot: it answers `Other`, and its planner never asks.
+    fn update(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        restart_token: u64,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (id, spec, restart_token);
+        async {
+            Err(RuntimeError::Other(
+                "service updates need PGM_ORCHESTRATOR=swarm".into(),
+            ))
+        }
+    }
 }

@@ -10,8 +10,10 @@ use crate::args::ServeArgs;
 use crate::caddy::AdminUrl;
 use crate::configs::ConfigDir;
 use crate::pgbouncer::PgBouncerConfig;
+use crate::plan::Orchestrator;
 use crate::reconcile::LoopConfig;
 use crate::render::Template;
+use crate::runtime::swarm::EndpointMode;
 use crate::spec::Secret;
 use crate::spec_key::SpecKey;
 use crate::state_dir::StateDir;
@@ -77,6 +79,10 @@ fn check_config_uid(uid: u32, passwd_path: &Path) -> Result<(), SettingsError> {
 pub struct Settings {
     pub reconcile: LoopConfig,
     pub docker_host: Option<String>,
+    /// `PGM_ORCHESTRATOR`: containers or Swarm services.
+    pub orchestrator: Orchestrator,
+    /// `PGM_SWARM_ENDPOINT_MODE`: a virtual IP per service, or DNS round robin.
+    pub swarm_endpoint: EndpointMode,
     pub api: Option<ApiSettings>,
     /// Caddy's admin API, when the manager keeps the routes there.
     pub caddy: Option<AdminUrl>,
@@ -98,6 +104,14 @@ pub struct ApiSettings {
 pub struct SettingsError {
     setting: &'static str,
     reason: String,
+}
+
+/// `PGM_ORCHESTRATOR`'s value (clap accepted only `docker` or `swarm`).
+pub fn orchestrator(value: &str) -> Orchestrator {
+    match value {
+        "swarm" => Orchestrator::Swarm,
+        _ => Orchestrator::Docker,
+    }
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> SettingsError {
@@ -282,6 +296,15 @@ impl TryFrom<ServeArgs> for Settings {
             .map(str::parse::<AdminUrl>)
             .transpose()
             .map_err(|e| invalid("PGM_CADDY_ADMIN_URL", e.to_string()))?;
+        let orchestrator = orchestrator(&args.orchestrator);
+        if orchestrator == Orchestrator::Swarm && args.pgbouncer_include.is_some() {
+            // The pool sync signals a PgBouncer container on this host; a Swarm task may run
+            // on any node and cannot be signalled through Swarm.
+            return Err(invalid(
+                "PGM_PGBOUNCER_INCLUDE",
+                "is not supported with PGM_ORCHESTRATOR=swarm",
+            ));
+        }
         let pgbouncer = match args.pgbouncer_include {
             None => None,
             Some(include) => Some(pgbouncer_config(
@@ -306,6 +329,11 @@ impl TryFrom<ServeArgs> for Settings {
                 replace_timeout: Duration::from_secs(args.replace_timeout_secs),
             },
             docker_host: args.docker_host,
+            orchestrator,
+            swarm_endpoint: match args.swarm_endpoint_mode.as_str() {
+                "dnsrr" => EndpointMode::DnsRoundRobin,
+                _ => EndpointMode::VirtualIp,
+            },
             api,
             caddy,
             metrics_listen: args.metrics_listen,

@@ -132,6 +132,11 @@ pub struct ProjectView {
     /// manager's probe last found; absent until the first probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    /// Swarm (`PGM_ORCHESTRATOR=swarm`): the service's tasks, running of desired, their
+    /// nodes and the last task error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub tasks: Option<crate::runtime::Tasks>,
     /// With Caddy configured, for an enabled project: `in place`, or `pending: <why>` while
     /// the manager cannot bring Caddy's routes in step.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,6 +250,7 @@ impl ProjectView {
             docker_id: container.map(|c| c.id.clone()),
             health: container.map(|c| c.health.to_string()),
             ready,
+            tasks: container.and_then(|c| c.tasks.clone()),
             route: None,
             pool: None,
             reason: (!serving).then(|| reason(status, desired)),

@@ -266,6 +266,8 @@ pub(super) async fn put_project(
             let token = current.as_ref().and_then(|f| f.reload_token);
             // Not part of PUT's body: a schema reload is asked for through its own endpoint.
             let schema_token = current.as_ref().and_then(|f| f.schema_reload_token);
+            // Nor is Swarm placement, which lives in the project file only: kept.
+            let placement = current.as_ref().and_then(|f| f.placement.clone());
             Ok(SpecFile {
                 jwt_secret: body.jwt_secret,
                 authenticator_password: body.authenticator_password,
@@ -282,6 +284,7 @@ pub(super) async fn put_project(
                 reserve_pool: body.reserve_pool,
                 reload_token: body.reload_token.or(token),
                 schema_reload_token: schema_token,
+                placement,
             })
         })
         .await?;

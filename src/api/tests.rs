@@ -573,6 +573,7 @@ async fn foreign_container_is_409() {
         health: Health::None,
         ip: None,
         exit_code: None,
+        tasks: None,
     });
     let (status, body) = h
         .call(

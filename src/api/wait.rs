@@ -232,14 +232,17 @@ impl Ctx {
                 .get(&spec.id)
                 .and_then(|p| p.container.clone());
             if let Some(container) = container {
-                if let Some(ip) = container.ip {
-                    if probe::ready(ip, self.cfg.admin_port, PROBE_TIMEOUT)
+                let serves = match container.ip {
+                    Some(ip) => probe::ready(ip, self.cfg.admin_port, PROBE_TIMEOUT)
                         .await
-                        .is_ok()
-                    {
-                        self.wait_routed(&spec.id, deadline).await?;
-                        return Ok(container);
-                    }
+                        .is_ok(),
+                    // No address the manager can reach (a Swarm service: its tasks live on an
+                    // overlay network): the loop's readiness, a task whose `/ready` check passed.
+                    None => container.ready == Readiness::Ready,
+                };
+                if serves {
+                    self.wait_routed(&spec.id, deadline).await?;
+                    return Ok(container);
                 }
             }
             if Instant::now() + interval >= deadline {

@@ -37,6 +37,27 @@ fn text(value: &Value) -> String {
 }
 
 /// `yes`, `no`, or `-` before the first probe.
+/// A Swarm service's tasks in one line: `1/1 running (node abc); last task error: ...`.
+fn tasks(view: &Value) -> Option<String> {
+    let tasks = view.get("tasks").filter(|t| t.is_object())?;
+    let mut line = format!(
+        "{}/{} running",
+        tasks["running"].as_u64().unwrap_or(0),
+        tasks["desired"].as_u64().unwrap_or(0)
+    );
+    let nodes: Vec<&str> = tasks["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !nodes.is_empty() {
+        line.push_str(&format!(" (node {})", nodes.join(", ")));
+    }
+    if let Some(error) = tasks["lastError"].as_str() {
+        line.push_str(&format!("; last task error: {error}"));
+    }
+    Some(line)
+}
+
 fn ready(view: &Value) -> &'static str {
     match view["ready"].as_bool() {
         Some(true) => "yes",
@@ -111,6 +132,9 @@ fn describe(view: &Value) -> String {
             lines.push(format!("{label:<12} {}", text(&view[key])));
         }
     }
+    if let Some(tasks) = tasks(view) {
+        lines.push(format!("{:<12} {tasks}", "tasks:"));
+    }
     lines.push("events:".to_owned());
     match view["events"].as_array() {
         Some(events) if !events.is_empty() => {
@@ -157,5 +181,23 @@ mod tests {
             table.starts_with("PROJECT  DESIRED  ACTUAL   READY  HEALTH"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn describe_shows_a_services_tasks() {
+        let view = serde_json::json!({
+            "projectId": "p1", "desired": "enabled", "status": "running", "converged": true,
+            "tasks": {"desired": 1, "running": 1, "nodes": ["n2"],
+                      "lastError": "task: non-zero exit (1) (failed)"}
+        });
+        let text = describe(&view);
+        assert!(
+            text.contains(
+                "tasks:       1/1 running (node n2); last task error: task: non-zero exit (1) (failed)"
+            ),
+            "{text}"
+        );
+        let container = serde_json::json!({"projectId": "p1", "status": "running"});
+        assert!(!describe(&container).contains("tasks:"));
     }
 }

@@ -13,10 +13,11 @@ use sha2::{Digest, Sha256};
 use super::{failed, usage, CliError};
 use crate::args::ServeArgs;
 use crate::configs::ConfigDir;
+use crate::plan::Orchestrator;
 use crate::plan::{self, Observed, Preview, Want};
 use crate::reconcile::LoopConfig;
 use crate::render::{self, owner_labels, Rendered};
-use crate::runtime::docker::DockerRuntime;
+use crate::runtime::engine::Engine;
 use crate::runtime::{ContainerInfo, Runtime};
 use crate::settings::Settings;
 use crate::spec::ProjectId;
@@ -28,7 +29,7 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
 const WORK: u8 = 2;
 
 /// `serve`'s settings, without its API: `plan` and `diff` render exactly as the manager does.
-fn loop_config(serve: ServeArgs) -> Result<(LoopConfig, Option<String>), CliError> {
+fn loop_config(serve: ServeArgs) -> Result<(LoopConfig, Option<String>, Orchestrator), CliError> {
     let serve = ServeArgs {
         no_api: true,
         ..serve
@@ -41,7 +42,11 @@ fn loop_config(serve: ServeArgs) -> Result<(LoopConfig, Option<String>), CliErro
     if let Some(key) = SpecKey::load(cfg.configs.path()).map_err(|e| usage(e.to_string()))? {
         cfg.template.spec_key = key;
     }
-    Ok((settings.reconcile, settings.docker_host))
+    Ok((
+        settings.reconcile,
+        settings.docker_host,
+        settings.orchestrator,
+    ))
 }
 
 fn load(cfg: &LoopConfig) -> Result<Loaded, CliError> {
@@ -55,6 +60,7 @@ fn load(cfg: &LoopConfig) -> Result<Loaded, CliError> {
 /// What the planner needs from Docker: our containers, and for wanted projects without one,
 /// whoever holds their name.
 fn observe_docker(
+    orchestrator: Orchestrator,
     docker_host: Option<&str>,
     instance: &str,
     wanted: Vec<String>,
@@ -64,7 +70,9 @@ fn observe_docker(
         .build()
         .map_err(|e| failed(e.to_string()))?;
     runtime.block_on(async {
-        let docker = DockerRuntime::new(docker_host);
+        // Lists only: the key names no secret here.
+        let key = SpecKey::from_bytes([0; 32]);
+        let docker = Engine::new(orchestrator, docker_host, key, Default::default());
         let look = async {
             docker.ping().await?;
             let ours = docker.list(&owner_labels(instance)).await?;
@@ -117,7 +125,7 @@ struct PlanLine<'a> {
 /// The plan, per project. An invalid file counts as frozen here: the running manager may
 /// still hold its last good spec, which only it knows.
 fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
-    let (cfg, docker_host) = loop_config(serve)?;
+    let (cfg, docker_host, orchestrator) = loop_config(serve)?;
     let loaded = load(&cfg)?;
     let mut wants: BTreeMap<ProjectId, Want> = BTreeMap::new();
     let mut rendered: BTreeMap<ProjectId, Rendered> = BTreeMap::new();
@@ -143,7 +151,12 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
         .filter(|(_, spec)| spec.enabled)
         .map(|(id, _)| id.container_name())
         .collect();
-    let (ours, holders) = observe_docker(docker_host.as_deref(), &cfg.template.instance, names)?;
+    let (ours, holders) = observe_docker(
+        orchestrator,
+        docker_host.as_deref(),
+        &cfg.template.instance,
+        names,
+    )?;
     let containers: Vec<plan::Container> = ours
         .iter()
         .filter_map(|c| {
@@ -179,6 +192,7 @@ fn previews(serve: ServeArgs) -> Result<Vec<Preview>, CliError> {
             .schema_seen()
             .map_err(|e| failed(format!("{}: {e}", cfg.configs.path().display())))?,
         blue_green: cfg.blue_green,
+        orchestrator,
     };
     let planned = plan::plan(&wants, &observed);
     let changes = |id: &ProjectId| {
@@ -318,7 +332,7 @@ pub(super) fn run_diff(serve: ServeArgs, raw_id: &str) -> ExitCode {
 
 fn diff(serve: ServeArgs, raw_id: &str) -> Result<(String, bool), CliError> {
     let id = ProjectId::parse(raw_id).map_err(|e| usage(e.to_string()))?;
-    let (cfg, _) = loop_config(serve)?;
+    let (cfg, _, _) = loop_config(serve)?;
     let spec = match cfg.state.read(&id) {
         Ok(Some(spec)) => spec,
         Ok(None) => {

@@ -9,9 +9,10 @@ use serde::Serialize;
 use super::{failed, CliError};
 use crate::args::{DockerArgs, WaitArgs};
 use crate::render::owner_labels;
-use crate::runtime::docker::DockerRuntime;
+use crate::runtime::engine::Engine;
 use crate::runtime::{ContainerInfo, Runtime, State};
 use crate::spec::{DesiredState, ProjectId};
+use crate::spec_key::SpecKey;
 use crate::state_dir::{Loaded, StateDir};
 
 /// How long a look at Docker may take before the actual state is "unknown".
@@ -44,7 +45,13 @@ fn our_containers(docker: &DockerArgs) -> Option<Vec<ContainerInfo>> {
         .build()
         .ok()?;
     runtime.block_on(async {
-        let docker_runtime = DockerRuntime::new(docker.docker_host.as_deref());
+        // Lists only: the key names no secret here.
+        let docker_runtime = Engine::new(
+            crate::settings::orchestrator(&docker.orchestrator),
+            docker.docker_host.as_deref(),
+            SpecKey::from_bytes([0; 32]),
+            Default::default(),
+        );
         let labels = owner_labels(&docker.instance);
         let list = async {
             docker_runtime.ping().await?;
@@ -212,6 +219,7 @@ mod tests {
         let docker = DockerArgs {
             instance: "none".into(),
             docker_host: Some("unix:///nonexistent/docker.sock".into()),
+            orchestrator: "docker".into(),
         };
 
         let rows = status_rows(&state, &docker, None).unwrap_or_else(|e| panic!("{}", e.message));

@@ -107,6 +107,7 @@ impl Env {
             health: Health::None,
             ip: None,
             exit_code: None,
+            tasks: None,
         });
     }
 

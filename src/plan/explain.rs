@@ -31,6 +31,8 @@ pub enum Verb {
     ReloadSchema,
     Remove,
     RemoveConfig,
+    /// Swarm: a rolling service update (a new secret, start-first).
+    Update,
     /// Converged, or nothing the loop may do (paused by hand, being restarted by Docker).
     Nothing,
     /// An invalid file and no last good spec: nothing is touched until it is fixed.
@@ -51,6 +53,7 @@ impl Verb {
             Verb::ReloadSchema => "reload schema",
             Verb::Remove => "remove",
             Verb::RemoveConfig => "remove config",
+            Verb::Update => "update",
             Verb::Nothing => "nothing",
             Verb::Frozen => "frozen",
             Verb::Conflict => "conflict",
@@ -339,6 +342,20 @@ fn explain(
                 _ => "file deleted",
             };
             (Verb::Remove, format!("remove: {why}"))
+        }
+        Action::Update { .. } => {
+            let why = match (changed(false), changed(true)) {
+                (Some(a), Some(b)) => format!("{a}; {b}"),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => match observed.loaded.get(project) {
+                    Some(_) => "the service's shape, config or schema_reload_token changed".into(),
+                    None => "the service has no record of running the current config".into(),
+                },
+            };
+            (
+                Verb::Update,
+                format!("update: {why}; a rolling service update (start-first)"),
+            )
         }
         Action::RemoveConfig { .. } => (
             Verb::RemoveConfig,

@@ -6,6 +6,7 @@
 //! after that action is planned on the next pass.
 
 mod explain;
+mod swarm;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,6 +94,21 @@ pub struct Observed {
     /// The manager's `PGM_REPLACE` setting: a stale serving container is replaced blue/green
     /// (`true`) or removed and created anew (`false`, the old way).
     pub blue_green: bool,
+    /// What runs PostgREST: one container per project (`docker`), or one Swarm service per
+    /// project (`swarm`), where every change is a rolling [`Action::Update`].
+    pub orchestrator: Orchestrator,
+}
+
+/// What the runtime can do, as the planner needs to know it (`PGM_ORCHESTRATOR`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Orchestrator {
+    /// Containers on one Docker host: a config change is a reload signal, a new shape a
+    /// replacement or a recreation.
+    #[default]
+    Docker,
+    /// Swarm services: a config lives in an immutable secret, so every change (config, shape,
+    /// schema reload) is a service update that Swarm rolls out start-first.
+    Swarm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +157,12 @@ pub enum Action {
     },
     /// Remove a rendered config that no project wants any more.
     RemoveConfig { project: ProjectId },
+    /// Swarm only: update the service `container` to the desired spec and config (a new
+    /// secret, start-first, rolled back if the new task never turns healthy).
+    Update {
+        project: ProjectId,
+        container: String,
+    },
 }
 
 /// A container we did not create holds a wanted project's name: reported, never deleted.
@@ -187,7 +209,8 @@ impl Action {
             | Action::Reload { project, .. }
             | Action::ReloadSchema { project, .. }
             | Action::Remove { project, .. }
-            | Action::RemoveConfig { project } => project,
+            | Action::RemoveConfig { project }
+            | Action::Update { project, .. } => project,
         }
     }
 }
@@ -226,6 +249,7 @@ pub fn plan<W: Wanted>(desired: &BTreeMap<ProjectId, W>, observed: &Observed) ->
     plan
 }
 
+/// One project's plan, before the Docker/Swarm split.
 fn plan_project(
     project: &ProjectId,
     want: Option<&Want>,
@@ -239,6 +263,9 @@ fn plan_project(
         None => None,
     };
     let keep_config = desired.is_some();
+    if observed.orchestrator == Orchestrator::Swarm {
+        return swarm::plan_service(project, desired, containers, observed);
+    }
 
     // A container of ours under another name (renamed by hand) is surplus: the name is how a
     // project's one container is found.
@@ -432,6 +459,7 @@ mod tests {
         loaded: Option<(&'static str, &'static str)>,
         schema: Option<(&'static str, u64)>,
         blue_green: bool,
+        orchestrator: Orchestrator,
     }
 
     const EMPTY: World = World {
@@ -441,6 +469,7 @@ mod tests {
         loaded: None,
         schema: None,
         blue_green: false,
+        orchestrator: Orchestrator::Docker,
     };
 
     fn check(want: Option<Want>, world: World, expected: Option<Action>) {
@@ -468,6 +497,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             blue_green: world.blue_green,
+            orchestrator: world.orchestrator,
         };
         let plan = plan(&desired, &observed);
         assert_eq!(plan.actions, expected.into_iter().collect::<Vec<_>>());
@@ -1014,5 +1044,146 @@ mod tests {
             ])
         };
         check(None, both, remove_next(false));
+    }
+
+    /// Swarm: every difference (shape, config, schema token) is one `Update` of the same
+    /// service; what Docker mode reloads, replaces or recreates.
+    #[test]
+    fn swarm_plans_updates_where_docker_reloads_replaces_or_recreates() {
+        let swarm = |containers, loaded, schema| World {
+            containers,
+            loaded,
+            schema,
+            orchestrator: Orchestrator::Swarm,
+            blue_green: true,
+            ..EMPTY
+        };
+        let update = Some(Action::Update {
+            project: p("a"),
+            container: "c1".into(),
+        });
+        // Converged: the service's hash, the config it was updated with, the schema token.
+        check(
+            Some(want(true, "h", "d")),
+            swarm(running("h"), Some(("c1", "d")), None),
+            None,
+        );
+        // No service: create (a service, by the runtime).
+        check(
+            Some(want(true, "h", "d")),
+            swarm(vec![], None, None),
+            Some(Action::Create { project: p("a") }),
+        );
+        // A new config (JWT, password): Docker would reload; Swarm updates.
+        check(
+            Some(want(true, "h", "new")),
+            swarm(running("h"), Some(("c1", "d")), None),
+            update.clone(),
+        );
+        // No record of the config in force (a manager that never saw it): update.
+        check(
+            Some(want(true, "h", "d")),
+            swarm(running("h"), None, None),
+            update.clone(),
+        );
+        // A new shape (image, resources), serving or not: Docker would replace or
+        // recreate; Swarm updates (it starts the new task beside the old one).
+        let mut serving = container("a", "c1", State::Running, "old");
+        serving.serving = Some(true);
+        check(
+            Some(want(true, "new", "d")),
+            swarm(vec![serving], Some(("c1", "d")), None),
+            update.clone(),
+        );
+        check(
+            Some(want(true, "new", "d")),
+            swarm(running("old"), Some(("c1", "d")), None),
+            update.clone(),
+        );
+        // A schema reload: tasks cannot be signalled through Swarm; the update restarts them.
+        let mut bumped = want(true, "h", "d");
+        if let Want::Spec(d) = &mut bumped {
+            d.schema_token = 3;
+        }
+        check(
+            Some(bumped.clone()),
+            swarm(running("h"), Some(("c1", "d")), Some(("c1", 2))),
+            update,
+        );
+        check(
+            Some(bumped),
+            swarm(running("h"), Some(("c1", "d")), Some(("c1", 3))),
+            None,
+        );
+        // Swarm is rolling out or back: wait for it.
+        check(
+            Some(want(true, "new", "d")),
+            swarm(
+                vec![container("a", "c1", State::Restarting, "old")],
+                Some(("c1", "d")),
+                None,
+            ),
+            None,
+        );
+    }
+
+    #[test]
+    fn swarm_removes_services_and_reports_conflicts() {
+        let swarm = |containers, config_dir| World {
+            containers,
+            config_dir,
+            orchestrator: Orchestrator::Swarm,
+            ..EMPTY
+        };
+        check(
+            None,
+            swarm(running("h"), true),
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c1".into(),
+                keep_config: false,
+            }),
+        );
+        check(
+            Some(want(false, "h", "d")),
+            swarm(running("h"), true),
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c1".into(),
+                keep_config: true,
+            }),
+        );
+        check(
+            None,
+            swarm(vec![], true),
+            Some(Action::RemoveConfig { project: p("a") }),
+        );
+        let mut renamed = container("a", "c2", State::Running, "h");
+        renamed.name = "by-hand".into();
+        check(
+            Some(want(true, "h", "d")),
+            swarm(vec![renamed], false),
+            Some(Action::Remove {
+                project: p("a"),
+                container: "c2".into(),
+                keep_config: true,
+            }),
+        );
+        // A foreign service holds the name: a conflict, never an action.
+        let desired = BTreeMap::from([(p("a"), want(true, "h", "d"))]);
+        let observed = Observed {
+            foreign: BTreeMap::from([(p("a"), "f1".to_owned())]),
+            orchestrator: Orchestrator::Swarm,
+            ..Observed::default()
+        };
+        let plan = plan(&desired, &observed);
+        assert_eq!(plan.actions, []);
+        assert_eq!(
+            plan.conflicts,
+            [Conflict {
+                project: p("a"),
+                container: "f1".into()
+            }]
+        );
     }
 }

@@ -113,6 +113,12 @@ pub(super) enum Job {
     RemoveConfig {
         project: ProjectId,
     },
+    /// Swarm: write the config and update the service to it (a new secret, start-first).
+    Update {
+        project: ProjectId,
+        container: String,
+        rendered: Arc<Rendered>,
+    },
 }
 
 impl Job {
@@ -170,6 +176,11 @@ impl Job {
                 keep_config,
             },
             Action::RemoveConfig { project } => Job::RemoveConfig { project },
+            Action::Update { project, container } => Job::Update {
+                project,
+                container,
+                rendered: rendered()?,
+            },
         })
     }
 
@@ -183,7 +194,8 @@ impl Job {
             | Job::Reload { project, .. }
             | Job::ReloadSchema { project, .. }
             | Job::Remove { project, .. }
-            | Job::RemoveConfig { project } => project,
+            | Job::RemoveConfig { project }
+            | Job::Update { project, .. } => project,
         }
     }
 
@@ -199,6 +211,7 @@ impl Job {
             Job::Promote { .. } => "promote",
             Job::Remove { .. } => "remove",
             Job::RemoveConfig { .. } => "remove_config",
+            Job::Update { .. } => "update",
         }
     }
 
@@ -214,6 +227,7 @@ impl Job {
             Job::ReloadSchema { .. } => "ReloadSchema",
             Job::Remove { .. } => "Remove",
             Job::RemoveConfig { .. } => "RemoveConfig",
+            Job::Update { .. } => "Update",
         }
     }
 }
@@ -297,6 +311,20 @@ pub(super) async fn apply<R: Runtime>(
             .await
             .map_err(ActionError::Config)?;
             Ok(Outcome::Removed)
+        }
+        Job::Update {
+            project,
+            container,
+            rendered,
+        } => {
+            write_config(cfg, &project, &rendered).await?;
+            // Swarm rolls it out start-first and rolls it back when the new task never turns
+            // healthy; this returns once the new config is in force, or with why it is not.
+            runtime
+                .update(&container, &rendered.container, rendered.schema_token)
+                .await?;
+            schema_loaded(cfg, &project, &container, rendered.schema_token).await;
+            loaded(cfg, &project, container, &rendered, true).await
         }
         Job::RemoveConfig { project } => {
             let configs = cfg.configs.clone();

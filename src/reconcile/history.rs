@@ -37,6 +37,7 @@ impl Project {
             Job::ReloadSchema { rendered, .. } => (Verb::ReloadSchema, Some(rendered)),
             Job::Remove { .. } => (Verb::Remove, None),
             Job::RemoveConfig { .. } => (Verb::RemoveConfig, None),
+            Job::Update { rendered, .. } => (Verb::Update, Some(rendered)),
         };
         let reason = match &self.planned {
             Some((planned, reason)) if *planned == verb => reason
@@ -87,6 +88,10 @@ impl Project {
             Verb::Promote => (EventKind::Replaced, reason),
             Verb::Start => (EventKind::Healed, format!("{reason}; started again")),
             Verb::Reload => (EventKind::Reloaded, reason),
+            Verb::Update => (
+                EventKind::Reloaded,
+                format!("{reason}; the new task serves"),
+            ),
             Verb::ReloadSchema => (
                 EventKind::Reloaded,
                 "schema cache (SIGUSR1): schema_reload_token bumped".to_owned(),

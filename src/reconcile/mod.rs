@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::pgbouncer::{PgBouncerConfig, PoolSync};
 use crate::plan::{self, Observed};
 use crate::render::{owner_labels, Template};
-use crate::runtime::{ContainerInfo, Health, Runtime, RuntimeError, State};
+use crate::runtime::{ContainerInfo, Health, Orchestrator, Runtime, RuntimeError, State};
 use crate::spec::ProjectId;
 use crate::state_dir::{LoadCache, StateDir};
 use apply::{apply, ActionError, Job, Outcome};
@@ -424,6 +424,7 @@ impl<R: Runtime> Controller<R> {
             loaded: self.table.loaded(),
             schema: self.table.schema_seen(),
             blue_green: self.cfg.blue_green,
+            orchestrator: self.runtime.orchestrator(),
         };
         let plan = plan::plan(&self.table.projects, &observed);
         self.table.explain(&plan, &observed);
@@ -528,6 +529,9 @@ impl<R: Runtime> Controller<R> {
             .map(|c| ready::Target {
                 id: c.id.clone(),
                 ip: c.ip.filter(|_| c.state == State::Running),
+                // Swarm: a task runs only once its `/ready` health check passed.
+                serves: (self.runtime.orchestrator() == Orchestrator::Swarm)
+                    .then_some(c.health == Health::Healthy),
             })
             .collect();
         self.table.switched(&self.listing);

@@ -56,6 +56,9 @@ pub(super) struct Target {
     pub id: String,
     /// Its address, when it runs.
     pub ip: Option<IpAddr>,
+    /// What the runtime already knows (a Swarm task runs once its `/ready` check passed, and
+    /// the manager cannot reach the overlay network to probe it): no probe then.
+    pub serves: Option<bool>,
 }
 
 struct Known {
@@ -87,6 +90,7 @@ pub(super) async fn watch_readiness<R: Runtime>(
         let results: Vec<(Target, bool)> = futures_util::stream::iter(due)
             .map(|target| async move {
                 let ready = match target.ip {
+                    _ if target.serves.is_some() => target.serves == Some(true),
                     Some(ip) => probe::ready(ip, port, PROBE_TIMEOUT).await.is_ok(),
                     None => false,
                 };

@@ -170,6 +170,8 @@ pub struct ContainerView {
     pub ready: Readiness,
     /// The exit code of its last run, while it is exited or being restarted.
     pub exit_code: Option<i64>,
+    /// A Swarm service's tasks.
+    pub tasks: Option<crate::runtime::Tasks>,
 }
 
 /// The outside world's handle on a running loop: wake it, read its status.

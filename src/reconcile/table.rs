@@ -493,6 +493,7 @@ impl Table {
                 spec_hash: container.spec_hash().map(str::to_owned),
                 ready: readiness.get(&container.id).cloned().unwrap_or_default(),
                 exit_code: container.exit_code,
+                tasks: container.tasks.clone(),
             });
             let Some(project) = self.projects.get(&id) else {
                 continue;

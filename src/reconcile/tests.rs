@@ -341,6 +341,7 @@ async fn conflicts_are_reported_and_never_removed() {
         health: Health::None,
         ip: None,
         exit_code: None,
+        tasks: None,
     });
     env.write("p1", |_| {});
     let (handle, _stop, _task) = env.start();
@@ -397,6 +398,7 @@ async fn containers_of_other_instances_are_invisible() {
         health: Health::None,
         ip: None,
         exit_code: None,
+        tasks: None,
     });
     let (handle, _stop, _task) = env.start();
     handle.wake();
@@ -973,6 +975,7 @@ async fn every_kind_of_event_is_recorded_once_with_its_reason() {
         health: Health::None,
         ip: None,
         exit_code: None,
+        tasks: None,
     });
     env.write("p2", |_| {});
     let conflict = event(&handle, "p2", EventKind::Conflict, 1).await;

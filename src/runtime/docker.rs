@@ -51,6 +51,11 @@ impl DockerRuntime {
         }
     }
 
+    /// The client, for the Swarm runtime, which talks to the same daemon.
+    pub(super) fn client(&self) -> Result<Docker, RuntimeError> {
+        self.docker()
+    }
+
     fn docker(&self) -> Result<Docker, RuntimeError> {
         let mut client = self.client.lock().expect("never poisoned");
         if let Some(docker) = client.as_ref() {
@@ -174,6 +179,7 @@ fn info(summary: ContainerSummary) -> ContainerInfo {
         health: health(summary.status.as_deref()),
         exit_code: exit_code(summary.status.as_deref()),
         ip,
+        tasks: None,
     }
 }
 

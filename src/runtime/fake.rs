@@ -324,6 +324,7 @@ impl Runtime for FakeRuntime {
             health: Health::None,
             ip: None,
             exit_code: None,
+            tasks: None,
         };
         inner.containers.insert(id.clone(), info);
         Ok(id)

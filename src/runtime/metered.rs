@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::time::Instant;
 
-use super::{ContainerInfo, EventStream, LineStream, LogCursor, Runtime, RuntimeError};
+use super::{
+    ContainerInfo, EventStream, LineStream, LogCursor, Orchestrator, Runtime, RuntimeError,
+};
 use crate::metrics::{Metrics, Outcome};
 use crate::render::ContainerSpec;
 
@@ -102,6 +104,20 @@ impl<R: Runtime> Runtime for Metered<R> {
 
     async fn claim(&self, name: &str, holder: &str) -> Result<Option<String>, RuntimeError> {
         self.timed("claim", self.inner.claim(name, holder)).await
+    }
+
+    fn orchestrator(&self) -> Orchestrator {
+        self.inner.orchestrator()
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        restart_token: u64,
+    ) -> Result<(), RuntimeError> {
+        self.timed("update", self.inner.update(id, spec, restart_token))
+            .await
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {

@@ -102,7 +102,7 @@ impl fmt::Display for Secret {
 }
 
 /// The keys of a state file, in [`SpecFile`]'s order.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "jwt_secret",
     "authenticator_password",
     "enabled",
@@ -118,6 +118,7 @@ const FIELDS: [&str; 15] = [
     "reserve_pool",
     "reload_token",
     "schema_reload_token",
+    "placement",
 ];
 
 /// The wire form of `state/<id>.toml`. Unknown keys are rejected so a typo is an error.
@@ -157,6 +158,10 @@ pub struct SpecFile {
     /// never part of the config, so it never reloads the config or recreates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_reload_token: Option<u64>,
+    /// Swarm placement constraints (`PGM_ORCHESTRATOR=swarm`), e.g. `["node.role==worker",
+    /// "node.labels.zone!=eu-1"]`; containers on one Docker host ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Vec<String>>,
 }
 
 impl SpecFile {
@@ -178,6 +183,7 @@ impl SpecFile {
             reserve_pool: None,
             reload_token: None,
             schema_reload_token: None,
+            placement: None,
         }
     }
 
@@ -307,6 +313,8 @@ pub struct Spec {
     pub reserve_pool: u32,
     pub reload_token: u64,
     pub schema_reload_token: u64,
+    /// Swarm placement constraints, each checked (`check_placement`).
+    pub placement: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -378,6 +386,8 @@ impl Spec {
             return Err(field_error("db_pool", "must be between 1 and 1000"));
         }
         let (pool_size, reserve_pool) = check_pool(db_pool, file.pool_size, file.reserve_pool)?;
+        let placement = file.placement.unwrap_or_default();
+        check_placement(&placement)?;
         Ok(Spec {
             id,
             enabled: file.enabled.unwrap_or(true),
@@ -395,12 +405,62 @@ impl Spec {
             reserve_pool,
             reload_token: file.reload_token.unwrap_or(0),
             schema_reload_token: file.schema_reload_token.unwrap_or(0),
+            placement,
         })
     }
 
     pub fn parse(id: ProjectId, text: &str) -> Result<Spec, SpecError> {
         Spec::from_file(id, SpecFile::parse(text)?)
     }
+}
+
+/// The most placement constraints a project may have.
+const MAX_CONSTRAINTS: usize = 16;
+
+/// A Swarm placement constraint Docker accepts and means what it says: `<attribute><op><value>`
+/// with `==` or `!=`, a node or engine attribute Swarm knows, and a plain value (letters,
+/// digits, `.`, `_`, `-`), so nothing can smuggle a second constraint or an expression in.
+fn check_placement(constraints: &[String]) -> Result<(), SpecError> {
+    if constraints.len() > MAX_CONSTRAINTS {
+        return Err(field_error(
+            "placement",
+            format!("at most {MAX_CONSTRAINTS} constraints"),
+        ));
+    }
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    for constraint in constraints {
+        let bad = || {
+            field_error(
+                "placement",
+                "each constraint is `<attribute>==<value>` or `<attribute>!=<value>` with \
+                 node.id, node.hostname, node.role (manager or worker), node.platform.os, \
+                 node.platform.arch, node.labels.<name> or engine.labels.<name>, and a value \
+                 of letters, digits, `.`, `_` and `-`",
+            )
+        };
+        let (attribute, value) = constraint
+            .split_once("==")
+            .or_else(|| constraint.split_once("!="))
+            .ok_or_else(bad)?;
+        let (attribute, value) = (attribute.trim(), value.trim());
+        let known = match attribute {
+            "node.id" | "node.hostname" | "node.platform.os" | "node.platform.arch" => true,
+            "node.role" => matches!(value, "manager" | "worker"),
+            _ => attribute
+                .strip_prefix("node.labels.")
+                .or_else(|| attribute.strip_prefix("engine.labels."))
+                .is_some_and(plain),
+        };
+        if !known || !plain(value) {
+            return Err(bad());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -435,6 +495,38 @@ mod tests {
         ] {
             assert!(ProjectId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn placement_constraints_are_checked() {
+        let with = |placement: &str| {
+            let text = format!(
+                "jwt_secret = \"{SECRET}\"\nauthenticator_password = \"pw\"\nplacement = {placement}\n"
+            );
+            Spec::parse(id("p1"), &text)
+        };
+        let spec =
+            with(r#"["node.role==worker", "node.labels.zone != eu-1", "engine.labels.ssd==true"]"#)
+                .unwrap();
+        assert_eq!(spec.placement.len(), 3);
+        let none = format!("jwt_secret = \"{SECRET}\"\nauthenticator_password = \"pw\"\n");
+        assert!(Spec::parse(id("p1"), &none).unwrap().placement.is_empty());
+        for bad in [
+            r#"["node.role==boss"]"#,
+            r#"["node.role=worker"]"#,
+            r#"["node.labels.==x"]"#,
+            r#"["node.labels.zone==a,node.role==manager"]"#,
+            r#"["node.color==red"]"#,
+            r#"["node.hostname=="]"#,
+            r#"["node.hostname==a b"]"#,
+        ] {
+            match with(bad) {
+                Err(SpecError::Field { field, .. }) => assert_eq!(field, "placement", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let many = format!("[{}]", vec!["\"node.role==worker\""; 17].join(","));
+        assert!(with(&many).is_err());
     }
 
     #[test]

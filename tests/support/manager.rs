@@ -229,6 +229,11 @@ impl Manager {
         manager
     }
 
+    /// The file the manager's output goes to (it outlives the manager).
+    pub fn log_path(&self) -> PathBuf {
+        self.log_path.clone()
+    }
+
     /// Everything the manager printed so far, without terminal colour codes.
     pub fn log(&self) -> String {
         let raw = fs::read(&self.log_path).unwrap_or_default();

@@ -19,6 +19,7 @@
 pub mod launch;
 mod manager;
 pub mod private_daemon;
+pub mod swarm;
 
 pub use manager::*;
 
@@ -81,10 +82,22 @@ pub struct TestEnv {
     children: Mutex<Vec<Arc<Mutex<Child>>>>,
     projects: AtomicUsize,
     dir: Option<tempfile::TempDir>,
+    /// Whether `network` exists on the machine's daemon (with the test database on it).
+    on_machine_daemon: bool,
 }
 
 impl TestEnv {
     pub fn new() -> TestEnv {
+        let mut env = TestEnv::bare();
+        // After the env exists, so its drop removes the network even if connecting fails.
+        env.on_machine_daemon = true;
+        connect_database(&env.network);
+        env
+    }
+
+    /// An env that makes nothing on the machine's daemon (no network, no database): for a
+    /// test whose manager drives a private daemon with a database of its own (`swarm.rs`).
+    pub fn bare() -> TestEnv {
         let id = unique_id();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{id}-"))
@@ -94,7 +107,7 @@ impl TestEnv {
         let config_dir = dir.path().join("configs");
         fs::create_dir_all(&state_dir).unwrap();
         fs::create_dir_all(&config_dir).unwrap();
-        let env = TestEnv {
+        TestEnv {
             network: format!("{id}net"),
             instances: Mutex::new(vec![id.clone()]),
             instance: id,
@@ -103,10 +116,8 @@ impl TestEnv {
             children: Mutex::new(Vec::new()),
             projects: AtomicUsize::new(0),
             dir: Some(dir),
-        };
-        // After the env exists, so its drop removes the network even if connecting fails.
-        connect_database(&env.network);
-        env
+            on_machine_daemon: false,
+        }
     }
 
     /// Registers a child process: the env kills and reaps it on drop.
@@ -369,6 +380,12 @@ impl Drop for TestEnv {
                 args.extend(ids.iter().map(String::as_str));
                 let _ = docker(&args);
             }
+        }
+        if !self.on_machine_daemon {
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.close();
+            }
+            return;
         }
         // Whatever is still attached to the env's own network (a shared fixture a test
         // connected, a container of a foreign instance) is disconnected, not removed.

@@ -319,6 +319,12 @@ fn sweep_dead_runs() {
             }
         }
         drop(leftover);
+        // A three-node swarm's bridge namespace is named after its first node
+        // (`support::swarm::Cluster`).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &format!("{name}hub")])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
