@@ -602,6 +602,7 @@ fn a_stopped_old_container_hands_the_route_to_a_running_replacement_before_its_p
             health: Health::None,
             ip: None,
             exit_code: None,
+            tasks: None,
         }
     };
     let new_spec = cfg.state.read(&pid()).unwrap().unwrap();
