@@ -26,7 +26,8 @@ pub const PASS_FINISHED: &str = "pass finished";
 pub const FIRST_RECONCILE: &str = "first full reconcile done";
 
 /// How to start `postgrest-manager serve`. Everything is explicit: the child inherits no
-/// `PGM_*`, `INTERNAL_API_KEY`, `DOCKER_HOST` or `RUST_LOG` from the caller's environment.
+/// `PGM_*`, `INTERNAL_API_KEY` or `RUST_LOG` from the caller's environment. It inherits
+/// `DOCKER_HOST`, the daemon the tests' own `docker` commands talk to, unless told another.
 #[derive(Debug, Clone)]
 pub struct Serve {
     pub binary: PathBuf,
@@ -42,7 +43,7 @@ pub struct Serve {
     pub api_key: Option<String>,
     /// `--api-timeout-secs`; the product default when `None`.
     pub api_timeout_secs: Option<u64>,
-    /// `DOCKER_HOST`; the local socket when `None`.
+    /// `DOCKER_HOST`; the caller's (else the local socket) when `None`.
     pub docker_host: Option<String>,
     /// `RUST_LOG`.
     pub log_filter: String,
@@ -76,7 +77,6 @@ impl Serve {
         }
         command
             .env_remove("INTERNAL_API_KEY")
-            .env_remove("DOCKER_HOST")
             .env("RUST_LOG", &self.log_filter)
             // tracing's formatter colours only a terminal, but say it anyway: the harnesses
             // match `key=value` text.

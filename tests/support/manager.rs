@@ -54,7 +54,8 @@ pub struct ManagerOpts {
     pub image: Option<String>,
     /// `--api-timeout-secs`, instead of 120.
     pub api_timeout_secs: Option<u64>,
-    /// `DOCKER_HOST`, instead of the local socket.
+    /// `DOCKER_HOST`, instead of the tests' own daemon (the caller's `DOCKER_HOST`, else the
+    /// local socket).
     pub docker_host: Option<String>,
     /// Appended after the standard arguments.
     pub args: Vec<String>,

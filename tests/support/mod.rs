@@ -183,7 +183,6 @@ impl TestEnv {
             .args(args)
             .env("PGM_STATE_DIR", &self.state_dir)
             .env("PGM_INSTANCE", &self.instance)
-            .env_remove("DOCKER_HOST")
             .stdin(Stdio::null());
         command
     }

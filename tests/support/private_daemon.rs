@@ -68,7 +68,6 @@ impl PrivateDaemon {
         daemon.wait_answers();
         let mut save = Command::new("docker")
             .args(["save", &image()])
-            .env_remove("DOCKER_HOST")
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker save runs");

@@ -74,11 +74,10 @@ impl Swarm {
         swarm
     }
 
-    /// Copies `image` from the machine's daemon into the private one.
+    /// Copies `image` from the tests' daemon (`DOCKER_HOST`, else the machine's) into the private one.
     fn load(&self, image: &str) {
         let mut save = Command::new("docker")
             .args(["save", image])
-            .env_remove("DOCKER_HOST")
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker save runs");
