@@ -721,8 +721,12 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
     // healthcheck (30 s after its start) with the `health_status` event that wakes the loop.
     let healthy_by = fleet.ready_at + Duration::from_secs(45);
     let off = idle_window(bench, fleet, window, false, healthy_by).await?;
+    // Settled as long as a resync period at least, as the first window is: the restarted
+    // manager's first readiness round and first resync are behind it, so the two windows
+    // measure the same idleness (with 10 s, the second began amid the restart's aftermath).
     let on = if with_metrics {
-        Some(idle_window(bench, fleet, window, true, Instant::now()).await?)
+        let settled = Instant::now() + Duration::from_secs(resync.max(10));
+        Some(idle_window(bench, fleet, window, true, settled).await?)
     } else {
         None
     };
@@ -792,7 +796,7 @@ pub async fn idle(ctx: &mut Ctx) -> Result<(String, String), String> {
         let ratio = share(&on) / share(&off);
         body.push_str(&format!(
             "\nThe same window again with `--metrics-listen` on, the manager restarted and \
-             settled for 10 s, and `/metrics` scraped every {} s by the bench (Prometheus' \
+             settled for a resync period, and `/metrics` scraped every {} s by the bench (Prometheus' \
              default is 60 s):\n\n\
              | metrics | off | on | on / off |\n\
              |---|---|---|---|\n\

@@ -249,6 +249,13 @@ pub fn plan<W: Wanted>(desired: &BTreeMap<ProjectId, W>, observed: &Observed) ->
     plan
 }
 
+/// What follows `postgrest-<project>` in a container's name (`""` for the project's
+/// container, `"-next"` for its replacement), if the name starts so.
+fn name_suffix<'a>(name: &'a str, project: &ProjectId) -> Option<&'a str> {
+    name.strip_prefix("postgrest-")?
+        .strip_prefix(project.as_str())
+}
+
 /// One project's plan, before the Docker/Swarm split.
 fn plan_project(
     project: &ProjectId,
@@ -268,21 +275,19 @@ fn plan_project(
     }
 
     // A container of ours under another name (renamed by hand) is surplus: the name is how a
-    // project's one container is found.
-    let name = project.container_name();
-    let next_name = next_container_name(project);
-    if let Some(extra) = containers
-        .iter()
-        .find(|c| c.name != name && c.name != next_name)
-    {
+    // project's one container is found. Compared in place: the names are not formatted for
+    // each of a thousand projects per pass, most of which have no container.
+    let is_main = |c: &&&Container| name_suffix(&c.name, project) == Some("");
+    let is_next = |c: &&&Container| name_suffix(&c.name, project) == Some("-next");
+    if let Some(extra) = containers.iter().find(|c| !is_main(c) && !is_next(c)) {
         return act(Action::Remove {
             project: project.clone(),
             container: extra.id.clone(),
             keep_config: true,
         });
     }
-    let main = containers.iter().find(|c| c.name == name);
-    let next = containers.iter().find(|c| c.name == next_name);
+    let main = containers.iter().find(is_main);
+    let next = containers.iter().find(is_next);
 
     let Some(desired) = desired.filter(|d| d.enabled) else {
         // The replacement first: it is the one that does not serve the public yet.

@@ -104,6 +104,12 @@ impl Project {
 }
 
 impl Table {
+    /// No want changed since the last pass, whose plan was empty, and `observed` is the
+    /// world it planned against: the plan is empty again and its words stand.
+    pub fn unchanged_since_idle(&self, observed: &Observed) -> bool {
+        !self.wants_changed && self.explained.as_ref() == Some(observed)
+    }
+
     /// Puts the pass's plan into words, per project (published, and the reason of each
     /// action's event). The keys that changed come from the rendering the container loaded
     /// in this manager's life; after a restart of the manager the reason says what is known.
@@ -111,7 +117,7 @@ impl Table {
         // The usual idle pass: nothing to do, the same wants and the same world as the last
         // time, so the same words. Comparing costs far less than writing them again.
         let idle = plan.actions.is_empty() && plan.conflicts.is_empty();
-        if idle && !self.wants_changed && self.explained.as_ref() == Some(observed) {
+        if idle && self.unchanged_since_idle(observed) {
             return;
         }
         let changes = |id: &ProjectId| {

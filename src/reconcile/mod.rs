@@ -128,6 +128,8 @@ pub struct Controller<R: Runtime> {
     labels: BTreeMap<String, String>,
     wake_rx: mpsc::Receiver<()>,
     wake_tx: mpsc::Sender<()>,
+    /// [`Handle::wake_now`]: a pass at once, no debounce.
+    wake_now: Arc<tokio::sync::Notify>,
     /// Health changes from Docker's events: (container id, health).
     health_rx: mpsc::Receiver<(String, Health)>,
     health_tx: mpsc::Sender<(String, Health)>,
@@ -176,13 +178,15 @@ impl<R: Runtime> Controller<R> {
         let (switch_tx, switch_rx) = mpsc::unbounded_channel();
         let labels = owner_labels(&cfg.template.instance);
         let pools = cfg.pgbouncer.clone().map(PoolSync::new);
-        let handle = Handle::new(wake_tx.clone(), status_rx);
+        let wake_now = Arc::new(tokio::sync::Notify::new());
+        let handle = Handle::new(wake_tx.clone(), wake_now.clone(), status_rx);
         let controller = Controller {
             runtime,
             cfg: Arc::new(cfg),
             labels,
             wake_rx,
             wake_tx,
+            wake_now,
             health_rx,
             health_tx,
             ready_targets: watch::channel(Vec::new()).0,
@@ -263,6 +267,9 @@ impl<R: Runtime> Controller<R> {
                 () = &mut shutdown => break,
                 Some(()) = self.wake_rx.recv() => {
                     pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
+                }
+                () = self.wake_now.notified() => {
+                    pass_at = Some(Instant::now());
                 }
                 Some(change) = self.health_rx.recv() => {
                     // Health is shown, never acted on: patch the listing, no pass.
@@ -362,15 +369,21 @@ impl<R: Runtime> Controller<R> {
         let started = Instant::now();
         let state = self.cfg.state.clone();
         let mut cache = std::mem::take(&mut self.load_cache);
-        let (loaded, cache) =
-            tokio::task::spawn_blocking(move || (state.load_cached(&mut cache), cache))
-                .await
-                .expect("loading never panics");
+        let first = !self.reconciled_once;
+        let (loaded, cache) = tokio::task::spawn_blocking(move || {
+            let loaded = match first {
+                true => state.load_cached(&mut cache).map(Some),
+                false => state.load_changed(&mut cache),
+            };
+            (loaded, cache)
+        })
+        .await
+        .expect("loading never panics");
         self.load_cache = cache;
         match loaded {
             // The usual resync: every file as it was, so every want as it was.
-            Ok(loaded) if loaded.unchanged && self.reconciled_once => {}
-            Ok(loaded) => self.table.absorb(loaded, &self.cfg.template),
+            Ok(None) => {}
+            Ok(Some(loaded)) => self.table.absorb(loaded, &self.cfg.template),
             Err(e) => {
                 error!(dir = %self.cfg.state.path().display(), error = %e, "cannot read the state directory");
                 return;
@@ -426,8 +439,16 @@ impl<R: Runtime> Controller<R> {
             blue_green: self.cfg.blue_green,
             orchestrator: self.runtime.orchestrator(),
         };
-        let plan = plan::plan(&self.table.projects, &observed);
-        self.table.explain(&plan, &observed);
+        // The usual idle pass: the same wants and the same world as the last idle plan, so
+        // the same (empty) plan and the same words; `plan` is a function of these two alone.
+        let plan = match self.table.unchanged_since_idle(&observed) {
+            true => plan::Plan::default(),
+            false => {
+                let plan = plan::plan(&self.table.projects, &observed);
+                self.table.explain(&plan, &observed);
+                plan
+            }
+        };
         debug!(actions = plan.actions.len(), "planned");
 
         for conflict in plan.conflicts {

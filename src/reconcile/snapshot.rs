@@ -178,17 +178,30 @@ pub struct ContainerView {
 #[derive(Clone)]
 pub struct Handle {
     wake: mpsc::Sender<()>,
+    /// A pass now, without the debounce (`wake_now`).
+    now: Arc<tokio::sync::Notify>,
     status: watch::Receiver<Arc<Snapshot>>,
 }
 
 impl Handle {
-    pub(super) fn new(wake: mpsc::Sender<()>, status: watch::Receiver<Arc<Snapshot>>) -> Handle {
-        Handle { wake, status }
+    pub(super) fn new(
+        wake: mpsc::Sender<()>,
+        now: Arc<tokio::sync::Notify>,
+        status: watch::Receiver<Arc<Snapshot>>,
+    ) -> Handle {
+        Handle { wake, now, status }
     }
 
     /// Asks for a pass soon. Never blocks: a pending wake-up already covers this one.
     pub fn wake(&self) {
         let _ = self.wake.try_send(());
+    }
+
+    /// Asks for a pass at once, skipping the debounce that coalesces the several events of
+    /// one file write: for a caller whose change is complete (the API, after its atomic
+    /// write), whose client waits on the pass. Never blocks.
+    pub fn wake_now(&self) {
+        self.now.notify_one();
     }
 
     /// Waits until a new snapshot is published; `false` once the loop is gone.

@@ -386,28 +386,30 @@ impl Table {
         listing: &[ContainerInfo],
         readiness: &HashMap<String, Readiness>,
     ) -> BTreeMap<ProjectId, ProjectStatus> {
-        let mut projects: BTreeMap<ProjectId, ProjectStatus> = BTreeMap::new();
-        for (id, project) in &self.projects {
-            if project.want.is_none() && project.error.is_none() {
-                continue;
-            }
-            projects.insert(
-                id.clone(),
-                ProjectStatus {
-                    desired: project.good.as_ref().map(|g| g.view.clone()),
-                    file_error: project.file_error.clone(),
-                    container: None,
-                    last_error: project.error.as_ref().map(|e| e.message.clone()),
-                    out_of_space: project.error.as_ref().and_then(|e| e.out_of_space),
-                    conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
-                    last_reload: project.last_reload,
-                    loaded_digest: None,
-                    schema_token_seen: None,
-                    events: project.events.clone(),
-                    upstream: project.switch_to.clone(),
-                },
-            );
-        }
+        // Collected in the table's order: built in one go, not searched per project.
+        let mut projects: BTreeMap<ProjectId, ProjectStatus> = self
+            .projects
+            .iter()
+            .filter(|(_, project)| project.want.is_some() || project.error.is_some())
+            .map(|(id, project)| {
+                (
+                    id.clone(),
+                    ProjectStatus {
+                        desired: project.good.as_ref().map(|g| g.view.clone()),
+                        file_error: project.file_error.clone(),
+                        container: None,
+                        last_error: project.error.as_ref().map(|e| e.message.clone()),
+                        out_of_space: project.error.as_ref().and_then(|e| e.out_of_space),
+                        conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
+                        last_reload: project.last_reload,
+                        loaded_digest: None,
+                        schema_token_seen: None,
+                        events: project.events.clone(),
+                        upstream: project.switch_to.clone(),
+                    },
+                )
+            })
+            .collect();
         // The project's container: the one its route was switched to while a replacement
         // runs (the old one stops serving while it drains, and must not turn the route into
         // a 503), else `postgrest-<id>`, else a replacement whose old container is gone (an

@@ -3,7 +3,7 @@
 //! opened through the directory's handle without following links (`nofollow.rs`), and the
 //! directory is refused unless only the manager's user or root can change it (`trust.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,14 +105,37 @@ impl StateDir {
         self.load_cached_at(cache, std::time::SystemTime::now())
     }
 
+    /// [`StateDir::load_cached`], or `None` when every file is the one the last call found
+    /// (nothing read, added or removed): what the caller derived from that load still holds.
+    /// The usual idle pass then builds nothing at all: a lookup by name and a `stat` per file.
+    pub fn load_changed(&self, cache: &mut LoadCache) -> std::io::Result<Option<Loaded>> {
+        self.load_changed_at(cache, std::time::SystemTime::now())
+    }
+
+    fn load_changed_at(
+        &self,
+        cache: &mut LoadCache,
+        now: std::time::SystemTime,
+    ) -> std::io::Result<Option<Loaded>> {
+        let changed = self.scan(cache, now)?;
+        Ok(changed.then(|| self.loaded_from(cache, false)))
+    }
+
     fn load_cached_at(
         &self,
         cache: &mut LoadCache,
         now: std::time::SystemTime,
     ) -> std::io::Result<Loaded> {
-        let mut loaded = Loaded::default();
-        let mut read_any = false;
-        let mut seen = BTreeMap::new();
+        let changed = self.scan(cache, now)?;
+        Ok(self.loaded_from(cache, !changed))
+    }
+
+    /// Brings `cache` up to date with the directory; `true` when anything was read, added or
+    /// removed since the last scan.
+    fn scan(&self, cache: &mut LoadCache, now: std::time::SystemTime) -> std::io::Result<bool> {
+        cache.generation += 1;
+        let generation = cache.generation;
+        let mut changed = false;
         // The handle files are read through, opened at the first read: an idle pass opens
         // nothing but the listing.
         let mut dir: Option<std::fs::File> = None;
@@ -120,62 +143,97 @@ impl StateDir {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let id = match classify(name) {
-                Entry::Project(id) => id,
-                Entry::Misnamed => {
-                    loaded.misnamed.push(entry.path());
+            // Known names are looked up as they are; a name is parsed once, when new.
+            let (id, stamp) = match cache.entries.get_mut(name) {
+                Some(cached) => match &cached.kind {
+                    CachedKind::Misnamed => {
+                        cached.seen = generation;
+                        continue;
+                    }
+                    CachedKind::Project(id, _) => {
+                        let Some(stamp) = stamp_of(&entry) else {
+                            continue;
+                        };
+                        if cached.stamp == Some(stamp) && stamp.settled(now) {
+                            cached.seen = generation;
+                            continue;
+                        }
+                        (id.clone(), stamp)
+                    }
+                },
+                None => match classify(name) {
+                    Entry::Project(id) => {
+                        let Some(stamp) = stamp_of(&entry) else {
+                            continue;
+                        };
+                        (id, stamp)
+                    }
+                    Entry::Misnamed => {
+                        changed = true;
+                        cache.entries.insert(
+                            name.to_owned(),
+                            Cached {
+                                stamp: None,
+                                kind: CachedKind::Misnamed,
+                                seen: generation,
+                            },
+                        );
+                        continue;
+                    }
+                    Entry::Ignored => continue,
+                },
+            };
+            changed = true;
+            cache.reads += 1;
+            let handle = match dir.take() {
+                Some(handle) => handle,
+                None => nofollow::open_dir(&self.path)?,
+            };
+            let read = read_spec(handle.as_fd(), &id);
+            dir = Some(handle);
+            let (stamp, result) = match read {
+                Ok(Some((spec, opened))) => (FileStamp::of(&opened), Ok(Arc::new(spec))),
+                // Deleted between listing and reading: it is simply gone.
+                Ok(None) => {
+                    cache.entries.remove(name);
                     continue;
                 }
-                Entry::Ignored => continue,
+                Err(error) => (stamp, Err(error)),
             };
-            // The entry itself, never a link's target (`lstat`, relative to the directory).
-            // A directory named `x.toml` is not a project file; a link, a FIFO, a device is
-            // an invalid one, and the read below says so without following or blocking.
-            let Ok(metadata) = entry.metadata() else {
-                continue;
-            };
-            if metadata.is_dir() {
-                continue;
-            }
-            // The cache is checked against this `lstat` (a pass over idle files opens none of
-            // them); a file that is read is stamped with the `fstat` of the handle it was read
-            // through, so the cache describes exactly what was parsed even if the entry was
-            // swapped between the two: the next pass sees the difference and reads again.
-            let mut stamp = FileStamp::of(&metadata);
-            let result = match cache.entries.remove(&id) {
-                Some((cached, result)) if cached == stamp && stamp.settled(now) => result,
-                _ => {
-                    read_any = true;
-                    let handle = match dir.take() {
-                        Some(handle) => handle,
-                        None => nofollow::open_dir(&self.path)?,
-                    };
-                    let read = read_spec(handle.as_fd(), &id);
-                    dir = Some(handle);
-                    match read {
-                        Ok(Some((spec, opened))) => {
-                            stamp = FileStamp::of(&opened);
-                            Ok(Arc::new(spec))
-                        }
-                        // Deleted between listing and reading: it is simply gone.
-                        Ok(None) => continue,
-                        Err(error) => Err(error),
-                    }
+            cache.entries.insert(
+                name.to_owned(),
+                Cached {
+                    stamp: Some(stamp),
+                    kind: CachedKind::Project(id, result),
+                    seen: generation,
+                },
+            );
+        }
+        // What was not seen again: removed files.
+        let before = cache.entries.len();
+        cache.entries.retain(|_, cached| cached.seen == generation);
+        Ok(changed || cache.entries.len() != before)
+    }
+
+    /// The load `cache` describes.
+    fn loaded_from(&self, cache: &LoadCache, unchanged: bool) -> Loaded {
+        let mut loaded = Loaded {
+            unchanged,
+            ..Loaded::default()
+        };
+        for (name, cached) in &cache.entries {
+            match &cached.kind {
+                CachedKind::Misnamed => loaded.misnamed.push(self.path.join(name)),
+                CachedKind::Project(id, Ok(spec)) => {
+                    loaded.specs.insert(id.clone(), spec.clone());
                 }
-            };
-            match &result {
-                Ok(spec) => loaded.specs.insert(id.clone(), spec.clone()).map(drop),
-                Err(error) => loaded.invalid.insert(id.clone(), error.clone()).map(drop),
-            };
-            seen.insert(id, (stamp, result));
+                CachedKind::Project(id, Err(error)) => {
+                    loaded.invalid.insert(id.clone(), error.clone());
+                }
+            }
         }
         loaded.misnamed.sort();
-        // What is left in the cache was not seen again: removed files.
-        loaded.unchanged =
-            !read_any && cache.entries.is_empty() && loaded.misnamed == cache.misnamed;
-        cache.entries = seen;
-        cache.misnamed = loaded.misnamed.clone();
-        Ok(loaded)
+        loaded
     }
 
     /// Reads one project's file: `Ok(None)` when there is none.
@@ -322,6 +380,18 @@ impl StateDir {
     }
 }
 
+/// The stamp of a directory entry that may be a project file: the entry itself, never a
+/// link's target (`lstat`, relative to the directory). A directory named `x.toml` is not a
+/// project file (`None`); a link, a FIFO, a device is an invalid one, and the read says so
+/// without following or blocking. The cache is checked against this `lstat` (a pass over
+/// idle files opens none of them); a file that is read is stamped with the `fstat` of the
+/// handle it was read through, so the cache describes exactly what was parsed even if the
+/// entry was swapped between the two: the next pass sees the difference and reads again.
+fn stamp_of(entry: &std::fs::DirEntry) -> Option<FileStamp> {
+    let metadata = entry.metadata().ok()?;
+    (!metadata.is_dir()).then(|| FileStamp::of(&metadata))
+}
+
 /// Reads and parses `<id>.toml` in `dir` ([`nofollow::read_file`]): the wire form and the
 /// metadata of the file that was read. A link, a FIFO, a device or a file over
 /// [`MAX_FILE_BYTES`] is an invalid file that says what it is.
@@ -366,11 +436,36 @@ pub struct StateLock {
     _file: std::fs::File,
 }
 
-/// What [`StateDir::load_cached`] remembers between calls.
+/// What [`StateDir::load_cached`] remembers between calls, by file name.
 #[derive(Debug, Default)]
 pub struct LoadCache {
-    entries: BTreeMap<ProjectId, (FileStamp, Result<Arc<Spec>, SpecError>)>,
-    misnamed: Vec<PathBuf>,
+    entries: HashMap<String, Cached>,
+    /// Bumped by every scan; an entry it did not mark was not seen again: a removed file.
+    generation: u64,
+    /// Files opened and parsed through this cache, ever: what an idle pass must not add to.
+    reads: u64,
+}
+
+impl LoadCache {
+    /// How many files were opened and parsed through this cache so far.
+    pub fn reads(&self) -> u64 {
+        self.reads
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// The entry's stamp when it was read; `None` for a misnamed file, which is never read.
+    stamp: Option<FileStamp>,
+    kind: CachedKind,
+    /// The scan that last saw the entry.
+    seen: u64,
+}
+
+#[derive(Debug)]
+enum CachedKind {
+    Project(ProjectId, Result<Arc<Spec>, SpecError>),
+    Misnamed,
 }
 
 /// Enough metadata to tell that a file changed: an atomic rename gives a new inode, an edit in
@@ -522,6 +617,61 @@ mod tests {
             .contains_key(&id("a")));
         std::fs::remove_file(state.file(&id("a"))).unwrap();
         assert!(state.load_cached(&mut cache).unwrap().invalid.is_empty());
+    }
+
+    /// An idle pass reads nothing: unchanged, settled files are neither opened nor parsed
+    /// again (counted through the cache, not timed), and `load_changed` has nothing to say.
+    /// Only the file that changed is read again.
+    #[test]
+    fn the_loader_does_not_read_unchanged_files_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
+        for name in ["a", "b", "c"] {
+            state.write(&id(name), &file).unwrap();
+        }
+        std::fs::write(dir.path().join("Bad Name.toml"), "").unwrap();
+        std::fs::write(dir.path().join(".hidden.toml"), "").unwrap();
+        let mut cache = LoadCache::default();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        let first = state.load_cached_at(&mut cache, later).unwrap();
+        assert_eq!(cache.reads(), 3);
+        assert_eq!(first.specs.len(), 3);
+        assert_eq!(first.misnamed.len(), 1);
+        for _ in 0..5 {
+            let again = state.load_cached_at(&mut cache, later).unwrap();
+            assert!(again.unchanged);
+            assert_eq!(again.specs.len(), 3);
+            assert_eq!(again.misnamed, first.misnamed);
+        }
+        assert_eq!(cache.reads(), 3, "an idle load opened a file");
+
+        // Edited (a new inode, as every write here is): that file alone is read again.
+        let mut edited = file;
+        edited.bump_reload();
+        state.write(&id("b"), &edited).unwrap();
+        let changed = state
+            .load_changed_at(&mut cache, later)
+            .unwrap()
+            .expect("a change");
+        assert_eq!(cache.reads(), 4);
+        assert_eq!(changed.specs[&id("b")].reload_token, 1);
+        assert!(Arc::ptr_eq(
+            &changed.specs[&id("a")],
+            &first.specs[&id("a")]
+        ));
+        // Settled again (a clock 3 s ahead of the edit): nothing to say, nothing read.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        assert!(state.load_cached_at(&mut cache, later).unwrap().unchanged);
+        assert_eq!(cache.reads(), 4);
+        let reads = cache.reads();
+
+        // A removed file is a change, and read nothing.
+        std::fs::remove_file(state.file(&id("c"))).unwrap();
+        let removed = state.load_cached_at(&mut cache, later).unwrap();
+        assert!(!removed.unchanged);
+        assert!(!removed.specs.contains_key(&id("c")));
+        assert_eq!(cache.reads(), reads);
     }
 
     #[test]
