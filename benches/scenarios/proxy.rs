@@ -13,7 +13,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufRea
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// The daemon behind the proxy: `DOCKER_HOST` when it names a unix socket (a private daemon),
+/// else the machine's.
+fn docker_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
 
 /// What the proxy saw since the last `take`.
 #[derive(Debug, Clone, Default)]
@@ -89,7 +96,7 @@ impl Proxy {
 }
 
 async fn serve(client: UnixStream, calls: Arc<Mutex<Calls>>) {
-    let Ok(upstream) = UnixStream::connect(DOCKER_SOCKET).await else {
+    let Ok(upstream) = UnixStream::connect(docker_socket()).await else {
         return;
     };
     let (client_read, mut client_write) = client.into_split();
