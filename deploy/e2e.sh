@@ -53,8 +53,8 @@ body_file=""
 api="http://127.0.0.1:${PGM_API_PORT:-9000}"
 if [ "$own_stack" = 1 ]; then
     trap cleanup EXIT
-    # Short API and replacement waits, so the wrong-password step answers 504 in seconds and
-    # the failed replacement is given up (and reported) in 20 s, not a minute.
+    # Short API and replacement waits, so the wrong-password step answers 504 in seconds; the
+    # failed replacement is given up (and reported) once its login is refused, 20 s at most.
     PGM_API_TIMEOUT_SECS="${PGM_API_TIMEOUT_SECS:-15}" \
         PGM_REPLACE_TIMEOUT_SECS="${PGM_REPLACE_TIMEOUT_SECS:-20}" bash "$deploy/up.sh" >&2
 fi
