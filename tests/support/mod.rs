@@ -872,11 +872,16 @@ struct ProxyRun {
 }
 
 impl DockerProxy {
-    /// A proxy listening at `path`, forwarding to `/var/run/docker.sock`; not started yet.
+    /// A proxy listening at `path`, forwarding to the tests' daemon (`DOCKER_HOST` when it
+    /// names a unix socket, else `/var/run/docker.sock`); not started yet.
     pub fn new(path: PathBuf) -> DockerProxy {
+        let upstream = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
         DockerProxy {
             path,
-            upstream: PathBuf::from("/var/run/docker.sock"),
+            upstream,
             running: None,
         }
     }
