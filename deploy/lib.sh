@@ -20,6 +20,12 @@ load_env() { # [key to skip]...
     done <"$env_file"
 }
 
+# The socket the manager's container is given: the daemon DOCKER_HOST names when it is a unix
+# socket (a private daemon), else the machine's.
+case "${DOCKER_HOST:-}" in
+unix://*) export LAUNCHDB_DOCKER_SOCKET="${DOCKER_HOST#unix://}" ;;
+esac
+
 # docker compose v2 when the plugin is there, else docker-compose (1.29 here).
 compose() {
     local args=(-p "$project_name" -f "$deploy_dir/compose.yaml")
