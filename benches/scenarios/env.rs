@@ -228,7 +228,7 @@ impl Bench {
             network: id.clone(),
             id,
             root,
-            docker: Docker::connect_with_socket_defaults().expect("a Docker client"),
+            docker: Docker::connect_with_defaults().expect("a Docker client"),
             image: image.to_owned(),
             binary: binary.to_owned(),
             database: std::env::var(DATABASE_VAR).ok().filter(|v| !v.is_empty()),
