@@ -17,8 +17,9 @@
 #   7. the seed's reload script reloads; DELETE removes it, Caddy answers 404 JSON and PgBouncer
 #      no longer knows the database.
 #
-# With --up it brings the stack up first and takes it down (with --volumes) at the end, also
-# when a step fails; that is how .ci/run calls it. Every check waits on a condition with a
+# With --up it owns this daemon's launchdb stack: it takes down whatever is there (with
+# --volumes and the instance's claim), brings the stack up, and takes it down again at the end,
+# also when a step fails; that is how .ci/run calls it. Every check waits on a condition with a
 # generous bound, never a fixed sleep. Exit 0 when every step passed.
 set -euo pipefail
 deploy="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,6 +54,9 @@ body_file=""
 api="http://127.0.0.1:${PGM_API_PORT:-9000}"
 if [ "$own_stack" = 1 ]; then
     trap cleanup EXIT
+    # The test owns this daemon's launchdb stack, as it does at the end (down --volumes): start
+    # from none, so a stack or an instance claim an earlier checkout left cannot fail the run.
+    bash "$deploy/down.sh" --volumes >&2
     # Short API and replacement waits, so the wrong-password step answers 504 in seconds; the
     # failed replacement is given up (and reported) once its login is refused, 20 s at most.
     PGM_API_TIMEOUT_SECS="${PGM_API_TIMEOUT_SECS:-15}" \
