@@ -153,15 +153,23 @@ async fn containers_become(bench: &Bench, who: Who, n: usize) -> Result<(), Stri
 // ---------------------------------------------------------------------------------------------
 // Memory
 
-/// The machine's own dockerd (not a private daemon of another run: those have a data root).
+/// The dockerd the bench talks to: the one serving `DOCKER_HOST`'s socket when that names a
+/// private daemon, else the machine's own (the one without a data root of its own).
 fn dockerd() -> Option<u32> {
+    let private = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .filter(|socket| socket != "/var/run/docker.sock");
     command_output("pidof", &["dockerd"])
         .split_whitespace()
         .filter_map(|p| p.parse::<u32>().ok())
         .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| !String::from_utf8_lossy(&c).contains("--data-root"))
-                .unwrap_or(false)
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            match &private {
+                Some(socket) => cmdline.contains(socket.as_str()),
+                None => !cmdline.contains("--data-root"),
+            }
         })
 }
 

@@ -25,8 +25,10 @@ use crate::state_dir::{EditError, Edited, StateLock};
 /// readiness probe (10 ms doubling to 50 ms, then a pass to publish it) is later still.
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 const PROBE_FAST_FOR: Duration = Duration::from_secs(3);
-/// After that, a container taking its time connecting to its database is probed this often.
-const PROBE_INTERVAL_SLOW: Duration = Duration::from_millis(100);
+/// After that, a container taking its time connecting to its database is probed this often:
+/// still well inside the 100 ms an answer may trail its container's first `/ready` (issue 14;
+/// in a burst of 200 spawns on two cores many containers take longer than the fast window).
+const PROBE_INTERVAL_SLOW: Duration = Duration::from_millis(25);
 /// How long one probe may take; a live PostgREST answers in microseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Write requests in flight at most (each may wait up to the API timeout); more get 503.
@@ -368,7 +370,7 @@ mod tests {
     use super::*;
 
     /// A starting container is probed every 5 ms for its first seconds (no doubling that
-    /// leaves the answer up to 100 ms behind PostgREST), then every 100 ms.
+    /// leaves the answer up to 100 ms behind PostgREST), then every 25 ms.
     #[test]
     fn a_starting_container_is_probed_at_a_short_fixed_interval() {
         for ms in [0, 5, 40, 300, 1_000, 2_999] {
@@ -380,7 +382,7 @@ mod tests {
         for secs in [3, 10, 60] {
             assert_eq!(
                 probe_interval(Duration::from_secs(secs)),
-                Duration::from_millis(100)
+                Duration::from_millis(25)
             );
         }
     }
