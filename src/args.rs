@@ -113,7 +113,9 @@ pub struct ServeArgs {
     /// Process (thread) limit of each container.
     #[arg(long, env = "PGM_PIDS_LIMIT", default_value_t = 512)]
     pub pids_limit: i64,
-    /// Seconds between Docker health checks of each container.
+    /// Seconds between Docker health checks of each container; 0: none (the manager's own
+    /// `/ready` probe is the health then; a check is a process exec'd in the container, which
+    /// at a thousand containers costs the host more CPU than everything else).
     #[arg(long, env = "PGM_HEALTHCHECK_SECS", default_value_t = 30)]
     pub healthcheck_secs: u64,
     /// Docker daemon address (as for the docker CLI); the local socket when unset.

@@ -447,7 +447,11 @@ fn container_spec(id: &ProjectId, template: &Template, placement: &[String]) -> 
         ]),
         stop_grace_secs: template.stop_grace_secs,
         tmpfs,
-        healthcheck: vec!["CMD".into(), "/usr/local/bin/healthcheck.sh".into()],
+        healthcheck: match template.healthcheck_interval_secs {
+            // Docker's way to say "none", also over a HEALTHCHECK the image declares.
+            0 => vec!["NONE".into()],
+            _ => vec!["CMD".into(), "/usr/local/bin/healthcheck.sh".into()],
+        },
         healthcheck_interval_secs: template.healthcheck_interval_secs,
         placement: placement.to_vec(),
     }
@@ -626,6 +630,27 @@ admin-server-port = 3001
             render(&spec_with(|_| {}), &other_image).spec_hash,
             base.spec_hash
         );
+    }
+
+    /// Interval 0 is Docker's `NONE` (no check, also over the image's own), and a container
+    /// made with checks is recreated once for it, as for any setting in the container's spec.
+    #[test]
+    fn healthchecks_off_is_docker_none_and_another_spec() {
+        let spec = spec_with(|_| {});
+        let on = render(&spec, &template());
+        assert_eq!(
+            on.container.healthcheck,
+            ["CMD", "/usr/local/bin/healthcheck.sh"]
+        );
+        let off = render(
+            &spec,
+            &Template {
+                healthcheck_interval_secs: 0,
+                ..template()
+            },
+        );
+        assert_eq!(off.container.healthcheck, ["NONE"]);
+        assert_ne!(off.spec_hash, on.spec_hash);
     }
 
     #[test]

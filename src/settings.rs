@@ -213,9 +213,6 @@ impl TryFrom<ServeArgs> for Settings {
         if args.pids_limit < 16 {
             return Err(invalid("PGM_PIDS_LIMIT", "must be at least 16"));
         }
-        if args.healthcheck_secs == 0 {
-            return Err(invalid("PGM_HEALTHCHECK_SECS", "must be at least 1"));
-        }
         if args.api_timeout_secs == 0 {
             return Err(invalid("PGM_API_TIMEOUT_SECS", "must be at least 1"));
         }

@@ -17,6 +17,34 @@ use support::*;
 /// Dropping `state/<id>.toml` runs `postgrest-<id>` with our labels, its own config dir
 /// mounted read-only, reachable from another container on the network; the rendered config is
 /// private to PostgREST's UID.
+/// `PGM_HEALTHCHECK_SECS=0`: no Docker health check (no process exec'd in every container
+/// every interval, the host's biggest cost at a thousand containers, BENCHMARKS.md "Scale"),
+/// also over the image's own; the container serves and the manager's probe says so.
+#[test]
+fn with_healthchecks_off_a_container_has_none_and_serves() {
+    let env = TestEnv::new();
+    let _manager = Manager::start_with(
+        &env,
+        ManagerOpts {
+            env: vec![("PGM_HEALTHCHECK_SECS".into(), "0".into())],
+            ..ManagerOpts::default()
+        },
+    );
+    let id = env.project_id();
+    env.write_state(&id, &state_toml(&secret("jwt"), &secret("pw")));
+    let c = env.wait_serving(&id);
+    assert!(c.has_healthcheck, "Docker's NONE is a health check entry");
+    let check = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{json .Config.Healthcheck.Test}}",
+        &c.name,
+    ]);
+    assert_eq!(check.trim(), r#"["NONE"]"#);
+    let health = docker_ok(&["inspect", "-f", "{{json .State.Health}}", &c.name]);
+    assert_eq!(health.trim(), "null", "Docker runs no check: {health}");
+}
+
 #[test]
 fn new_state_file_runs_a_hardened_container() {
     let env = TestEnv::new();

@@ -210,6 +210,7 @@ async fn by_manager(
         api_key: None,
         log_file: bench.root.join("bulk/manager.log"),
         metrics: false,
+        env: Vec::new(),
     };
     let mut manager = Manager::start(bench, &cfg).await?;
     manager

@@ -36,6 +36,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
         api_key: None,
         log_file: bench.root.join("cold/manager.log"),
         metrics: false,
+        env: Vec::new(),
     };
     let mut manager = Manager::start(bench, &cfg).await?;
     manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;

@@ -59,6 +59,7 @@ impl Fleet {
             api_key: Some(key.clone()),
             log_file: bench.root.join("fleet/manager.log"),
             metrics: false,
+            env: Vec::new(),
         };
         let projects: Vec<String> = (0..size)
             .map(|i| format!("{}_f{i:04}", bench.tag))

@@ -33,6 +33,8 @@ pub struct ManagerConfig {
     pub log_file: PathBuf,
     /// `--metrics-listen 127.0.0.1:0`, its address read back from the log.
     pub metrics: bool,
+    /// More of its environment, e.g. `PGM_HEALTHCHECK_SECS`.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -77,7 +79,7 @@ impl Manager {
             } else {
                 Vec::new()
             },
-            env: Vec::new(),
+            env: cfg.env.clone(),
         };
         let mut command = Command::from(serve.command());
         command.stdout(Stdio::null()).kill_on_drop(true);

@@ -78,6 +78,11 @@ pub struct Opts {
     pub scale_idle: Duration,
     /// `scale`: sizes of the concurrent spawn bursts.
     pub scale_bursts: Vec<usize>,
+    /// `scale`: Docker health check interval of every container, the manager's and the
+    /// floor's alike (`PGM_HEALTHCHECK_SECS`; 0: none).
+    pub scale_healthcheck_secs: u64,
+    /// `scale`: the manager's `PGM_CONCURRENCY` (the product default when not given).
+    pub scale_concurrency: Option<usize>,
     pub binary: PathBuf,
     pub image: String,
     /// Write the results into this file (BENCHMARKS.md); `--no-write` keeps it untouched.
@@ -117,6 +122,9 @@ Options:
   --scale-files N     scale: project files, the rest disabled            [10000]
   --scale-idle-secs S scale: idle window                                 [120]
   --scale-bursts A,B  scale: concurrent spawns sent at once, per burst   [30,200]
+  --scale-healthcheck-secs S  scale: Docker health check interval of every
+                      container, manager's and floor's (0: none)          [30]
+  --scale-concurrency N  scale: the manager's PGM_CONCURRENCY             [4]
   --binary PATH       manager binary        [target/release/postgrest-manager]
   --image IMAGE       container image       [launchdb/postgrest:v1-test]
   --no-write          do not update BENCHMARKS.md
@@ -169,6 +177,8 @@ impl Opts {
             scale_files: 10_000,
             scale_idle: Duration::from_secs(120),
             scale_bursts: vec![30, 200],
+            scale_healthcheck_secs: 30,
+            scale_concurrency: None,
             binary: repo.join("target/release/postgrest-manager"),
             image: "launchdb/postgrest:v1-test".into(),
             report: Some(repo.join("BENCHMARKS.md")),
@@ -199,6 +209,12 @@ impl Opts {
                 "--scale" => opts.scale = number(&value(arg)?, arg)?,
                 "--scale-files" => opts.scale_files = number(&value(arg)?, arg)?,
                 "--scale-bursts" => opts.scale_bursts = list(&value(arg)?, arg)?,
+                "--scale-healthcheck-secs" => {
+                    opts.scale_healthcheck_secs = number(&value(arg)?, arg)? as u64;
+                }
+                "--scale-concurrency" => {
+                    opts.scale_concurrency = Some(number(&value(arg)?, arg)?);
+                }
                 "--scale-idle-secs" => {
                     opts.scale_idle = Duration::from_secs(number(&value(arg)?, arg)? as u64);
                 }

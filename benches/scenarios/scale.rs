@@ -57,10 +57,16 @@ struct Host {
     cfg: ManagerConfig,
     api: SocketAddr,
     key: String,
+    /// Docker health check interval of every container, the manager's and the floor's.
+    healthcheck_secs: u64,
 }
 
 impl Host {
-    async fn start(bench: &Bench, concurrency: usize) -> Result<Host, String> {
+    async fn start(
+        bench: &Bench,
+        concurrency: usize,
+        healthcheck_secs: u64,
+    ) -> Result<Host, String> {
         let proxy = Proxy::start(&bench.root.join("scale-docker.sock"))
             .map_err(|e| format!("proxy: {e}"))?;
         let key = crate::launch::api_key();
@@ -73,6 +79,7 @@ impl Host {
             api_key: Some(key.clone()),
             log_file: bench.root.join("scale/manager.log"),
             metrics: false,
+            env: vec![("PGM_HEALTHCHECK_SECS".into(), healthcheck_secs.to_string())],
         };
         let mut manager = Manager::start(bench, &cfg).await?;
         manager.wait_log(FIRST_RECONCILE, TIMEOUT).await?;
@@ -83,6 +90,7 @@ impl Host {
             cfg,
             api,
             key,
+            healthcheck_secs,
         })
     }
 
@@ -361,9 +369,9 @@ async fn burst(bench: &Bench, host: &Host, n: usize, label: &str) -> Result<Burs
 
 /// Creates and starts `projects`' containers through the Docker API, `FLOOR_PARALLEL` at a
 /// time, through `proxy`; returns the time until the last one served.
-async fn floor_bulk(bench: &Bench, proxy: &Proxy, projects: &[String]) -> Result<f64, String> {
-    let dir = bench.dir("scale/floor");
-    let template = baseline::template(bench, Who::Floor, &dir);
+async fn floor_bulk(bench: &Bench, host: &Host, projects: &[String]) -> Result<f64, String> {
+    let (dir, proxy) = (bench.dir("scale/floor"), &host.proxy);
+    let template = floor_template(bench, host, &dir);
     let specs: Vec<_> = projects
         .iter()
         .map(|p| baseline::prepare(&template, &dir, p, 1).container)
@@ -383,6 +391,17 @@ async fn floor_bulk(bench: &Bench, proxy: &Proxy, projects: &[String]) -> Result
     let timeout = Duration::from_secs(120 + projects.len() as u64);
     let (last, _) = watch.wait_all(&wanted, timeout).await?;
     Ok((last - t0).as_secs_f64())
+}
+
+/// The floor's containers: the manager's spec, with the same health check setting.
+fn floor_template(
+    bench: &Bench,
+    host: &Host,
+    dir: &std::path::Path,
+) -> postgrest_manager::render::Template {
+    let mut template = baseline::template(bench, Who::Floor, dir);
+    template.healthcheck_interval_secs = host.healthcheck_secs;
+    template
 }
 
 fn summary(samples: &[f64]) -> String {
@@ -416,9 +435,14 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
         ));
     }
     let provenance = ctx.provenance();
-    let concurrency = ctx.best_concurrency.unwrap_or(4);
+    let concurrency = ctx
+        .opts
+        .scale_concurrency
+        .or(ctx.best_concurrency)
+        .unwrap_or(4);
+    let healthcheck_secs = ctx.opts.scale_healthcheck_secs;
     let bench = &ctx.bench;
-    let mut host = Host::start(bench, concurrency).await?;
+    let mut host = Host::start(bench, concurrency, healthcheck_secs).await?;
     let result = phases(bench, &mut host, n, files, idle, runs, &bursts).await;
     eprintln!("bench: scale: removing everything");
     host.down(bench).await;
@@ -494,7 +518,7 @@ async fn phases(
     eprintln!("bench: scale: floor, {n} containers {FLOOR_PARALLEL} at a time");
     let floor_projects: Vec<String> = (0..n).map(|i| format!("{tag}_sf{i:04}")).collect();
     host.proxy.take();
-    let floor_s = floor_bulk(bench, &host.proxy, &floor_projects).await?;
+    let floor_s = floor_bulk(bench, host, &floor_projects).await?;
     let floor_calls = host.proxy.take();
     eprintln!("bench: scale: floor {floor_s:.1} s");
     let at_n = Memory::now();
@@ -584,7 +608,7 @@ async fn phases(
     // 3c. One new project while n run, against one floor container, alternating.
     let floor = Floor::new(Some(&host.proxy.docker_host())).await;
     let floor_dir = bench.dir("scale/one");
-    let template = baseline::template(bench, Who::Floor, &floor_dir);
+    let template = floor_template(bench, host, &floor_dir);
     let (mut new_ms, mut one_floor_ms) = (Vec::new(), Vec::new());
     for run in 0..=runs {
         for manager_turn in [run % 2 == 0, run % 2 != 0] {
@@ -696,8 +720,9 @@ async fn phases(
         ));
     }
     out.push_str(&format!(
-        "| bulk, cold: {n} files at once → all serving (PGM_CONCURRENCY={}) | {manager_s:.1} s ({} Docker calls) | raw API create + start, {FLOOR_PARALLEL} in parallel: {floor_s:.1} s ({} calls); ×{:.2} |\n",
+        "| bulk, cold: {n} files at once → all serving (PGM_CONCURRENCY={}, PGM_HEALTHCHECK_SECS={} for both) | {manager_s:.1} s ({} Docker calls) | raw API create + start, {FLOOR_PARALLEL} in parallel: {floor_s:.1} s ({} calls); ×{:.2} |\n",
         host.cfg.concurrency,
+        host.healthcheck_secs,
         manager_calls.total(),
         floor_calls.total(),
         manager_s / floor_s,

@@ -122,11 +122,12 @@ impl Table {
         }
         let changes = |id: &ProjectId| {
             let project = self.projects.get(id)?;
-            let (applied, good) = (project.applied.as_ref()?, project.good.as_ref()?);
+            let applied = project.applied.as_ref()?;
+            let rendered = project.good.as_ref()?.rendered.as_ref()?;
             Some(plan::changed_keys(
                 &applied.config.text,
-                &good.rendered.config.text,
-                &good.rendered.keys,
+                &rendered.config.text,
+                &rendered.keys,
             ))
         };
         let preview = plan::preview(&self.projects, observed, plan, changes);

@@ -469,7 +469,7 @@ impl<R: Runtime> Controller<R> {
             if project.in_flight {
                 continue;
             }
-            let rendered = project.good.as_ref().map(|g| &g.rendered);
+            let rendered = project.good.as_ref().and_then(|g| g.rendered.as_ref());
             match Job::new(action.clone(), rendered) {
                 Some(job) => self.pending.push_back(job),
                 None => {

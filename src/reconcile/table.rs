@@ -58,7 +58,10 @@ pub(super) struct Project {
 
 #[derive(Debug)]
 pub(super) struct Good {
-    pub rendered: Arc<Rendered>,
+    /// Rendered only when the spec wants a container: a disabled project's config and
+    /// container spec are never used, and at ten thousand mostly disabled files they were
+    /// most of the manager's memory (BENCHMARKS.md, "Scale").
+    pub rendered: Option<Arc<Rendered>>,
     pub view: Arc<DesiredView>,
 }
 
@@ -179,11 +182,20 @@ impl Table {
             if current {
                 continue;
             }
-            let rendered = Arc::new(render::render(&spec, template));
+            let rendered = spec
+                .enabled
+                .then(|| Arc::new(render::render(&spec, template)));
+            // The planners look at the hash and digest of an enabled spec only.
             let planned = Desired {
                 enabled: spec.enabled,
-                spec_hash: rendered.spec_hash.clone(),
-                config_digest: rendered.config.digest.clone(),
+                spec_hash: rendered
+                    .as_ref()
+                    .map(|r| r.spec_hash.clone())
+                    .unwrap_or_default(),
+                config_digest: rendered
+                    .as_ref()
+                    .map(|r| r.config.digest.clone())
+                    .unwrap_or_default(),
                 schema_token: spec.schema_reload_token,
             };
             project.want = Some(Want::Spec(planned.clone()));
