@@ -111,7 +111,7 @@ done
 # state directory makes the manager refuse to start, so say it now instead of after a timeout.
 lease="pgm-lease-${PGM_INSTANCE:-launchdb}"
 holder="$(docker volume inspect -f '{{index .Labels "launchdb.lease-holder"}}' "$lease" 2>/dev/null || true)"
-mine="$(tr -d '[:space:]' <"$LAUNCHDB_DATA_DIR/state/.instance-id" 2>/dev/null || true)"
+mine="$(tr -d '[:space:]' 2>/dev/null <"$LAUNCHDB_DATA_DIR/state/.instance-id" || true)"
 if [ -n "$holder" ] && [ "$holder" != "$mine" ]; then
     log "instance ${PGM_INSTANCE:-launchdb} is claimed on this Docker daemon by the manager of another state directory (its id $holder, $LAUNCHDB_DATA_DIR/state has ${mine:-none yet}); set another PGM_INSTANCE in $env_file, or, if that manager is gone for good, drop its claim: docker volume rm $lease"
     exit 1

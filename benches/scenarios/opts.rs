@@ -210,7 +210,11 @@ impl Opts {
                 "--scale-files" => opts.scale_files = number(&value(arg)?, arg)?,
                 "--scale-bursts" => opts.scale_bursts = list(&value(arg)?, arg)?,
                 "--scale-healthcheck-secs" => {
-                    opts.scale_healthcheck_secs = number(&value(arg)?, arg)? as u64;
+                    let value = value(arg)?;
+                    opts.scale_healthcheck_secs = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{arg}: expected seconds (0: none), got {value:?}"))?;
                 }
                 "--scale-concurrency" => {
                     opts.scale_concurrency = Some(number(&value(arg)?, arg)?);
