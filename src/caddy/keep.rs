@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{CaddyAdmin, RouteSync, RouteTarget, Routes, SyncStatus};
 use crate::plan::State;
-use crate::reconcile::{Handle, Readiness, Snapshot};
+use crate::reconcile::{ContainerView, Handle, Readiness, Snapshot};
 use crate::spec::ProjectId;
 
 /// What the API learns from the route task.
@@ -48,7 +48,7 @@ pub fn desired_routes(snapshot: &Snapshot, previous: &Routes) -> Routes {
         }
         let proxy = || RouteTarget::proxy(id, status.upstream.as_deref());
         let target = match status.container.as_ref() {
-            Some(c) if c.state == State::Running => match c.ready {
+            Some(c) if routable(c) => match c.ready {
                 Readiness::Ready => proxy(),
                 Readiness::NotReady { .. } => not_ready(),
                 Readiness::Unknown => match previous.iter().find(|(p, _)| *p == id) {
@@ -60,6 +60,14 @@ pub fn desired_routes(snapshot: &Snapshot, previous: &Routes) -> Routes {
         };
         Some((id.clone(), target))
     }))
+}
+
+/// Whether a project's PostgREST may be proxied to as far as its state goes: a running
+/// container, or a Swarm service rolling an update out or back (`Restarting`), whose tasks
+/// serve on meanwhile (`start-first`: Swarm stops the old task only once the new one serves)
+/// behind the same name. A container Docker is restarting after a crash does not serve.
+fn routable(c: &ContainerView) -> bool {
+    c.state == State::Running || (c.state == State::Restarting && c.tasks.is_some())
 }
 
 /// How long after its start the route task waits, at most, for every running container's
@@ -169,6 +177,90 @@ mod tests {
             .flatten()
             .filter_map(|r| r["@id"].as_str().map(str::to_owned))
             .collect()
+    }
+
+    /// A Swarm service rolling an update out (`Restarting`, `start-first`: its old task
+    /// serves until the new one does) keeps its route, which names the service: a 503
+    /// meanwhile would fail every request of a rolling update, and cost two reloads of
+    /// Caddy. A container Docker is restarting (a crashed one) is not routed.
+    #[test]
+    fn a_swarm_service_keeps_its_route_while_it_rolls_an_update_out() {
+        use crate::plan::Desired;
+        use crate::reconcile::{DesiredView, ProjectStatus};
+        use crate::runtime::{Health, Tasks};
+        use crate::spec::Spec;
+        let id = ProjectId::parse("p").unwrap();
+        let spec = Spec::parse(
+            id.clone(),
+            &format!(
+                "jwt_secret = \"{}\"\nauthenticator_password = \"pw\"\n",
+                "s".repeat(32)
+            ),
+        )
+        .unwrap();
+        let routes = |state: State, ready: Readiness, tasks: Option<Tasks>| {
+            let mut snapshot = Snapshot::default();
+            snapshot.projects.insert(
+                id.clone(),
+                ProjectStatus {
+                    desired: Some(Arc::new(DesiredView {
+                        spec: Arc::new(spec.clone()),
+                        planned: Desired {
+                            enabled: true,
+                            spec_hash: "h".into(),
+                            config_digest: "d".into(),
+                            schema_token: 0,
+                        },
+                    })),
+                    container: Some(ContainerView {
+                        id: "s1".into(),
+                        name: "postgrest-p".into(),
+                        state,
+                        health: Health::Healthy,
+                        ip: None,
+                        spec_hash: None,
+                        ready,
+                        exit_code: None,
+                        tasks,
+                    }),
+                    ..Default::default()
+                },
+            );
+            desired_routes(&snapshot, &Routes::default())
+        };
+        let serving = Some(Tasks {
+            desired: 1,
+            running: 1,
+            ..Default::default()
+        });
+        let proxied = Routes::new([(id.clone(), RouteTarget::Ready)]);
+        assert_eq!(
+            routes(State::Running, Readiness::Ready, serving.clone()),
+            proxied
+        );
+        assert_eq!(
+            routes(State::Restarting, Readiness::Ready, serving),
+            proxied,
+            "a rolling update took the route down"
+        );
+        let not_ready = |routes: Routes| {
+            matches!(
+                routes.iter().next().map(|(_, t)| t),
+                Some(RouteTarget::NotReady { .. })
+            )
+        };
+        let none_serving = Some(Tasks {
+            desired: 1,
+            ..Default::default()
+        });
+        assert!(not_ready(routes(
+            State::Restarting,
+            Readiness::NotReady {
+                reason: "0/1 tasks running".into()
+            },
+            none_serving
+        )));
+        assert!(not_ready(routes(State::Restarting, Readiness::Ready, None)));
     }
 
     #[tokio::test]

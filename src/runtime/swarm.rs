@@ -253,33 +253,34 @@ impl SwarmRuntime {
         let deadline = tokio::time::Instant::now() + UPDATE_TIMEOUT;
         loop {
             let service = self.service(id).await?;
-            if let Some(status) = &service.update_status {
-                use ServiceUpdateStatusStateEnum as S;
-                if matches!(
-                    status.state,
-                    Some(S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED | S::ROLLBACK_COMPLETED)
-                        | Some(S::PAUSED)
-                ) {
-                    let message = status.message.clone().unwrap_or_default();
-                    let why = self.last_task_error(id).await.unwrap_or_default();
-                    return Err(RuntimeError::Other(format!(
-                        "Swarm rolled the update back ({message}){why}; the old tasks keep serving"
-                    )));
-                }
-            }
             let tasks = self.tasks(id).await?;
-            let wanted: Vec<&Task> = tasks
-                .iter()
-                .filter(|t| t.desired_state == Some(TaskState::RUNNING))
-                .collect();
-            let replicas = replicas(&service);
-            let done = wanted.len() as u64 == replicas
-                && wanted.iter().all(|t| {
-                    t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
-                        && task_secrets(t).iter().any(|s| s == secret)
-                });
-            if done {
-                return Ok(());
+            let status = service.update_status.as_ref();
+            let state = status.and_then(|s| s.state);
+            let spec_has_secret = service_secrets(&service).iter().any(|s| s == secret);
+            let tasks_have_secret = tasks_run_with(&tasks, replicas(&service), secret);
+            let failed = |what: &str, after: &str| {
+                let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
+                let why = summarize(replicas(&service), &tasks)
+                    .last_error
+                    .map(|e| format!("; last task error: {e}"))
+                    .unwrap_or_default();
+                Err(RuntimeError::Other(format!(
+                    "{what} ({message}){why}{after}"
+                )))
+            };
+            match rollout(state, spec_has_secret, tasks_have_secret) {
+                Rollout::InForce => return Ok(()),
+                Rollout::Rolling => {}
+                Rollout::RolledBack => {
+                    return failed(
+                        "Swarm rolled the update back",
+                        "; the old tasks keep serving",
+                    )
+                }
+                Rollout::Paused => return failed("Swarm paused the update", ""),
+                Rollout::Replaced => {
+                    return failed("the service was updated by someone else meanwhile", "")
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(RuntimeError::Other(format!(
@@ -289,21 +290,6 @@ impl SwarmRuntime {
             }
             tokio::time::sleep(UPDATE_POLL).await;
         }
-    }
-
-    /// `; last task error: <err> (<state>)` of the newest failed task, or nothing.
-    async fn last_task_error(&self, id: &str) -> Result<String, RuntimeError> {
-        let mut tasks = self.tasks(id).await?;
-        tasks.sort_by_key(|t| t.updated_at.clone());
-        Ok(tasks
-            .iter()
-            .rev()
-            .find_map(|t| {
-                let status = t.status.as_ref()?;
-                let err = status.err.as_deref().filter(|e| !e.is_empty())?;
-                Some(format!("; last task error: {err}"))
-            })
-            .unwrap_or_default())
     }
 
     fn service_spec(
@@ -455,6 +441,64 @@ fn spec_secrets(spec: Option<&TaskSpec>) -> Vec<String> {
         .and_then(|c| c.secrets.as_ref())
         .map(|s| s.iter().filter_map(|s| s.secret_name.clone()).collect())
         .unwrap_or_default()
+}
+
+/// Whether the `replicas` tasks Swarm wants running all run (their `/ready` check passed)
+/// with `secret`.
+fn tasks_run_with(tasks: &[Task], replicas: u64, secret: &str) -> bool {
+    let wanted: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+        .collect();
+    wanted.len() as u64 == replicas
+        && wanted.iter().all(|t| {
+            t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+                && task_secrets(t).iter().any(|s| s == secret)
+        })
+}
+
+/// Where a rollout of a new secret stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rollout {
+    /// The service's spec names the secret and every task Swarm wants running runs with it.
+    InForce,
+    /// Not yet: tasks starting, or Swarm not at it yet.
+    Rolling,
+    /// Swarm gave up on the new tasks and put the previous spec back.
+    RolledBack,
+    /// Swarm stopped the rollout of this spec half way.
+    Paused,
+    /// The spec names another secret and no rollback put it there: someone else updated it.
+    Replaced,
+}
+
+/// Classifies a rollout from the service's `UpdateStatus.State`, whether its spec names the
+/// secret now, and whether its tasks all run with it.
+///
+/// The status describes the service's *last* update, which is not always this one: Swarm
+/// resets it (to none) when an update changes the spec, but an update that finds the spec
+/// already as wanted sends nothing (a restarted manager whose record of the loaded config
+/// is gone), so a `rollback_completed` of an earlier, failed update is still there. What
+/// decides is the spec and the tasks: tasks that run the secret are in force whatever the
+/// status says, and a rollback counts against this update only when it took the secret out
+/// of the spec (Swarm swaps the previous spec back in when it starts rolling back).
+fn rollout(
+    state: Option<ServiceUpdateStatusStateEnum>,
+    spec_has_secret: bool,
+    tasks_have_secret: bool,
+) -> Rollout {
+    use ServiceUpdateStatusStateEnum as S;
+    if spec_has_secret && tasks_have_secret {
+        return Rollout::InForce;
+    }
+    match (state, spec_has_secret) {
+        (Some(S::ROLLBACK_STARTED | S::ROLLBACK_PAUSED | S::ROLLBACK_COMPLETED), false) => {
+            Rollout::RolledBack
+        }
+        (_, false) => Rollout::Replaced,
+        (Some(S::PAUSED), true) => Rollout::Paused,
+        (_, true) => Rollout::Rolling,
+    }
 }
 
 fn task_secrets(task: &Task) -> Vec<String> {
@@ -858,6 +902,77 @@ mod tests {
             describe(&summarize(1, &starting)),
             "0/1 tasks running; no task serves yet (waiting for its /ready health check)"
         );
+    }
+
+    /// The doubt of issue 13: a `rollback_completed` left by an earlier, failed update must
+    /// not be read as this update's failure once the config is in force; a rollback that
+    /// took this update's secret out of the spec must.
+    #[test]
+    fn a_rollout_is_judged_by_its_spec_and_tasks_not_by_a_stale_status() {
+        use Rollout::*;
+        use ServiceUpdateStatusStateEnum as S;
+        let check = |state, spec: bool, tasks: bool, expected: Rollout| {
+            assert_eq!(
+                rollout(state, spec, tasks),
+                expected,
+                "state {state:?}, spec names the secret: {spec}, tasks run it: {tasks}"
+            );
+        };
+        // Just updated: Swarm reset the status; then it rolls and completes.
+        check(None, true, false, Rolling);
+        check(Some(S::UPDATING), true, false, Rolling);
+        check(Some(S::UPDATING), true, true, InForce);
+        check(Some(S::COMPLETED), true, true, InForce);
+        check(None, true, true, InForce);
+        // An earlier update rolled back to the spec that is wanted now, and nothing was sent
+        // (the spec already matched): in force, not "rolled back".
+        check(Some(S::ROLLBACK_COMPLETED), true, true, InForce);
+        check(Some(S::ROLLBACK_PAUSED), true, true, InForce);
+        // ... and while the tasks of that rollback still start: wait for them.
+        check(Some(S::ROLLBACK_STARTED), true, false, Rolling);
+        check(Some(S::ROLLBACK_COMPLETED), true, false, Rolling);
+        // This update's new task never served: Swarm put the previous spec back.
+        check(Some(S::ROLLBACK_STARTED), false, false, RolledBack);
+        check(Some(S::ROLLBACK_PAUSED), false, false, RolledBack);
+        check(Some(S::ROLLBACK_COMPLETED), false, false, RolledBack);
+        // Paused on the way to this spec; a spec changed by someone else.
+        check(Some(S::PAUSED), true, false, Paused);
+        check(None, false, false, Replaced);
+        check(Some(S::COMPLETED), false, false, Replaced);
+    }
+
+    #[test]
+    fn tasks_run_with_the_secret_only_when_every_wanted_task_runs_it() {
+        let task = |desired: TaskState, state: TaskState, secret: &str| Task {
+            desired_state: Some(desired),
+            status: Some(TaskStatus {
+                state: Some(state),
+                ..Default::default()
+            }),
+            spec: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    secrets: Some(vec![TaskSpecContainerSpecSecrets {
+                        secret_name: Some(secret.into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        use TaskState::{RUNNING, SHUTDOWN, STARTING};
+        let new = task(RUNNING, RUNNING, "new");
+        let old_going = task(SHUTDOWN, RUNNING, "old");
+        assert!(tasks_run_with(&[new.clone(), old_going.clone()], 1, "new"));
+        assert!(!tasks_run_with(
+            &[task(RUNNING, STARTING, "new"), old_going],
+            1,
+            "new"
+        ));
+        assert!(!tasks_run_with(&[task(RUNNING, RUNNING, "old")], 1, "new"));
+        assert!(!tasks_run_with(std::slice::from_ref(&new), 2, "new"));
+        assert!(!tasks_run_with(&[], 1, "new"));
     }
 
     #[test]

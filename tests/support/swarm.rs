@@ -75,7 +75,7 @@ impl Swarm {
     }
 
     /// Copies `image` from the tests' daemon (`DOCKER_HOST`, else the machine's) into the private one.
-    fn load(&self, image: &str) {
+    pub fn load(&self, image: &str) {
         let mut save = Command::new("docker")
             .args(["save", image])
             .stdout(Stdio::piped())
@@ -98,19 +98,22 @@ impl Swarm {
     /// A login role `<id>_authenticator` with `password` and a database `<id>`: what the
     /// manager renders into the project's `db-uri`.
     pub fn add_project_database(&self, id: &str, password: &str) {
-        let quoted = password.replace('\'', "''");
-        self.psql(&format!(
-            "CREATE ROLE {id}_authenticator LOGIN NOINHERIT PASSWORD '{quoted}'; \
-             GRANT anon TO {id}_authenticator"
-        ));
-        self.psql(&format!("CREATE DATABASE {id}"));
+        let [role, database] = Swarm::project_database_sql(id, password);
+        self.psql_each(&[&role, &database]);
     }
 
     pub fn psql(&self, sql: &str) {
-        self.ok(&[
+        self.psql_each(&[sql]);
+    }
+
+    /// Runs each statement in its own transaction, in one `psql` (`CREATE DATABASE` cannot
+    /// share a transaction): many projects' databases in one `docker exec`.
+    pub fn psql_each(&self, statements: &[&str]) {
+        let password = format!("PGPASSWORD={SUPERUSER_PASSWORD}");
+        let mut args: Vec<&str> = vec![
             "exec",
             "-e",
-            &format!("PGPASSWORD={SUPERUSER_PASSWORD}"),
+            &password,
             DB_HOST,
             "psql",
             "-v",
@@ -120,9 +123,23 @@ impl Swarm {
             "127.0.0.1",
             "-U",
             "postgres",
-            "-c",
-            sql,
-        ]);
+        ];
+        for statement in statements {
+            args.extend(["-c", statement]);
+        }
+        self.ok(&args);
+    }
+
+    /// The statements of [`Swarm::add_project_database`].
+    pub fn project_database_sql(id: &str, password: &str) -> [String; 2] {
+        let quoted = password.replace('\'', "''");
+        [
+            format!(
+                "CREATE ROLE {id}_authenticator LOGIN NOINHERIT PASSWORD '{quoted}'; \
+                 GRANT anon TO {id}_authenticator"
+            ),
+            format!("CREATE DATABASE {id}"),
+        ]
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
@@ -196,6 +213,30 @@ impl Swarm {
             .collect();
         names.sort();
         names
+    }
+
+    /// One `docker service ls` of the services carrying `label` (`key=value`): how many
+    /// there are, and how many of them have all their tasks running (a task with a health
+    /// check is `running` only once its check passed).
+    pub fn services_serving(&self, label: &str) -> (usize, usize) {
+        let out = self.ok(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Replicas}}",
+        ]);
+        let replicas: Vec<&str> = out.lines().collect();
+        let serving = replicas
+            .iter()
+            .filter(|r| {
+                // `1/1`, or `0/1`; a finished rollout has no suffix.
+                r.split_once('/')
+                    .is_some_and(|(running, wanted)| running != "0" && running == wanted)
+            })
+            .count();
+        (replicas.len(), serving)
     }
 
     /// The service's tasks Swarm wants running, as `id state`, e.g. `abc Running`.
