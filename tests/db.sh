@@ -42,7 +42,7 @@ down() {
             for n in $(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$c"); do
                 [ "$n" = "$net" ] || docker network disconnect -f "$n" "$c" >/dev/null 2>&1 || true
             done
-            docker rm -f "$c" >/dev/null
+            docker rm -f -v "$c" >/dev/null
         fi
     done
     docker network rm "$net" >/dev/null 2>&1 || true
