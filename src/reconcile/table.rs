@@ -186,16 +186,14 @@ impl Table {
                 .enabled
                 .then(|| Arc::new(render::render(&spec, template)));
             // The planners look at the hash and digest of an enabled spec only.
+            let (spec_hash, config_digest) = rendered
+                .as_ref()
+                .map(|r| (r.spec_hash.clone(), r.config.digest.clone()))
+                .unwrap_or_default();
             let planned = Desired {
                 enabled: spec.enabled,
-                spec_hash: rendered
-                    .as_ref()
-                    .map(|r| r.spec_hash.clone())
-                    .unwrap_or_default(),
-                config_digest: rendered
-                    .as_ref()
-                    .map(|r| r.config.digest.clone())
-                    .unwrap_or_default(),
+                spec_hash,
+                config_digest,
                 schema_token: spec.schema_reload_token,
             };
             project.want = Some(Want::Spec(planned.clone()));

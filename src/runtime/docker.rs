@@ -230,19 +230,15 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         // before SIGKILL, also for a `docker stop` by hand.
         stop_signal: Some("SIGTERM".into()),
         stop_timeout: Some(i64::try_from(spec.stop_grace_secs).unwrap_or(i64::MAX)),
-        healthcheck: Some(match spec.healthcheck_interval_secs {
-            0 => HealthConfig {
-                test: Some(spec.healthcheck.clone()),
-                ..Default::default()
-            },
-            interval => HealthConfig {
-                test: Some(spec.healthcheck.clone()),
-                interval: Some(interval as i64 * SECOND_NS),
-                timeout: Some(5 * SECOND_NS),
-                retries: Some(3),
-                start_period: Some(5 * SECOND_NS),
-                start_interval: None,
-            },
+        // With `PGM_HEALTHCHECK_SECS=0` the test is `NONE` (`render.rs`): no check, and
+        // Docker takes an interval of 0 as "the default", ignored with it.
+        healthcheck: Some(HealthConfig {
+            test: Some(spec.healthcheck.clone()),
+            interval: Some(spec.healthcheck_interval_secs as i64 * SECOND_NS),
+            timeout: Some(5 * SECOND_NS),
+            retries: Some(3),
+            start_period: Some(5 * SECOND_NS),
+            start_interval: None,
         }),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
