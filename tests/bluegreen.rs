@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use support::*;
 
-const CADDY_IMAGE: &str = "launchdb/caddy:2.6.2-local";
 /// Between two requests of the client: about 100 requests a second.
 const PACE: Duration = Duration::from_millis(10);
 
@@ -34,24 +33,12 @@ fn caddy_missing() -> bool {
 /// instance, so the env removes it. Returns its address.
 fn start_caddy(env: &TestEnv) -> IpAddr {
     let name = env.helper_name();
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/caddy.json");
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        &format!("launchdb.instance={}", env.instance),
-        "--network",
-        &env.network,
-        "-v",
-        &format!("{config}:/etc/caddy/launchdb.json:ro"),
-        CADDY_IMAGE,
-        "caddy",
-        "run",
-        "--config",
-        "/etc/caddy/launchdb.json",
-    ]);
+    let label = format!("launchdb.instance={}", env.instance);
+    let caddy = caddy_as_deployed();
+    let mut args = vec!["run", "-d", "--name", &name, "--label", &label];
+    args.extend(["--network", &env.network]);
+    args.extend(caddy.iter().map(String::as_str));
+    docker_ok(&args);
     let format = format!(
         "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
         env.network

@@ -79,10 +79,7 @@ fn a_project_lives_as_a_swarm_service_with_rolling_updates() {
     let name = env.container(&id);
     let log_path = manager.log_path();
     let _diagnose = OnPanic(|| {
-        eprintln!(
-            "--- the manager's log ends:\n{}",
-            tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 40)
-        );
+        print_log_end(&log_path);
         let ps = swarm.docker(&["service", "ps", "--no-trunc", &name]);
         eprintln!(
             "--- docker service ps:\n{}",
@@ -308,6 +305,12 @@ fn secrets_before(state: &str) -> String {
         .to_owned()
 }
 
+/// For an [`OnPanic`]: the last lines of the manager's log.
+fn print_log_end(log_path: &std::path::Path) {
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    eprintln!("--- the manager's log ends:\n{}", tail(&log, 40));
+}
+
 /// Runs its closure when dropped during a panic: what a failed wait needs to be understood.
 struct OnPanic<F: Fn()>(F);
 
@@ -499,9 +502,6 @@ fn bench_swarm() {
     }
 }
 
-/// The stack's Caddy image (`deploy/build-local-images.sh`).
-const CADDY_IMAGE: &str = "launchdb/caddy:2.6.2-local";
-
 /// Caddy in front of Swarm services, as the stack runs it (`deploy/caddy/caddy.json`, its
 /// project routes kept by the manager through `PGM_CADDY_ADMIN_URL`), on a one-node swarm:
 /// attached to the overlay network, where its routes dial `postgrest-<id>:3000` (the service
@@ -516,22 +516,10 @@ fn caddy_reaches_the_services_through_the_overlay_network() {
     let swarm = Swarm::start(&env.network);
     swarm.load(CADDY_IMAGE);
     let caddy = format!("{}caddy", env.instance);
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/caddy.json");
-    swarm.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &caddy,
-        "--network",
-        &swarm.network,
-        "-v",
-        &format!("{config}:/etc/caddy/launchdb.json:ro"),
-        CADDY_IMAGE,
-        "caddy",
-        "run",
-        "--config",
-        "/etc/caddy/launchdb.json",
-    ]);
+    let deployed = caddy_as_deployed();
+    let mut args = vec!["run", "-d", "--name", &caddy, "--network", &swarm.network];
+    args.extend(deployed.iter().map(String::as_str));
+    swarm.ok(&args);
     swarm.ok(&["network", "connect", "bridge", &caddy]);
     let admin = swarm.ok(&[
         "inspect",
@@ -548,10 +536,7 @@ fn caddy_reaches_the_services_through_the_overlay_network() {
     let name = env.container(&id);
     let log_path = manager.log_path();
     let _diagnose = OnPanic(|| {
-        eprintln!(
-            "--- the manager's log ends:\n{}",
-            tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 40)
-        );
+        print_log_end(&log_path);
         let logs = swarm.docker(&["logs", "--tail", "30", &caddy]);
         eprintln!(
             "--- Caddy's log ends:\n{}",

@@ -45,6 +45,8 @@ use sha2::Sha256;
 pub const IMAGE: &str = "launchdb/postgrest:v1-test";
 /// A plain busybox image, for a client on the containers' network.
 pub const CLIENT_IMAGE: &str = "launchdb/busybox-base:local";
+/// Caddy, as deploy/build-local-images.sh builds it for the stack.
+pub const CADDY_IMAGE: &str = "launchdb/caddy:2.6.2-local";
 /// How long any wait lasts before the test fails. Generous: the machine has two cores and
 /// other test binaries may run at the same time.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,6 +56,23 @@ pub const POLL: Duration = Duration::from_millis(50);
 const LABEL_INSTANCE: &str = "launchdb.instance";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The end of a `docker run` of Caddy as deploy/compose.yaml runs it: the stack's static
+/// config, mounted read-only, and no `--resume`.
+pub fn caddy_as_deployed() -> Vec<String> {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/caddy.json");
+    [
+        "-v",
+        &format!("{config}:/etc/caddy/launchdb.json:ro"),
+        CADDY_IMAGE,
+        "caddy",
+        "run",
+        "--config",
+        "/etc/caddy/launchdb.json",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
 
 /// The image the managers of the tests run: [`IMAGE`] unless `PGM_TEST_IMAGE` is set.
 pub fn image() -> String {
