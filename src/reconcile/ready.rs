@@ -5,10 +5,13 @@
 //!
 //! A container that is not ready is probed often: a young one (its first 5 s) from 10 ms,
 //! doubling to every 50 ms, so Caddy routes it within moments of its first `/ready`; an older
-//! one every 500 ms. One that is ready is probed now and then (every 30 s), so a fleet that
-//! serves costs a probe per container per 30 s.
+//! one every 500 ms. One that is ready is probed now and then: every 30 s, and no more than 5
+//! serving containers a second fleet-wide (1,000 are probed every 200 s); the first one found
+//! not serving has all the others probed at once. Probes of serving containers fall due on
+//! whole-second ticks, so a serving fleet wakes the watcher at most once a second, and a
+//! wake-up costs the probes that are due, not a look at every container.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +27,19 @@ const NOT_READY_FIRST: Duration = Duration::from_millis(10);
 const YOUNG: Duration = Duration::from_secs(5);
 const YOUNG_EVERY: Duration = Duration::from_millis(50);
 const NOT_READY_EVERY: Duration = Duration::from_millis(500);
-/// A serving container is probed this often: at 120 projects, every 10 s cost the idle
-/// manager 0.08% of a core (BENCHMARKS.md), every 30 s a third of that. A database outage
-/// shows in the status within this long.
+/// A serving container is probed this often, while the fleet is small enough for
+/// [`READY_PROBES_PER_SEC`]. A database outage shows in the status within this long.
 const READY_EVERY: Duration = Duration::from_secs(30);
+/// Serving containers are probed at most this many a second, fleet-wide: a probe costs about
+/// 90 µs of CPU (a TCP connection to the container and its answer), so at 1,000 serving
+/// containers every 30 s they were most of an idle manager's CPU (BENCHMARKS.md, "Scale").
+/// Up to 150 containers keep [`READY_EVERY`]; 1,000 are probed every 200 s, and the first
+/// one found not serving has every other serving one probed at once ([`Probes::sweep`]),
+/// since what takes one down (its database, PgBouncer) usually takes many.
+const READY_PROBES_PER_SEC: u32 = 5;
+/// Ready probes fall due on ticks this far apart: one wake-up probes every serving container
+/// due in that second.
+const READY_BATCH: Duration = Duration::from_secs(1);
 /// The log is read at most this often per container that is not ready.
 const LOGS_EVERY: Duration = Duration::from_secs(5);
 /// A container this young that does not serve yet is starting; its log is not read before.
@@ -62,12 +74,140 @@ pub(super) struct Target {
 }
 
 struct Known {
+    target: Target,
     readiness: Readiness,
+    /// Its place in [`Probes::schedule`].
     next_probe: Instant,
     /// Between probes while not ready: doubles up to [`YOUNG_EVERY`], later [`NOT_READY_EVERY`].
     interval: Duration,
     next_logs: Instant,
     first_seen: Instant,
+}
+
+/// Every target and when each is probed next. A wake-up costs the probes that are due, not the
+/// fleet: at 1,000 serving containers, due one by one over 30 s, a scan of every target per
+/// wake-up was 33 scans of 1,000 a second.
+struct Probes {
+    known: HashMap<String, Known>,
+    schedule: BTreeSet<(Instant, String)>,
+    /// The clock ready probes are rounded up to ([`READY_BATCH`]).
+    epoch: Instant,
+    last_sweep: Option<Instant>,
+}
+
+impl Probes {
+    fn new(now: Instant) -> Probes {
+        Probes {
+            known: HashMap::new(),
+            schedule: BTreeSet::new(),
+            epoch: now,
+            last_sweep: None,
+        }
+    }
+
+    /// Follows a new list of targets: a new one is probed at once, so is one whose address
+    /// or runtime verdict changed; what is gone is forgotten. Runs once per changed listing.
+    fn retarget(&mut self, targets: &[Target], now: Instant) {
+        let ids: HashSet<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+        let schedule = &mut self.schedule;
+        self.known.retain(|id, known| {
+            let keep = ids.contains(id.as_str());
+            if !keep {
+                schedule.remove(&(known.next_probe, id.clone()));
+            }
+            keep
+        });
+        for target in targets {
+            match self.known.get_mut(&target.id) {
+                Some(known) if known.target == *target => {}
+                Some(known) => {
+                    known.target = target.clone();
+                    self.schedule.remove(&(known.next_probe, target.id.clone()));
+                    known.next_probe = now;
+                    self.schedule.insert((now, target.id.clone()));
+                }
+                None => {
+                    self.known.insert(
+                        target.id.clone(),
+                        Known {
+                            target: target.clone(),
+                            readiness: Readiness::Unknown,
+                            next_probe: now,
+                            interval: NOT_READY_FIRST,
+                            next_logs: now,
+                            first_seen: now,
+                        },
+                    );
+                    self.schedule.insert((now, target.id.clone()));
+                }
+            }
+        }
+    }
+
+    /// The targets due at `now`, taken off the schedule until [`Probes::probed`] puts them back.
+    fn due(&mut self, now: Instant) -> Vec<Target> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.schedule.first() {
+            if *at > now {
+                break;
+            }
+            let (_, id) = self.schedule.pop_first().expect("just looked");
+            due.push(self.known[&id].target.clone());
+        }
+        due
+    }
+
+    /// When the next probe is due.
+    fn next(&self) -> Option<Instant> {
+        self.schedule.first().map(|(at, _)| *at)
+    }
+
+    /// How long a serving container waits for its next probe: [`READY_EVERY`], or longer
+    /// when the fleet is too big for [`READY_PROBES_PER_SEC`].
+    fn ready_every(&self) -> Duration {
+        let n = u32::try_from(self.known.len()).unwrap_or(u32::MAX);
+        READY_EVERY.max(Duration::from_secs(1) * n / READY_PROBES_PER_SEC)
+    }
+
+    /// Puts a probed target back on the schedule: `ready`, after [`Probes::ready_every`]
+    /// rounded up to the next [`READY_BATCH`] tick, so a serving fleet wakes the watcher once
+    /// per tick, not once per container; not ready, after its backoff.
+    fn reschedule(&mut self, id: &str, ready: bool, now: Instant) -> Option<&mut Known> {
+        let every = self.ready_every();
+        let known = self.known.get_mut(id)?;
+        if ready {
+            let since = (now + every).duration_since(self.epoch);
+            let ticks = since.as_nanos().div_ceil(READY_BATCH.as_nanos());
+            known.next_probe = self.epoch + READY_BATCH * ticks as u32;
+            known.interval = NOT_READY_FIRST;
+        } else {
+            known.next_probe = now + known.interval;
+            let cap = if now < known.first_seen + YOUNG {
+                YOUNG_EVERY
+            } else {
+                NOT_READY_EVERY
+            };
+            known.interval = (known.interval * 2).min(cap);
+        }
+        self.schedule.insert((known.next_probe, id.to_owned()));
+        Some(known)
+    }
+
+    /// A serving container stopped serving: every other one that served is probed now, at
+    /// most once per [`READY_EVERY`], so a shared cause shows on every project it hit.
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|last| now < last + READY_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        for (id, known) in &mut self.known {
+            if known.readiness == Readiness::Ready && known.next_probe > now {
+                self.schedule.remove(&(known.next_probe, id.clone()));
+                known.next_probe = now;
+                self.schedule.insert((now, id.clone()));
+            }
+        }
+    }
 }
 
 /// Probes `targets` (replaced by the loop after every listing) until the loop goes away.
@@ -77,16 +217,13 @@ pub(super) async fn watch_readiness<R: Runtime>(
     mut targets: watch::Receiver<Vec<Target>>,
     changes: mpsc::Sender<(String, Readiness)>,
 ) {
-    let mut known: HashMap<String, Known> = HashMap::new();
+    let mut probes = Probes::new(Instant::now());
+    let mut retarget = true;
     loop {
-        let now = Instant::now();
-        let current = targets.borrow_and_update().clone();
-        let ids: HashSet<&str> = current.iter().map(|t| t.id.as_str()).collect();
-        known.retain(|id, _| ids.contains(id.as_str()));
-        let due: Vec<Target> = current
-            .into_iter()
-            .filter(|t| known.get(&t.id).is_none_or(|k| k.next_probe <= now))
-            .collect();
+        if retarget {
+            probes.retarget(&targets.borrow_and_update(), Instant::now());
+        }
+        let due = probes.due(Instant::now());
         let results: Vec<(Target, bool)> = futures_util::stream::iter(due)
             .map(|target| async move {
                 let ready = match target.ip {
@@ -99,27 +236,16 @@ pub(super) async fn watch_readiness<R: Runtime>(
             .buffer_unordered(PROBES_AT_ONCE)
             .collect()
             .await;
+        let mut sweep = false;
         for (target, ready) in results {
             let now = Instant::now();
-            let entry = known.entry(target.id.clone()).or_insert(Known {
-                readiness: Readiness::Unknown,
-                next_probe: now,
-                interval: NOT_READY_FIRST,
-                next_logs: now,
-                first_seen: now,
-            });
+            let Some(entry) = probes.reschedule(&target.id, ready, now) else {
+                continue;
+            };
+            sweep |= !ready && entry.readiness == Readiness::Ready;
             let readiness = if ready {
-                entry.next_probe = now + READY_EVERY;
-                entry.interval = NOT_READY_FIRST;
                 Readiness::Ready
             } else {
-                entry.next_probe = now + entry.interval;
-                let cap = if now < entry.first_seen + YOUNG {
-                    YOUNG_EVERY
-                } else {
-                    NOT_READY_EVERY
-                };
-                entry.interval = (entry.interval * 2).min(cap);
                 match &entry.readiness {
                     _ if now < entry.first_seen + STARTING => Readiness::NotReady {
                         reason: "PostgREST is starting".to_owned(),
@@ -144,10 +270,16 @@ pub(super) async fn watch_readiness<R: Runtime>(
                 }
             }
         }
-        let next = known.values().map(|k| k.next_probe).min();
+        if sweep {
+            probes.sweep(Instant::now());
+        }
+        retarget = false;
         tokio::select! {
-            changed = targets.changed() => if changed.is_err() { return },
-            () = sleep_until(next) => {}
+            changed = targets.changed() => match changed {
+                Ok(()) => retarget = true,
+                Err(_) => return,
+            },
+            () = sleep_until(probes.next()) => {}
         }
     }
 }
@@ -194,6 +326,105 @@ pub(super) fn reason_from_logs(logs: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(id: &str, last: u8) -> Target {
+        Target {
+            id: id.to_owned(),
+            ip: Some(IpAddr::from([10, 0, 0, last])),
+            serves: None,
+        }
+    }
+
+    #[test]
+    fn serving_containers_probed_at_different_moments_fall_due_together() {
+        let t0 = Instant::now();
+        let mut probes = Probes::new(t0);
+        let fleet: Vec<Target> = (0..50).map(|i| target(&format!("c{i}"), i)).collect();
+        probes.retarget(&fleet, t0);
+        assert_eq!(probes.due(t0).len(), 50, "new targets are probed at once");
+        assert_eq!(probes.next(), None, "taken off the schedule while probed");
+        // Answers come back over 0.9 s, within one tick.
+        for (i, t) in fleet.iter().enumerate() {
+            let answered = t0 + Duration::from_millis(1 + 18 * i as u64);
+            probes.reschedule(&t.id, true, answered);
+        }
+        let tick = probes.next().expect("all rescheduled");
+        assert!(tick >= t0 + READY_EVERY + Duration::from_millis(1 + 18 * 49));
+        assert!(tick <= t0 + READY_EVERY + READY_BATCH);
+        assert!(probes.due(tick - Duration::from_millis(1)).is_empty());
+        assert_eq!(
+            probes.due(tick).len(),
+            50,
+            "one wake-up for the whole batch"
+        );
+    }
+
+    #[test]
+    fn a_big_serving_fleet_is_probed_within_the_budget_and_swept_on_a_failure() {
+        let t0 = Instant::now();
+        let mut probes = Probes::new(t0);
+        let fleet: Vec<Target> = (0..1000)
+            .map(|i| target(&format!("c{i}"), (i % 250) as u8))
+            .collect();
+        probes.retarget(&fleet, t0);
+        for t in probes.due(t0) {
+            let known = probes.reschedule(&t.id, true, t0).unwrap();
+            known.readiness = Readiness::Ready;
+        }
+        // 1,000 at 5 a second: every 200 s, not every 30 s.
+        let next = probes.next().unwrap();
+        assert!(next >= t0 + Duration::from_secs(200), "{:?}", next - t0);
+        assert!(next <= t0 + Duration::from_secs(200) + READY_BATCH);
+
+        // One stops serving: every other serving one is due at once, and once per period.
+        let later = t0 + Duration::from_secs(60);
+        probes.reschedule("c7", false, later).unwrap().readiness = Readiness::NotReady {
+            reason: "database down".into(),
+        };
+        probes.sweep(later);
+        assert_eq!(probes.due(later).len(), 999);
+        for t in fleet.iter().filter(|t| t.id != "c7") {
+            probes.reschedule(&t.id, true, later);
+        }
+        probes.sweep(later + Duration::from_secs(1));
+        let due = probes.due(later + Duration::from_secs(1));
+        assert_eq!(
+            due,
+            [target("c7", 7)],
+            "the failing one alone: no second sweep at once"
+        );
+
+        // A small fleet keeps the 30 s period.
+        let mut small = Probes::new(t0);
+        small.retarget(&fleet[..100], t0);
+        assert_eq!(small.ready_every(), READY_EVERY);
+    }
+
+    #[test]
+    fn a_new_listing_probes_new_and_changed_targets_at_once_and_forgets_the_gone() {
+        let t0 = Instant::now();
+        let mut probes = Probes::new(t0);
+        probes.retarget(&[target("a", 1), target("b", 2), target("c", 3)], t0);
+        for t in probes.due(t0) {
+            probes.reschedule(&t.id, true, t0);
+        }
+        let later = t0 + Duration::from_secs(5);
+        // b is gone, c has a new address, d is new, a is as it was.
+        probes.retarget(&[target("a", 1), target("c", 9), target("d", 4)], later);
+        let mut due: Vec<Target> = probes.due(later);
+        due.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(due, [target("c", 9), target("d", 4)]);
+        assert!(!probes.known.contains_key("b"));
+        assert_eq!(
+            probes.schedule.len(),
+            1,
+            "a alone waits: {:?}",
+            probes.schedule
+        );
+        // Not ready: the young backoff, not the ready period.
+        let known = probes.reschedule("d", false, later).unwrap();
+        assert_eq!(known.next_probe, later + NOT_READY_FIRST);
+    }
 
     #[test]
     fn reasons_come_from_postgrests_own_error_lines() {
