@@ -165,7 +165,7 @@ pub(super) async fn delete_project(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::from_io(&format!("removing the state file of {id}"), &e))?;
-    ctx.handle.wake();
+    ctx.handle.project_written(&id);
     ctx.wait_until(&id, |_, status| {
         let gone = status.is_none_or(|p| p.desired.is_none() && p.container.is_none());
         gone.then_some(Ok(()))

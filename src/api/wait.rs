@@ -110,7 +110,7 @@ impl Ctx {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         // The write is complete: no reason to wait out the watcher's debounce.
-        self.handle.wake_now();
+        self.handle.project_written(id);
         Ok(edited)
     }
 

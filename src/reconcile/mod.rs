@@ -50,6 +50,7 @@ use crate::spec::ProjectId;
 use crate::state_dir::{LoadCache, StateDir};
 use apply::{apply, ActionError, Job, Outcome};
 use retry::Retry;
+use snapshot::{FileHints, SharedHints};
 use table::Table;
 
 /// File and API triggers are coalesced over this window: one atomic write is several events,
@@ -58,6 +59,11 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Health changes queued for the loop. They arrive in bursts when many containers start; a
 /// full queue falls back to a pass, which lists every container's health anyway.
 const HEALTH_QUEUE: usize = 256;
+/// Every this many resyncs, the state directory is read in full (a listing and a `stat` per
+/// file): the safety net under the watcher, which names the files that change (with the
+/// default resync, every 5 minutes). In between, a pass looks at the files named alone: at
+/// 10,000 files the full read every resync was most of an idle manager's CPU (BENCHMARKS.md).
+const RESCAN_EVERY: u32 = 10;
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -128,8 +134,10 @@ pub struct Controller<R: Runtime> {
     labels: BTreeMap<String, String>,
     wake_rx: mpsc::Receiver<()>,
     wake_tx: mpsc::Sender<()>,
-    /// [`Handle::wake_now`]: a pass at once, no debounce.
+    /// [`Handle::project_written`]: a pass at once, no debounce.
     wake_now: Arc<tokio::sync::Notify>,
+    /// Which state files the next pass looks at.
+    files: SharedHints,
     /// Health changes from Docker's events: (container id, health).
     health_rx: mpsc::Receiver<(String, Health)>,
     health_tx: mpsc::Sender<(String, Health)>,
@@ -179,7 +187,8 @@ impl<R: Runtime> Controller<R> {
         let labels = owner_labels(&cfg.template.instance);
         let pools = cfg.pgbouncer.clone().map(PoolSync::new);
         let wake_now = Arc::new(tokio::sync::Notify::new());
-        let handle = Handle::new(wake_tx.clone(), wake_now.clone(), status_rx);
+        let files = SharedHints::default();
+        let handle = Handle::new(wake_tx.clone(), wake_now.clone(), files.clone(), status_rx);
         let controller = Controller {
             runtime,
             cfg: Arc::new(cfg),
@@ -187,6 +196,7 @@ impl<R: Runtime> Controller<R> {
             wake_rx,
             wake_tx,
             wake_now,
+            files,
             health_rx,
             health_tx,
             ready_targets: watch::channel(Vec::new()).0,
@@ -259,6 +269,7 @@ impl<R: Runtime> Controller<R> {
         let mut resync =
             tokio::time::interval_at(Instant::now() + self.cfg.resync, self.cfg.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resyncs: u32 = 0;
         // Start-up is the first trigger.
         let mut pass_at: Option<Instant> = Some(Instant::now());
         loop {
@@ -298,6 +309,10 @@ impl<R: Runtime> Controller<R> {
                     self.pass(&mut actions).await;
                 }
                 _ = resync.tick() => {
+                    resyncs += 1;
+                    if resyncs.is_multiple_of(RESCAN_EVERY) {
+                        self.hints().all = true;
+                    }
                     self.table.forget_foreign();
                     self.docker_changed.store(true, Ordering::SeqCst);
                     pass_at = Some(Instant::now());
@@ -336,6 +351,12 @@ impl<R: Runtime> Controller<R> {
         readiness.abort();
     }
 
+    fn hints(&self) -> std::sync::MutexGuard<'_, FileHints> {
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Applies a health change to the last listing. A container not listed yet gets its
     /// health from the pass that lists it.
     fn set_health(&mut self, (id, health): (String, Health)) {
@@ -370,10 +391,16 @@ impl<R: Runtime> Controller<R> {
         let state = self.cfg.state.clone();
         let mut cache = std::mem::take(&mut self.load_cache);
         let first = !self.reconciled_once;
+        let hints = std::mem::take(&mut *self.hints());
+        let all = first || hints.all;
         let (loaded, cache) = tokio::task::spawn_blocking(move || {
-            let loaded = match first {
-                true => state.load_cached(&mut cache).map(Some),
-                false => state.load_changed(&mut cache),
+            let loaded = match (first, all) {
+                (true, _) => state.load_cached(&mut cache).map(Some),
+                (false, true) => state.load_changed(&mut cache),
+                (false, false) if hints.names.is_empty() => Ok(None),
+                (false, false) => {
+                    state.load_named(&mut cache, hints.names.iter().map(|n| n.as_str()))
+                }
             };
             (loaded, cache)
         })
@@ -381,10 +408,12 @@ impl<R: Runtime> Controller<R> {
         .expect("loading never panics");
         self.load_cache = cache;
         match loaded {
-            // The usual resync: every file as it was, so every want as it was.
+            // The usual pass: no file changed, so every want is as it was.
             Ok(None) => {}
             Ok(Some(loaded)) => self.table.absorb(loaded, &self.cfg.template),
             Err(e) => {
+                // What this pass was to look at is looked at again, all of it.
+                self.hints().all = true;
                 error!(dir = %self.cfg.state.path().display(), error = %e, "cannot read the state directory");
                 return;
             }

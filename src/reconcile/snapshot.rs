@@ -2,9 +2,9 @@
 //! planned against, the container it sees, and what went wrong. The API and `/readyz` read it;
 //! nobody writes it but the loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -174,12 +174,24 @@ pub struct ContainerView {
     pub tasks: Option<crate::runtime::Tasks>,
 }
 
+/// Which state files may have changed since the loop last looked. The watcher names them, and
+/// a pass then looks at those files alone; anything that cannot say (a test, the watcher losing
+/// track, the periodic full rescan) asks for the whole directory.
+#[derive(Debug, Default)]
+pub(super) struct FileHints {
+    pub all: bool,
+    pub names: BTreeSet<String>,
+}
+
+pub(super) type SharedHints = Arc<Mutex<FileHints>>;
+
 /// The outside world's handle on a running loop: wake it, read its status.
 #[derive(Clone)]
 pub struct Handle {
     wake: mpsc::Sender<()>,
-    /// A pass now, without the debounce (`wake_now`).
+    /// A pass now, without the debounce (`project_written`).
     now: Arc<tokio::sync::Notify>,
+    files: SharedHints,
     status: watch::Receiver<Arc<Snapshot>>,
 }
 
@@ -187,20 +199,43 @@ impl Handle {
     pub(super) fn new(
         wake: mpsc::Sender<()>,
         now: Arc<tokio::sync::Notify>,
+        files: SharedHints,
         status: watch::Receiver<Arc<Snapshot>>,
     ) -> Handle {
-        Handle { wake, now, status }
+        Handle {
+            wake,
+            now,
+            files,
+            status,
+        }
     }
 
-    /// Asks for a pass soon. Never blocks: a pending wake-up already covers this one.
+    fn hints(&self) -> std::sync::MutexGuard<'_, FileHints> {
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks for a pass soon that reads the whole state directory again. Never blocks: a
+    /// pending wake-up already covers this one.
     pub fn wake(&self) {
+        self.hints().all = true;
         let _ = self.wake.try_send(());
     }
 
-    /// Asks for a pass at once, skipping the debounce that coalesces the several events of
-    /// one file write: for a caller whose change is complete (the API, after its atomic
-    /// write), whose client waits on the pass. Never blocks.
-    pub fn wake_now(&self) {
+    /// Asks for a pass soon that looks at the state directory's entry `name` (what the
+    /// watcher saw change), and at no other file. Never blocks.
+    pub fn file_changed(&self, name: &str) {
+        self.hints().names.insert(name.to_owned());
+        let _ = self.wake.try_send(());
+    }
+
+    /// Asks for a pass at once that looks at `id`'s file, skipping the debounce that
+    /// coalesces the several events of one file write: for a caller whose change is complete
+    /// (the API, after its atomic write or removal), whose client waits on the pass.
+    /// Never blocks.
+    pub fn project_written(&self, id: &ProjectId) {
+        self.hints().names.insert(format!("{id}.toml"));
         self.now.notify_one();
     }
 

@@ -722,6 +722,52 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
 }
 
+/// The watcher names the files that changed, and a pass looks at those alone: a file nobody
+/// named waits for a full read (a plain wake, or the periodic rescan).
+#[tokio::test]
+async fn a_named_change_is_read_and_an_unnamed_one_waits_for_the_full_read() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    // Two passes that read no file: any full read asked for so far is done by then (the
+    // second starts after the first ends, which is after every earlier wake).
+    for _ in 0..2 {
+        let before = handle.snapshot().passes;
+        handle.file_changed("no-such-project.toml");
+        handle
+            .wait_for(WAIT, |s| s.passes > before)
+            .await
+            .expect("a pass");
+    }
+
+    env.write("p2", |_| {});
+    env.write("p3", |_| {});
+    let before = handle.snapshot().passes;
+    handle.file_changed("p3.toml");
+    let seen = handle
+        .wait_for(WAIT, |s| {
+            s.passes > before && s.projects.contains_key(&pid("p3"))
+        })
+        .await
+        .expect("the named file is read");
+    assert!(!seen.projects.contains_key(&pid("p2")), "p2 was not named");
+    converged(&env, &handle, "p2").await; // wakes the loop: a full read
+}
+
+#[tokio::test]
+async fn a_file_the_watcher_missed_is_found_by_the_periodic_rescan() {
+    let mut env = Env::new();
+    env.cfg.resync = Duration::from_millis(20);
+    let (handle, _stop, _task) = env.start();
+    passes(&handle, 1).await;
+    env.write("missed", |_| {});
+    handle
+        .wait_for(WAIT, |s| s.projects.contains_key(&pid("missed")))
+        .await
+        .expect("found within RESCAN_EVERY resyncs");
+}
+
 #[tokio::test]
 async fn a_create_is_confirmed_by_asking_for_that_container_alone() {
     let env = Env::new();

@@ -130,6 +130,39 @@ impl StateDir {
         Ok(self.loaded_from(cache, !changed))
     }
 
+    /// Like [`StateDir::load_changed`], but looks at the files named in `names` alone (a
+    /// watcher's word on what changed): a `stat` per name, not per file in the directory, and
+    /// no listing. A name that is gone, or never was a project file, is dropped.
+    pub fn load_named<'a>(
+        &self,
+        cache: &mut LoadCache,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> std::io::Result<Option<Loaded>> {
+        self.load_named_at(cache, names, std::time::SystemTime::now())
+    }
+
+    fn load_named_at<'a>(
+        &self,
+        cache: &mut LoadCache,
+        names: impl IntoIterator<Item = &'a str>,
+        now: std::time::SystemTime,
+    ) -> std::io::Result<Option<Loaded>> {
+        let mut changed = false;
+        let mut dir = None;
+        for name in names {
+            if !cache.entries.contains_key(name) && classify(name) == Entry::Ignored {
+                continue;
+            }
+            let stamp = match std::fs::symlink_metadata(self.path.join(name)) {
+                Ok(metadata) => (!metadata.is_dir()).then(|| FileStamp::of(&metadata)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            changed |= self.visit(cache, name, stamp, now, &mut dir)?;
+        }
+        Ok(changed.then(|| self.loaded_from(cache, false)))
+    }
+
     /// Brings `cache` up to date with the directory; `true` when anything was read, added or
     /// removed since the last scan.
     fn scan(&self, cache: &mut LoadCache, now: std::time::SystemTime) -> std::io::Result<bool> {
@@ -144,75 +177,88 @@ impl StateDir {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             // Known names are looked up as they are; a name is parsed once, when new.
-            let (id, stamp) = match cache.entries.get_mut(name) {
-                Some(cached) => match &cached.kind {
-                    CachedKind::Misnamed => {
-                        cached.seen = generation;
-                        continue;
-                    }
-                    CachedKind::Project(id, _) => {
-                        let Some(stamp) = stamp_of(&entry) else {
-                            continue;
-                        };
-                        if cached.stamp == Some(stamp) && stamp.settled(now) {
-                            cached.seen = generation;
-                            continue;
-                        }
-                        (id.clone(), stamp)
-                    }
-                },
-                None => match classify(name) {
-                    Entry::Project(id) => {
-                        let Some(stamp) = stamp_of(&entry) else {
-                            continue;
-                        };
-                        (id, stamp)
-                    }
-                    Entry::Misnamed => {
-                        changed = true;
-                        cache.entries.insert(
-                            name.to_owned(),
-                            Cached {
-                                stamp: None,
-                                kind: CachedKind::Misnamed,
-                                seen: generation,
-                            },
-                        );
-                        continue;
-                    }
-                    Entry::Ignored => continue,
-                },
-            };
-            changed = true;
-            cache.reads += 1;
-            let handle = match dir.take() {
-                Some(handle) => handle,
-                None => nofollow::open_dir(&self.path)?,
-            };
-            let read = read_spec(handle.as_fd(), &id);
-            dir = Some(handle);
-            let (stamp, result) = match read {
-                Ok(Some((spec, opened))) => (FileStamp::of(&opened), Ok(Arc::new(spec))),
-                // Deleted between listing and reading: it is simply gone.
-                Ok(None) => {
-                    cache.entries.remove(name);
-                    continue;
-                }
-                Err(error) => (stamp, Err(error)),
-            };
-            cache.entries.insert(
-                name.to_owned(),
-                Cached {
-                    stamp: Some(stamp),
-                    kind: CachedKind::Project(id, result),
-                    seen: generation,
-                },
-            );
+            if !cache.entries.contains_key(name) && classify(name) == Entry::Ignored {
+                continue;
+            }
+            changed |= self.visit(cache, name, stamp_of(&entry), now, &mut dir)?;
         }
         // What was not seen again: removed files.
         let before = cache.entries.len();
         cache.entries.retain(|_, cached| cached.seen == generation);
         Ok(changed || cache.entries.len() != before)
+    }
+
+    /// Brings the cache's entry for `name` in line with the directory entry's `stamp` (`None`:
+    /// no file by that name, or a directory), reading the file only if the stamp changed or
+    /// has not settled. `true` when the entry was read, added or removed. `dir` is the
+    /// directory's handle, opened at the first read.
+    fn visit(
+        &self,
+        cache: &mut LoadCache,
+        name: &str,
+        stamp: Option<FileStamp>,
+        now: std::time::SystemTime,
+        dir: &mut Option<std::fs::File>,
+    ) -> std::io::Result<bool> {
+        let generation = cache.generation;
+        let Some(stamp) = stamp else {
+            return Ok(cache.entries.remove(name).is_some());
+        };
+        let id = match cache.entries.get_mut(name) {
+            Some(cached) => match &cached.kind {
+                CachedKind::Misnamed => {
+                    cached.seen = generation;
+                    return Ok(false);
+                }
+                CachedKind::Project(id, _) => {
+                    if cached.stamp == Some(stamp) && stamp.settled(now) {
+                        cached.seen = generation;
+                        return Ok(false);
+                    }
+                    id.clone()
+                }
+            },
+            None => match classify(name) {
+                Entry::Project(id) => id,
+                Entry::Misnamed => {
+                    cache.entries.insert(
+                        name.to_owned(),
+                        Cached {
+                            stamp: None,
+                            kind: CachedKind::Misnamed,
+                            seen: generation,
+                        },
+                    );
+                    return Ok(true);
+                }
+                Entry::Ignored => return Ok(false),
+            },
+        };
+        cache.reads += 1;
+        let handle = match dir.take() {
+            Some(handle) => handle,
+            None => nofollow::open_dir(&self.path)?,
+        };
+        let read = read_spec(handle.as_fd(), &id);
+        *dir = Some(handle);
+        let (stamp, result) = match read {
+            Ok(Some((spec, opened))) => (FileStamp::of(&opened), Ok(Arc::new(spec))),
+            // Deleted between listing and reading: it is simply gone.
+            Ok(None) => {
+                cache.entries.remove(name);
+                return Ok(true);
+            }
+            Err(error) => (stamp, Err(error)),
+        };
+        cache.entries.insert(
+            name.to_owned(),
+            Cached {
+                stamp: Some(stamp),
+                kind: CachedKind::Project(id, result),
+                seen: generation,
+            },
+        );
+        Ok(true)
     }
 
     /// The load `cache` describes.
@@ -617,6 +663,53 @@ mod tests {
             .contains_key(&id("a")));
         std::fs::remove_file(state.file(&id("a"))).unwrap();
         assert!(state.load_cached(&mut cache).unwrap().invalid.is_empty());
+    }
+
+    /// The watcher's word: a named load looks at the named entries alone. A file nobody named
+    /// waits for the next full load; a named file that is gone goes, and names that are no
+    /// project file cost nothing.
+    #[test]
+    fn a_named_load_looks_at_the_named_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let file = SpecFile::new(Secret::new(SECRET), Secret::new("pw"));
+        for name in ["a", "b", "c"] {
+            state.write(&id(name), &file).unwrap();
+        }
+        let mut cache = LoadCache::default();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        state.load_cached_at(&mut cache, later).unwrap();
+        assert_eq!(cache.reads(), 3);
+
+        let mut edited = file.clone();
+        edited.bump_reload();
+        state.write(&id("b"), &edited).unwrap();
+        state.write(&id("unnamed"), &file).unwrap();
+        std::fs::remove_file(state.file(&id("c"))).unwrap();
+        let named = ["b.toml", "c.toml", ".b.toml.123.tmp", "notes.txt"];
+        let loaded = state
+            .load_named_at(&mut cache, named, later)
+            .unwrap()
+            .expect("b changed and c went");
+        assert_eq!(cache.reads(), 4, "b alone was read");
+        assert_eq!(loaded.specs[&id("b")].reload_token, 1);
+        assert!(!loaded.specs.contains_key(&id("c")));
+        assert!(
+            !loaded.specs.contains_key(&id("unnamed")),
+            "nobody named it"
+        );
+        assert!(state
+            .load_named_at(&mut cache, ["a.toml", "b.toml"], later)
+            .unwrap()
+            .is_none());
+        assert_eq!(cache.reads(), 4, "settled and unchanged: not read again");
+
+        let full = state.load_changed_at(&mut cache, later).unwrap().unwrap();
+        assert!(
+            full.specs.contains_key(&id("unnamed")),
+            "the full load finds it"
+        );
+        assert_eq!(full.specs.len(), 3);
     }
 
     /// An idle pass reads nothing: unchanged, settled files are neither opened nor parsed
