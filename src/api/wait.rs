@@ -222,7 +222,9 @@ impl Ctx {
             if let Some(cause) = status.out_of_space {
                 return Some(Err(ApiError::ConfigOutOfSpace(cause)));
             }
-            status.converged().then(|| Ok(status.container.clone()))
+            status
+                .converged()
+                .then(|| Ok(status.container.as_deref().cloned()))
         })
         .await
     }
@@ -238,7 +240,7 @@ impl Ctx {
             let container = snapshot
                 .projects
                 .get(&spec.id)
-                .and_then(|p| p.container.clone());
+                .and_then(|p| p.container.as_deref().cloned());
             if let Some(container) = container {
                 let serves = match container.ip {
                     Some(ip) => probe::ready(ip, self.cfg.admin_port, PROBE_TIMEOUT)

@@ -212,7 +212,7 @@ mod tests {
                             schema_token: 0,
                         },
                     })),
-                    container: Some(ContainerView {
+                    container: Some(Box::new(ContainerView {
                         id: "s1".into(),
                         name: "postgrest-p".into(),
                         state,
@@ -222,7 +222,7 @@ mod tests {
                         ready,
                         exit_code: None,
                         tasks,
-                    }),
+                    })),
                     ..Default::default()
                 },
             );

@@ -47,7 +47,8 @@ pub struct ProjectStatus {
     pub desired: Option<Arc<DesiredView>>,
     /// Why the state file is currently rejected (the last good spec stays in force).
     pub file_error: Option<String>,
-    pub container: Option<ContainerView>,
+    /// Boxed: most of ten thousand projects have none, and the snapshot holds every project.
+    pub container: Option<Box<ContainerView>>,
     /// The last failed action or conflict; cleared by the next success.
     pub last_error: Option<String>,
     /// The last error was the config directory's disk being full: its cause, for a 507.
