@@ -11,7 +11,7 @@
 //! whole-second ticks, so a serving fleet wakes the watcher at most once a second, and a
 //! wake-up costs the probes that are due, not a look at every container.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,15 +30,18 @@ const NOT_READY_EVERY: Duration = Duration::from_millis(500);
 /// A serving container is probed this often, while the fleet is small enough for
 /// [`READY_PROBES_PER_SEC`]. A database outage shows in the status within this long.
 const READY_EVERY: Duration = Duration::from_secs(30);
-/// Serving containers are probed at most this many a second, fleet-wide: a probe costs about
-/// 90 µs of CPU (a TCP connection to the container and its answer), so at 1,000 serving
-/// containers every 30 s they were most of an idle manager's CPU (BENCHMARKS.md, "Scale").
+/// Serving containers are probed at most this many a second, fleet-wide, spread evenly: a
+/// probe costs about 90 µs of CPU (a TCP connection to the container and its answer), so at
+/// 1,000 serving containers every 30 s they were most of an idle manager's CPU, and all at
+/// once they were a burst of 1,000 `/ready` checks on the databases (BENCHMARKS.md, "Scale").
 /// Up to 150 containers keep [`READY_EVERY`]; 1,000 are probed every 200 s, and the first
-/// one found not serving has every other serving one probed at once ([`Probes::sweep`]),
-/// since what takes one down (its database, PgBouncer) usually takes many.
+/// one found not serving has every other serving one probed within seconds
+/// ([`Probes::sweep`]), since what takes one down (its database, PgBouncer) usually takes many.
 const READY_PROBES_PER_SEC: u32 = 5;
-/// Ready probes fall due on ticks this far apart: one wake-up probes every serving container
-/// due in that second.
+/// How fast a sweep probes every serving container: 1,000 within 20 s.
+const SWEEP_PROBES_PER_SEC: usize = 50;
+/// Ready probes fall due on ticks this far apart, [`READY_PROBES_PER_SEC`] at most on each:
+/// one wake-up probes every serving container due in that second.
 const READY_BATCH: Duration = Duration::from_secs(1);
 /// The log is read at most this often per container that is not ready.
 const LOGS_EVERY: Duration = Duration::from_secs(5);
@@ -78,6 +81,8 @@ struct Known {
     readiness: Readiness,
     /// Its place in [`Probes::schedule`].
     next_probe: Instant,
+    /// The tick of [`Probes::slots`] it holds while it waits as a serving container.
+    slot: Option<u64>,
     /// Between probes while not ready: doubles up to [`YOUNG_EVERY`], later [`NOT_READY_EVERY`].
     interval: Duration,
     next_logs: Instant,
@@ -90,7 +95,8 @@ struct Known {
 struct Probes {
     known: HashMap<String, Known>,
     schedule: BTreeSet<(Instant, String)>,
-    /// The clock ready probes are rounded up to ([`READY_BATCH`]).
+    /// Serving containers waiting for their probe, by tick ([`READY_BATCH`] from `epoch`).
+    slots: BTreeMap<u64, u32>,
     epoch: Instant,
     last_sweep: Option<Instant>,
 }
@@ -100,8 +106,46 @@ impl Probes {
         Probes {
             known: HashMap::new(),
             schedule: BTreeSet::new(),
+            slots: BTreeMap::new(),
             epoch: now,
             last_sweep: None,
+        }
+    }
+
+    /// The first tick at or after `at`.
+    fn tick_of(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_nanos().div_ceil(READY_BATCH.as_nanos())).unwrap_or(u64::MAX)
+    }
+
+    fn at_tick(&self, tick: u64) -> Instant {
+        self.epoch + READY_BATCH * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+
+    /// The first tick from `from` on with room for one more serving probe.
+    fn free_tick(&self, from: u64) -> u64 {
+        let mut tick = from;
+        for (&booked, &count) in self.slots.range(from..) {
+            if booked > tick || count < READY_PROBES_PER_SEC {
+                break;
+            }
+            tick = booked + 1;
+        }
+        tick
+    }
+
+    fn book(slots: &mut BTreeMap<u64, u32>, tick: u64) {
+        *slots.entry(tick).or_default() += 1;
+    }
+
+    fn release(slots: &mut BTreeMap<u64, u32>, known: &mut Known) {
+        if let Some(tick) = known.slot.take() {
+            if let std::collections::btree_map::Entry::Occupied(mut count) = slots.entry(tick) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
         }
     }
 
@@ -109,11 +153,12 @@ impl Probes {
     /// or runtime verdict changed; what is gone is forgotten. Runs once per changed listing.
     fn retarget(&mut self, targets: &[Target], now: Instant) {
         let ids: HashSet<&str> = targets.iter().map(|t| t.id.as_str()).collect();
-        let schedule = &mut self.schedule;
+        let (schedule, slots) = (&mut self.schedule, &mut self.slots);
         self.known.retain(|id, known| {
             let keep = ids.contains(id.as_str());
             if !keep {
                 schedule.remove(&(known.next_probe, id.clone()));
+                Probes::release(slots, known);
             }
             keep
         });
@@ -123,6 +168,7 @@ impl Probes {
                 Some(known) => {
                     known.target = target.clone();
                     self.schedule.remove(&(known.next_probe, target.id.clone()));
+                    Probes::release(&mut self.slots, known);
                     known.next_probe = now;
                     self.schedule.insert((now, target.id.clone()));
                 }
@@ -133,6 +179,7 @@ impl Probes {
                             target: target.clone(),
                             readiness: Readiness::Unknown,
                             next_probe: now,
+                            slot: None,
                             interval: NOT_READY_FIRST,
                             next_logs: now,
                             first_seen: now,
@@ -152,7 +199,12 @@ impl Probes {
                 break;
             }
             let (_, id) = self.schedule.pop_first().expect("just looked");
-            due.push(self.known[&id].target.clone());
+            let known = self
+                .known
+                .get_mut(&id)
+                .expect("scheduled targets are known");
+            Probes::release(&mut self.slots, known);
+            due.push(known.target.clone());
         }
         due
     }
@@ -162,23 +214,20 @@ impl Probes {
         self.schedule.first().map(|(at, _)| *at)
     }
 
-    /// How long a serving container waits for its next probe: [`READY_EVERY`], or longer
-    /// when the fleet is too big for [`READY_PROBES_PER_SEC`].
-    fn ready_every(&self) -> Duration {
-        let n = u32::try_from(self.known.len()).unwrap_or(u32::MAX);
-        READY_EVERY.max(Duration::from_secs(1) * n / READY_PROBES_PER_SEC)
-    }
-
-    /// Puts a probed target back on the schedule: `ready`, after [`Probes::ready_every`]
-    /// rounded up to the next [`READY_BATCH`] tick, so a serving fleet wakes the watcher once
-    /// per tick, not once per container; not ready, after its backoff.
+    /// Puts a probed target back on the schedule: `ready`, on the first tick at least
+    /// [`READY_EVERY`] away with room for it ([`READY_PROBES_PER_SEC`] a tick), so a serving
+    /// fleet wakes the watcher at most once a tick and never probes in a burst; not ready,
+    /// after its backoff.
     fn reschedule(&mut self, id: &str, ready: bool, now: Instant) -> Option<&mut Known> {
-        let every = self.ready_every();
+        let tick = self.free_tick(self.tick_of(now + READY_EVERY));
+        let at = self.at_tick(tick);
         let known = self.known.get_mut(id)?;
+        Probes::release(&mut self.slots, known);
+        self.schedule.remove(&(known.next_probe, id.to_owned()));
         if ready {
-            let since = (now + every).duration_since(self.epoch);
-            let ticks = since.as_nanos().div_ceil(READY_BATCH.as_nanos());
-            known.next_probe = self.epoch + READY_BATCH * ticks as u32;
+            known.next_probe = at;
+            known.slot = Some(tick);
+            Probes::book(&mut self.slots, tick);
             known.interval = NOT_READY_FIRST;
         } else {
             known.next_probe = now + known.interval;
@@ -193,19 +242,28 @@ impl Probes {
         Some(known)
     }
 
-    /// A serving container stopped serving: every other one that served is probed now, at
-    /// most once per [`READY_EVERY`], so a shared cause shows on every project it hit.
+    /// A serving container stopped serving: every other one that served is probed within
+    /// seconds ([`SWEEP_PROBES_PER_SEC`]), at most once per [`READY_EVERY`], so a shared
+    /// cause shows on every project it hit.
     fn sweep(&mut self, now: Instant) {
         if self.last_sweep.is_some_and(|last| now < last + READY_EVERY) {
             return;
         }
         self.last_sweep = Some(now);
+        let first = self.tick_of(now);
+        let mut swept = 0;
         for (id, known) in &mut self.known {
-            if known.readiness == Readiness::Ready && known.next_probe > now {
-                self.schedule.remove(&(known.next_probe, id.clone()));
-                known.next_probe = now;
-                self.schedule.insert((now, id.clone()));
+            if known.readiness != Readiness::Ready || known.next_probe <= now {
+                continue;
             }
+            let tick = first + (swept / SWEEP_PROBES_PER_SEC) as u64;
+            swept += 1;
+            self.schedule.remove(&(known.next_probe, id.clone()));
+            Probes::release(&mut self.slots, known);
+            known.next_probe = self.epoch + READY_BATCH * u32::try_from(tick).unwrap_or(u32::MAX);
+            known.slot = Some(tick);
+            Probes::book(&mut self.slots, tick);
+            self.schedule.insert((known.next_probe, id.clone()));
         }
     }
 }
@@ -335,28 +393,32 @@ mod tests {
         }
     }
 
+    /// Takes every probe due up to `until`, tick by tick: how many fell due on each tick.
+    fn drain(probes: &mut Probes, until: Instant) -> Vec<usize> {
+        let mut per_tick = Vec::new();
+        while let Some(next) = probes.next().filter(|next| *next <= until) {
+            per_tick.push(probes.due(next).len());
+        }
+        per_tick
+    }
+
     #[test]
-    fn serving_containers_probed_at_different_moments_fall_due_together() {
+    fn serving_probes_fall_due_on_ticks_at_most_five_a_tick() {
         let t0 = Instant::now();
         let mut probes = Probes::new(t0);
         let fleet: Vec<Target> = (0..50).map(|i| target(&format!("c{i}"), i)).collect();
         probes.retarget(&fleet, t0);
         assert_eq!(probes.due(t0).len(), 50, "new targets are probed at once");
         assert_eq!(probes.next(), None, "taken off the schedule while probed");
-        // Answers come back over 0.9 s, within one tick.
+        // All answer within one second.
         for (i, t) in fleet.iter().enumerate() {
             let answered = t0 + Duration::from_millis(1 + 18 * i as u64);
             probes.reschedule(&t.id, true, answered);
         }
-        let tick = probes.next().expect("all rescheduled");
-        assert!(tick >= t0 + READY_EVERY + Duration::from_millis(1 + 18 * 49));
-        assert!(tick <= t0 + READY_EVERY + READY_BATCH);
-        assert!(probes.due(tick - Duration::from_millis(1)).is_empty());
-        assert_eq!(
-            probes.due(tick).len(),
-            50,
-            "one wake-up for the whole batch"
-        );
+        let first = probes.next().expect("all rescheduled");
+        assert!(first >= t0 + READY_EVERY && first <= t0 + READY_EVERY + READY_BATCH);
+        let per_tick = drain(&mut probes, t0 + Duration::from_secs(3600));
+        assert_eq!(per_tick, [5; 10], "5 a tick, one wake-up each");
     }
 
     #[test]
@@ -371,33 +433,39 @@ mod tests {
             let known = probes.reschedule(&t.id, true, t0).unwrap();
             known.readiness = Readiness::Ready;
         }
-        // 1,000 at 5 a second: every 200 s, not every 30 s.
-        let next = probes.next().unwrap();
-        assert!(next >= t0 + Duration::from_secs(200), "{:?}", next - t0);
-        assert!(next <= t0 + Duration::from_secs(200) + READY_BATCH);
+        // 1,000 at 5 a second: spread over 200 s from 30 s on, never a burst.
+        let last = probes.schedule.last().unwrap().0;
+        assert_eq!(probes.next(), Some(t0 + READY_EVERY));
+        assert_eq!(last, t0 + READY_EVERY + Duration::from_secs(199));
+        assert!(probes.slots.values().all(|n| *n <= READY_PROBES_PER_SEC));
 
-        // One stops serving: every other serving one is due at once, and once per period.
-        let later = t0 + Duration::from_secs(60);
+        // One stops serving before any is due again: the other 999 are probed within 20 s,
+        // 50 a tick, and not swept again within the period.
+        let later = t0 + Duration::from_secs(20);
         probes.reschedule("c7", false, later).unwrap().readiness = Readiness::NotReady {
             reason: "database down".into(),
         };
         probes.sweep(later);
-        assert_eq!(probes.due(later).len(), 999);
-        for t in fleet.iter().filter(|t| t.id != "c7") {
-            probes.reschedule(&t.id, true, later);
-        }
-        probes.sweep(later + Duration::from_secs(1));
-        let due = probes.due(later + Duration::from_secs(1));
+        let swept = drain(&mut probes, later + Duration::from_secs(19));
         assert_eq!(
-            due,
-            [target("c7", 7)],
-            "the failing one alone: no second sweep at once"
+            swept.iter().sum::<usize>(),
+            999 + 1,
+            "and c7's own: {swept:?}"
         );
-
-        // A small fleet keeps the 30 s period.
-        let mut small = Probes::new(t0);
-        small.retarget(&fleet[..100], t0);
-        assert_eq!(small.ready_every(), READY_EVERY);
+        assert!(
+            swept.iter().all(|n| *n <= SWEEP_PROBES_PER_SEC + 1),
+            "{swept:?}"
+        );
+        for t in fleet.iter().filter(|t| t.id != "c7") {
+            probes.reschedule(&t.id, true, later + Duration::from_secs(20));
+        }
+        probes.sweep(later + Duration::from_secs(21));
+        let next = probes.schedule.first().unwrap().0;
+        assert!(
+            next >= later + Duration::from_secs(50),
+            "no second sweep within 30 s"
+        );
+        assert!(probes.slots.values().all(|n| *n <= READY_PROBES_PER_SEC));
     }
 
     #[test]
