@@ -8,8 +8,8 @@
 //! one every 500 ms. One that is ready is probed now and then: every 30 s, and no more than 5
 //! serving containers a second fleet-wide (1,000 are probed every 200 s); the first one found
 //! not serving has all the others probed at once. Probes of serving containers fall due on
-//! whole-second ticks, so a serving fleet wakes the watcher at most once a second, and a
-//! wake-up costs the probes that are due, not a look at every container.
+//! ticks 5 s apart, so a serving fleet wakes the watcher at most once in 5 s, and a wake-up
+//! costs the probes that are due (at most 25), not a look at every container.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -40,9 +40,14 @@ const READY_EVERY: Duration = Duration::from_secs(30);
 const READY_PROBES_PER_SEC: u32 = 5;
 /// How fast a sweep probes every serving container: 1,000 within 20 s.
 const SWEEP_PROBES_PER_SEC: usize = 50;
-/// Ready probes fall due on ticks this far apart, [`READY_PROBES_PER_SEC`] at most on each:
-/// one wake-up probes every serving container due in that second.
-const READY_BATCH: Duration = Duration::from_secs(1);
+/// Ready probes fall due on ticks this far apart, [`READY_PER_TICK`] at most on each: one
+/// wake-up probes every serving container due in those seconds. A probe alone cost about
+/// 470 µs of CPU, one of a batch of 33 about 90 µs (BENCHMARKS.md, "Scale"): the wake-up is
+/// most of a lone probe's cost, so fewer wake-ups with more probes each.
+const READY_BATCH: Duration = Duration::from_secs(5);
+/// The budgets of one tick.
+const READY_PER_TICK: u32 = READY_PROBES_PER_SEC * READY_BATCH.as_secs() as u32;
+const SWEEP_PER_TICK: usize = SWEEP_PROBES_PER_SEC * READY_BATCH.as_secs() as usize;
 /// The log is read at most this often per container that is not ready.
 const LOGS_EVERY: Duration = Duration::from_secs(5);
 /// A container this young that does not serve yet is starting; its log is not read before.
@@ -126,7 +131,7 @@ impl Probes {
     fn free_tick(&self, from: u64) -> u64 {
         let mut tick = from;
         for (&booked, &count) in self.slots.range(from..) {
-            if booked > tick || count < READY_PROBES_PER_SEC {
+            if booked > tick || count < READY_PER_TICK {
                 break;
             }
             tick = booked + 1;
@@ -215,7 +220,7 @@ impl Probes {
     }
 
     /// Puts a probed target back on the schedule: `ready`, on the first tick at least
-    /// [`READY_EVERY`] away with room for it ([`READY_PROBES_PER_SEC`] a tick), so a serving
+    /// [`READY_EVERY`] away with room for it ([`READY_PER_TICK`] a tick), so a serving
     /// fleet wakes the watcher at most once a tick and never probes in a burst; not ready,
     /// after its backoff.
     fn reschedule(&mut self, id: &str, ready: bool, now: Instant) -> Option<&mut Known> {
@@ -256,7 +261,7 @@ impl Probes {
             if known.readiness != Readiness::Ready || known.next_probe <= now {
                 continue;
             }
-            let tick = first + (swept / SWEEP_PROBES_PER_SEC) as u64;
+            let tick = first + (swept / SWEEP_PER_TICK) as u64;
             swept += 1;
             self.schedule.remove(&(known.next_probe, id.clone()));
             Probes::release(&mut self.slots, known);
@@ -403,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn serving_probes_fall_due_on_ticks_at_most_five_a_tick() {
+    fn serving_probes_fall_due_on_ticks_at_most_the_budget_a_tick() {
         let t0 = Instant::now();
         let mut probes = Probes::new(t0);
         let fleet: Vec<Target> = (0..50).map(|i| target(&format!("c{i}"), i)).collect();
@@ -418,7 +423,7 @@ mod tests {
         let first = probes.next().expect("all rescheduled");
         assert!(first >= t0 + READY_EVERY && first <= t0 + READY_EVERY + READY_BATCH);
         let per_tick = drain(&mut probes, t0 + Duration::from_secs(3600));
-        assert_eq!(per_tick, [5; 10], "5 a tick, one wake-up each");
+        assert_eq!(per_tick, [25; 2], "25 a tick, one wake-up each");
     }
 
     #[test]
@@ -433,14 +438,14 @@ mod tests {
             let known = probes.reschedule(&t.id, true, t0).unwrap();
             known.readiness = Readiness::Ready;
         }
-        // 1,000 at 5 a second: spread over 200 s from 30 s on, never a burst.
+        // 1,000 at 5 a second, 25 every 5 s: spread over 200 s from 30 s on, never a burst.
         let last = probes.schedule.last().unwrap().0;
         assert_eq!(probes.next(), Some(t0 + READY_EVERY));
-        assert_eq!(last, t0 + READY_EVERY + Duration::from_secs(199));
-        assert!(probes.slots.values().all(|n| *n <= READY_PROBES_PER_SEC));
+        assert_eq!(last, t0 + READY_EVERY + Duration::from_secs(195));
+        assert!(probes.slots.values().all(|n| *n <= READY_PER_TICK));
 
         // One stops serving before any is due again: the other 999 are probed within 20 s,
-        // 50 a tick, and not swept again within the period.
+        // 50 a second (250 a tick), and not swept again within the period.
         let later = t0 + Duration::from_secs(20);
         probes.reschedule("c7", false, later).unwrap().readiness = Readiness::NotReady {
             reason: "database down".into(),
@@ -452,10 +457,7 @@ mod tests {
             999 + 1,
             "and c7's own: {swept:?}"
         );
-        assert!(
-            swept.iter().all(|n| *n <= SWEEP_PROBES_PER_SEC + 1),
-            "{swept:?}"
-        );
+        assert!(swept.iter().all(|n| *n <= SWEEP_PER_TICK + 1), "{swept:?}");
         for t in fleet.iter().filter(|t| t.id != "c7") {
             probes.reschedule(&t.id, true, later + Duration::from_secs(20));
         }
@@ -465,7 +467,7 @@ mod tests {
             next >= later + Duration::from_secs(50),
             "no second sweep within 30 s"
         );
-        assert!(probes.slots.values().all(|n| *n <= READY_PROBES_PER_SEC));
+        assert!(probes.slots.values().all(|n| *n <= READY_PER_TICK));
     }
 
     #[test]
