@@ -121,7 +121,16 @@ impl ContainerInfo {
 pub enum Event {
     /// Its health check changed, and nothing else did: the listing can be patched in place.
     Health { id: String, health: Health },
-    /// It died, stopped, ran out of memory or was destroyed: look again.
+    /// It was created, started, stopped, paused, renamed, died, ran out of memory or was
+    /// destroyed: look at it again. `created_for`: the project a container was created or
+    /// started for, which an action of the manager's own may be doing (and then looks the
+    /// container up itself as it ends); `None` for every other change.
+    Container {
+        id: String,
+        created_for: Option<ProjectId>,
+    },
+    /// Something changed that the event does not name (a Swarm task, a stream that fell
+    /// behind): look at everything again.
     Changed,
 }
 

@@ -200,7 +200,7 @@ mod tests {
         .unwrap();
         let routes = |state: State, ready: Readiness, tasks: Option<Tasks>| {
             let mut snapshot = Snapshot::default();
-            snapshot.projects.insert(
+            Arc::make_mut(&mut snapshot.projects).insert(
                 id.clone(),
                 ProjectStatus {
                     desired: Some(Arc::new(DesiredView {

@@ -26,8 +26,8 @@ pub(super) enum Outcome {
         digest: String,
         reloaded: bool,
     },
-    /// The container is gone (and its config, unless kept).
-    Removed,
+    /// The container is gone (and its config, unless kept); `None` when there was none.
+    Removed { container: Option<String> },
     /// The container was sent the schema-reload signal for this `schema_reload_token`.
     SchemaReloaded { container: String, token: u64 },
 }
@@ -310,7 +310,9 @@ pub(super) async fn apply<R: Runtime>(
             })
             .await
             .map_err(ActionError::Config)?;
-            Ok(Outcome::Removed)
+            Ok(Outcome::Removed {
+                container: Some(container),
+            })
         }
         Job::Update {
             project,
@@ -331,7 +333,7 @@ pub(super) async fn apply<R: Runtime>(
             blocking(move || configs.remove(&project))
                 .await
                 .map_err(ActionError::Config)?;
-            Ok(Outcome::Removed)
+            Ok(Outcome::Removed { container: None })
         }
     };
     match &outcome {

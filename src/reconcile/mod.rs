@@ -25,7 +25,6 @@ mod tests;
 mod tests_replace;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +48,7 @@ use crate::runtime::{ContainerInfo, Health, Orchestrator, Runtime, RuntimeError,
 use crate::spec::ProjectId;
 use crate::state_dir::{LoadCache, StateDir};
 use apply::{apply, ActionError, Job, Outcome};
+use events::SharedDockerHints;
 use retry::Retry;
 use snapshot::{FileHints, SharedHints};
 use table::Table;
@@ -59,11 +59,17 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Health changes queued for the loop. They arrive in bursts when many containers start; a
 /// full queue falls back to a pass, which lists every container's health anyway.
 const HEALTH_QUEUE: usize = 256;
-/// Every this many resyncs, the state directory is read in full (a listing and a `stat` per
-/// file): the safety net under the watcher, which names the files that change (with the
-/// default resync, every 5 minutes). In between, a pass looks at the files named alone: at
-/// 10,000 files the full read every resync was most of an idle manager's CPU (BENCHMARKS.md).
+/// Every this many resyncs (with the default resync, every 5 minutes), the state directory is
+/// read in full (a listing and a `stat` per file) and Docker's containers are listed in
+/// full: the safety nets under the file watcher and Docker's events, which name the files
+/// and containers that change. In between, a pass looks at those named alone. At 10,000
+/// files and 1,000 containers, both full looks every resync were most of an idle manager's
+/// CPU, and each list cost the daemon about 300 ms (BENCHMARKS.md, "Scale"). Swarm's events
+/// name no task, so on Swarm every resync lists.
 const RESCAN_EVERY: u32 = 10;
+/// More containers named than this since the last look, and one list is cheaper than a lookup
+/// each (a list of 1,000 costs the daemon about 300 ms, a lookup about 1 ms: BENCHMARKS.md).
+const LOOKUPS_MAX: usize = 64;
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -122,9 +128,9 @@ type Done = (ProjectId, Result<Outcome, ActionError>, Seen);
 /// so the project's snapshot shows it at once instead of after some later pass: one spawn's
 /// answer never waits for another project's action.
 struct Seen {
-    /// [`Controller::listings`] when the action was dispatched: a list taken since may be
-    /// newer than the lookup, and then the next pass confirms instead.
-    listings: u64,
+    /// [`Controller::looks`] when the action was dispatched: a list or lookup taken since may
+    /// be newer than the action's own, and then the next pass confirms instead.
+    looks: u64,
     info: Option<ContainerInfo>,
 }
 
@@ -147,16 +153,17 @@ pub struct Controller<R: Runtime> {
     ready_tx: mpsc::Sender<(String, Readiness)>,
     readiness: HashMap<String, Readiness>,
     /// Replacements ask here to move a project's route (`replace::Switch`).
-    switch_tx: mpsc::UnboundedSender<(ProjectId, Option<String>)>,
-    switch_rx: mpsc::UnboundedReceiver<(ProjectId, Option<String>)>,
+    switch_tx: mpsc::UnboundedSender<(ProjectId, replace::Route)>,
+    switch_rx: mpsc::UnboundedReceiver<(ProjectId, replace::Route)>,
     /// What Caddy holds, from the route task; `None` without Caddy.
     routed: Option<watch::Receiver<Routed>>,
-    /// Docker may have changed since the last list: a Docker event, a finished action, the
-    /// resync tick, an outage. Only then does a pass list again; a pass woken by a file
-    /// alone plans against the last listing.
-    docker_changed: Arc<AtomicBool>,
-    /// Containers an action just created or started: when nothing else changed in Docker,
-    /// the next pass asks for these alone instead of listing everything.
+    /// What may have changed in Docker since the last look: everything (the resync tick, an
+    /// outage, a failed action, a reconnected event stream: the next pass lists) or the
+    /// containers Docker's events named (the next pass asks for those alone). A pass woken
+    /// by a file alone plans against the last listing.
+    docker_changed: SharedDockerHints,
+    /// Containers to ask Docker for by id before the next plan: those events named, and those
+    /// an action created or started whose own lookup came too late.
     confirm: Vec<String>,
     /// Counted when `PGM_METRICS_LISTEN` is set.
     metrics: Option<Metrics>,
@@ -170,8 +177,8 @@ pub struct Controller<R: Runtime> {
     docker: Option<Retry>,
     reconciled_once: bool,
     listing: Vec<ContainerInfo>,
-    /// Full lists taken so far: which listing a finished action's lookup may patch.
-    listings: u64,
+    /// Lists and lookups taken so far: which listing a finished action's lookup may patch.
+    looks: u64,
     passes: u64,
     /// PgBouncer's pools, kept in step after each pass (with `LoopConfig::pgbouncer`).
     pools: Option<PoolSync>,
@@ -206,7 +213,7 @@ impl<R: Runtime> Controller<R> {
             switch_tx,
             switch_rx,
             routed: None,
-            docker_changed: Arc::new(AtomicBool::new(true)),
+            docker_changed: SharedDockerHints::everything(),
             confirm: Vec::new(),
             metrics: None,
             status,
@@ -216,7 +223,7 @@ impl<R: Runtime> Controller<R> {
             docker: Some(Retry::docker()),
             reconciled_once: false,
             listing: Vec::new(),
-            listings: 0,
+            looks: 0,
             passes: 0,
             pools,
         };
@@ -300,7 +307,25 @@ impl<R: Runtime> Controller<R> {
                     pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     self.publish();
                 }
-                Some((project, upstream)) = self.switch_rx.recv() => {
+                Some((project, route)) = self.switch_rx.recv() => {
+                    let upstream = match route {
+                        // The route follows what the loop sees of the new container: the
+                        // replacement saw it serve, and the listing may not show it yet, or
+                        // show it as it was created, so it is looked up now. A failed lookup
+                        // leaves it to the next pass.
+                        replace::Route::To { upstream, serving } => {
+                            self.confirm.push(serving.clone());
+                            self.confirmed().await;
+                            self.readiness.insert(serving, Readiness::Ready);
+                            Some(upstream)
+                        }
+                        // The action's end lists again, whatever became of it.
+                        replace::Route::Back { abandoned } => {
+                            self.listing.retain(|c| c.id != abandoned);
+                            self.listed();
+                            None
+                        }
+                    };
                     self.table.projects.entry(project).or_default().switch_to = upstream;
                     self.publish();
                 }
@@ -313,8 +338,12 @@ impl<R: Runtime> Controller<R> {
                     if resyncs.is_multiple_of(RESCAN_EVERY) {
                         self.hints().all = true;
                     }
+                    if resyncs.is_multiple_of(RESCAN_EVERY)
+                        || self.runtime.orchestrator() == Orchestrator::Swarm
+                    {
+                        self.docker_changed.all();
+                    }
                     self.table.forget_foreign();
-                    self.docker_changed.store(true, Ordering::SeqCst);
                     pass_at = Some(Instant::now());
                 }
                 () = sleep_until(wake_at), if wake_at.is_some() => {
@@ -407,10 +436,17 @@ impl<R: Runtime> Controller<R> {
         .await
         .expect("loading never panics");
         self.load_cache = cache;
+        // Nothing a project's status shows has changed in this pass (so far): the projects
+        // published before are published again, not built anew. Everything that changes
+        // them between passes publishes at once.
+        let mut quiet = true;
         match loaded {
             // The usual pass: no file changed, so every want is as it was.
             Ok(None) => {}
-            Ok(Some(loaded)) => self.table.absorb(loaded, &self.cfg.template),
+            Ok(Some(loaded)) => {
+                quiet = false;
+                self.table.absorb(loaded, &self.cfg.template);
+            }
             Err(e) => {
                 // What this pass was to look at is looked at again, all of it.
                 self.hints().all = true;
@@ -423,13 +459,33 @@ impl<R: Runtime> Controller<R> {
             self.publish();
             return;
         }
-        // Cleared before listing, so a change during the call brings another list.
-        if self.docker_changed.swap(false, Ordering::SeqCst) {
+        // Taken before looking, so a change during the calls brings another look. A container
+        // created or started for a project whose action is in flight waits for that action:
+        // it is the action's own (a replacement's new container, seen through its switch and
+        // its end), or the action's end brings a pass that looks at it.
+        let changed = {
+            let mut hints = self.docker_changed.lock();
+            let mut changed = std::mem::take(&mut *hints);
+            let projects = &self.table.projects;
+            changed.ids.retain(|id, created_for| {
+                let held = created_for
+                    .as_ref()
+                    .is_some_and(|p| projects.get(p).is_some_and(|p| p.in_flight));
+                if held {
+                    hints.ids.insert(id.clone(), created_for.clone());
+                }
+                !held
+            });
+            changed
+        };
+        self.confirm.extend(changed.ids.into_keys());
+        if changed.all || self.confirm.len() > LOOKUPS_MAX {
             self.confirm.clear();
             match self.runtime.list(&self.labels).await {
                 Ok(listing) => {
+                    quiet &= listing == self.listing;
                     self.listing = listing;
-                    self.listings += 1;
+                    self.looks += 1;
                     self.listed();
                 }
                 Err(e) => {
@@ -438,9 +494,12 @@ impl<R: Runtime> Controller<R> {
                     return;
                 }
             }
-        } else if !self.confirm.is_empty() && !self.confirmed().await {
-            self.publish();
-            return;
+        } else if !self.confirm.is_empty() {
+            quiet = false;
+            if !self.confirmed().await {
+                self.publish();
+                return;
+            }
         }
         let configs = self.cfg.configs.clone();
         let config_dirs = match tokio::task::spawn_blocking(move || configs.projects())
@@ -473,6 +532,7 @@ impl<R: Runtime> Controller<R> {
         let plan = match self.table.unchanged_since_idle(&observed) {
             true => plan::Plan::default(),
             false => {
+                quiet = false;
                 let plan = plan::plan(&self.table.projects, &observed);
                 self.table.explain(&plan, &observed);
                 plan
@@ -480,6 +540,7 @@ impl<R: Runtime> Controller<R> {
         };
         debug!(actions = plan.actions.len(), "planned");
 
+        quiet &= plan.conflicts.is_empty() && plan.actions.is_empty();
         for conflict in plan.conflicts {
             let error = ActionError::Foreign {
                 name: conflict.project.container_name(),
@@ -528,43 +589,35 @@ impl<R: Runtime> Controller<R> {
                 "first full reconcile done"
             );
         }
-        self.publish();
+        self.publish_after(quiet);
     }
 
-    /// Patches the last listing with the containers actions just created or started, each
-    /// asked for by id: after a create nothing else in Docker changed (a change would have
-    /// come as an event, which lists), so one lookup confirms what a full list would. A
-    /// recreated container replaces its predecessor, which carried the same name. Anything
-    /// unexpected (a container gone again, an error) falls back to a full list at once.
+    /// Patches the last listing with the containers Docker's events named and those actions
+    /// created or started, each asked for by id. Every change to one of our containers but
+    /// its creation by someone else comes as an event that names it (a creation by hand is
+    /// found by the resync's list), so these lookups see what a full list would, at the cost
+    /// of the containers that changed instead of the whole fleet. A recreated container
+    /// replaces its predecessor, which carried the same name; one not found is gone. An
+    /// error falls back to a full list.
     async fn confirmed(&mut self) -> bool {
-        for id in std::mem::take(&mut self.confirm) {
+        let mut ids = std::mem::take(&mut self.confirm);
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             match self.runtime.inspect(&id).await {
                 Ok(info) => {
                     self.listing
                         .retain(|c| c.id != info.id && c.name != info.name);
                     self.listing.push(info);
                 }
-                Err(RuntimeError::NotFound) => {
-                    self.docker_changed.store(true, Ordering::SeqCst);
-                }
+                Err(RuntimeError::NotFound) => self.listing.retain(|c| c.id != id),
                 Err(e) => {
                     self.docker_failed(&e);
                     return false;
                 }
             }
         }
-        if self.docker_changed.swap(false, Ordering::SeqCst) {
-            match self.runtime.list(&self.labels).await {
-                Ok(listing) => {
-                    self.listing = listing;
-                    self.listings += 1;
-                }
-                Err(e) => {
-                    self.docker_failed(&e);
-                    return false;
-                }
-            }
-        }
+        self.looks += 1;
         self.listed();
         true
     }
@@ -628,7 +681,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn docker_failed(&mut self, error: &RuntimeError) {
-        self.docker_changed.store(true, Ordering::SeqCst);
+        self.docker_changed.all();
         let first = self.docker.is_none();
         let delay = self.docker.get_or_insert_with(Retry::docker).fail();
         if first {
@@ -665,7 +718,7 @@ impl<R: Runtime> Controller<R> {
             };
             let span = info_span!("reconcile", project = %project);
             let metrics = self.metrics.clone();
-            let listings = self.listings;
+            let looks = self.looks;
             actions.spawn(
                 async move {
                     let (kind, started) = (job.metric_kind(), Instant::now());
@@ -684,7 +737,7 @@ impl<R: Runtime> Controller<R> {
                         }) => runtime.inspect(container).await.ok(),
                         _ => None,
                     };
-                    (project, result, Seen { listings, info })
+                    (project, result, Seen { looks, info })
                 }
                 .instrument(span),
             );
@@ -702,7 +755,8 @@ impl<R: Runtime> Controller<R> {
                 reloaded: false,
                 ..
             }) => match seen.info {
-                Some(info) if seen.listings == self.listings => {
+                Some(info) if seen.looks == self.looks => {
+                    self.docker_changed.lock().looked_up(&info.id);
                     self.listing
                         .retain(|c| c.id != info.id && c.name != info.name);
                     self.listing.push(info);
@@ -710,9 +764,20 @@ impl<R: Runtime> Controller<R> {
                 }
                 _ => self.confirm.push(container.clone()),
             },
-            // Whatever else the action did, or failed halfway through, is seen by listing
-            // again.
-            _ => self.docker_changed.store(true, Ordering::SeqCst),
+            // A container removed: gone from any list taken from now on.
+            Ok(Outcome::Removed {
+                container: Some(container),
+            }) if self.runtime.orchestrator() == Orchestrator::Docker => {
+                self.listing.retain(|c| &c.id != container);
+                self.listed();
+            }
+            // A signal changes nothing a list shows (a container it kills says so in an
+            // event).
+            Ok(Outcome::Loaded { reloaded: true, .. } | Outcome::SchemaReloaded { .. })
+                if self.runtime.orchestrator() == Orchestrator::Docker => {}
+            // Whatever else the action did (a Swarm service updated), or failed halfway
+            // through, is seen by listing again.
+            _ => self.docker_changed.all(),
         }
         // Whatever was queued for this project was planned before this action changed it.
         self.pending.retain(|job| job.project() != &project);
@@ -722,6 +787,12 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn publish(&self) {
+        self.publish_after(false);
+    }
+
+    /// Publishes; after a `quiet` pass, with the projects published before.
+    fn publish_after(&self, quiet: bool) {
+        let before = quiet.then(|| self.status.borrow().projects.clone());
         let mut snapshot = table::snapshot(
             &self.table,
             &self.listing,
@@ -729,6 +800,7 @@ impl<R: Runtime> Controller<R> {
             self.reconciled_once,
             self.docker.is_none(),
             self.passes,
+            before.as_ref(),
         );
         snapshot.pools = self.pools.as_ref().map(|p| p.pending().map(str::to_owned));
         snapshot.unprobed = self.listing.iter().any(|c| {

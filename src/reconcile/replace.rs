@@ -32,7 +32,7 @@ use super::LoopConfig;
 use crate::plan::next_container_name;
 use crate::probe;
 use crate::render::{Rendered, LABEL_UPSTREAM};
-use crate::runtime::{Runtime, RuntimeError, State};
+use crate::runtime::{ContainerInfo, Runtime, RuntimeError, State};
 use crate::spec::ProjectId;
 
 /// What Caddy holds: per project, the host its route dials. Published by the route task.
@@ -60,12 +60,22 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// The environment variable behind [`crash_point`].
 const CRASH_AT: &str = "PGM_TEST_CRASH_AT";
 
+/// A replacement's word to the loop on its project's route.
+#[derive(Debug)]
+pub(super) enum Route {
+    /// To the new container, which the replacement has just seen serve: the loop takes that
+    /// `/ready` as its own probe's, which may not have caught up yet.
+    To { upstream: String, serving: String },
+    /// Back to whatever the project's `postgrest-<id>` container is: the new container
+    /// `abandoned` is removed next, and the loop looks past it from now on.
+    Back { abandoned: String },
+}
+
 /// What a replacement needs from the loop to move a project's route.
 #[derive(Clone)]
 pub(super) struct Switch {
-    /// Asks the loop to route the project to this host (`None`: back to whatever its
-    /// `postgrest-<id>` container is).
-    pub to_loop: mpsc::UnboundedSender<(ProjectId, Option<String>)>,
+    /// Asks the loop to move the project's route.
+    pub to_loop: mpsc::UnboundedSender<(ProjectId, Route)>,
     /// What Caddy holds; `None` when the manager runs without Caddy (no route to move).
     pub routed: Option<watch::Receiver<Routed>>,
 }
@@ -77,12 +87,17 @@ impl Switch {
     async fn route(
         &self,
         project: &ProjectId,
-        upstream: &str,
+        serving: &ContainerInfo,
         timeout: Duration,
     ) -> Result<(), ActionError> {
+        let upstream = serving.upstream();
+        let to = Route::To {
+            upstream: upstream.to_owned(),
+            serving: serving.id.clone(),
+        };
         // The loop is gone only while shutting down; then nothing is switched.
         self.to_loop
-            .send((project.clone(), Some(upstream.to_owned())))
+            .send((project.clone(), to))
             .map_err(|_| ActionError::Switch("the manager is shutting down".into()))?;
         let Some(mut routed) = self.routed.clone() else {
             return Ok(());
@@ -103,8 +118,11 @@ impl Switch {
         }
     }
 
-    fn back(&self, project: &ProjectId) {
-        let _ = self.to_loop.send((project.clone(), None));
+    fn back(&self, project: &ProjectId, abandoned: &str) {
+        let abandoned = abandoned.to_owned();
+        let _ = self
+            .to_loop
+            .send((project.clone(), Route::Back { abandoned }));
     }
 }
 
@@ -131,12 +149,10 @@ pub(super) async fn replace<R: Runtime>(
     let switched = async {
         let info = wait_serving(runtime, cfg, project, rendered).await?;
         crash_point("serving");
-        switch
-            .route(project, info.upstream(), cfg.replace_timeout)
-            .await
+        switch.route(project, &info, cfg.replace_timeout).await
     };
     if let Err(e) = switched.await {
-        switch.back(project);
+        switch.back(project, &next);
         warn!(project = %project, error = %e, "the replacement failed; the old container keeps serving");
         if let Err(removal) = remove_container(runtime, &next).await {
             warn!(project = %project, error = %removal, "cannot remove the failed replacement; the next pass will");

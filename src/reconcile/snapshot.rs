@@ -19,7 +19,9 @@ pub struct Snapshot {
     /// The first full reconcile is done (and stays done).
     pub reconciled_once: bool,
     pub docker_reachable: bool,
-    pub projects: BTreeMap<ProjectId, ProjectStatus>,
+    /// Shared with the snapshot before when a pass changed nothing in it: at ten thousand
+    /// projects, building it anew was a third of an idle pass (BENCHMARKS.md, "Scale").
+    pub projects: Arc<BTreeMap<ProjectId, ProjectStatus>>,
     /// `*.toml` files in the state directory whose name is not a valid project id.
     pub misnamed: Vec<String>,
     /// Passes that got as far as planning, counted from start-up. Tests wait on it to prove

@@ -321,7 +321,7 @@ impl Table {
                             }
                             project.applied = running.rendered.clone();
                         }
-                        Outcome::Removed => project.applied = None,
+                        Outcome::Removed { .. } => project.applied = None,
                         Outcome::SchemaReloaded { .. } => {}
                     }
                     project.succeeded(id, running, had_loaded);
@@ -337,7 +337,7 @@ impl Table {
                         }
                         project.loaded = Some((container, digest));
                     }
-                    Outcome::Removed => {
+                    Outcome::Removed { .. } => {
                         project.loaded = None;
                         project.schema = None;
                     }
@@ -536,7 +536,8 @@ impl Table {
     }
 }
 
-/// Builds the whole snapshot.
+/// Builds the whole snapshot; its projects are `unchanged`'s when given (the caller knows
+/// nothing they show changed since).
 pub(super) fn snapshot(
     table: &Table,
     listing: &[ContainerInfo],
@@ -544,11 +545,15 @@ pub(super) fn snapshot(
     reconciled_once: bool,
     docker_reachable: bool,
     passes: u64,
+    unchanged: Option<&Arc<BTreeMap<ProjectId, ProjectStatus>>>,
 ) -> Snapshot {
     Snapshot {
         reconciled_once,
         docker_reachable,
-        projects: table.snapshot(listing, readiness),
+        projects: match unchanged {
+            Some(projects) => projects.clone(),
+            None => Arc::new(table.snapshot(listing, readiness)),
+        },
         misnamed: table.misnamed.clone(),
         passes,
         plan: table.preview.clone(),

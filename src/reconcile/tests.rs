@@ -707,19 +707,125 @@ async fn a_file_change_alone_plans_against_the_last_listing() {
     env.fake.take_calls();
 
     // Nothing happened in Docker since the last list: the reload goes out without one, and
-    // only the confirming pass after it lists again.
+    // the pass after it looks at nothing either (a signal changes nothing a list shows).
     env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
     converged(&env, &handle, "p1").await;
     passes(&handle, 1).await;
     assert_eq!(
         env.fake.take_calls(),
-        vec![Call::Signal(container, "SIGUSR2".into()), Call::List]
+        vec![Call::Signal(container.clone(), "SIGUSR2".into())]
     );
 
-    // A Docker event means Docker changed: the pass lists before it acts.
+    // A Docker event names the container that changed: the pass asks for it before it acts.
     env.fake.remove_by_hand("postgrest-p1");
     let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
+    assert_eq!(calls.first(), Some(&Call::Inspect(container)), "{calls:?}");
+    assert!(!calls.contains(&Call::List), "{calls:?}");
+}
+
+/// A pass that changed nothing publishes the projects it published before, not a copy (at
+/// ten thousand projects, building them anew was a third of an idle pass); one that changed
+/// something publishes them anew.
+#[tokio::test]
+async fn a_pass_that_changed_nothing_publishes_the_same_projects() {
+    let mut env = Env::new();
+    // Serving, so that its readiness settles (a container not serving gets a new reason
+    // from its log now and then, and every change is published).
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    env.cfg.admin_port = ready_server(ready).await;
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .container
+                .as_ref()
+                .is_some_and(|c| c.ready == Readiness::Ready)
+        })
+        .await
+        .expect("p1 serves");
+    // A file younger than two seconds is read again by every full read (`passes` asks for
+    // one), in case an edit in place hid behind the same time stamp: wait for the file to
+    // settle and a pass to find nothing new.
+    let mut before = handle.snapshot();
+    let settled = async {
+        loop {
+            passes(&handle, 1).await;
+            let after = handle.snapshot();
+            if Arc::ptr_eq(&before.projects, &after.projects) {
+                return after;
+            }
+            before = after;
+        }
+    };
+    let before = tokio::time::timeout(WAIT, settled)
+        .await
+        .expect("a pass that changed nothing publishes the projects before");
+    passes(&handle, 2).await;
+    assert!(Arc::ptr_eq(&before.projects, &handle.snapshot().projects));
+
+    env.write_raw("p1", "enabled = maybe");
+    handle.wake();
+    let broken = handle
+        .wait_for(WAIT, |s| s.projects[&pid("p1")].file_error.is_some())
+        .await
+        .expect("the file's error is published");
+    assert!(!Arc::ptr_eq(&before.projects, &broken.projects));
+}
+
+/// A removal takes its container out of the listing as it ends: no pass lists for it.
+#[tokio::test]
+async fn a_removal_is_seen_without_a_list() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    env.write("p2", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    converged(&env, &handle, "p2").await;
+    passes(&handle, 1).await;
+    let container = container_id(&handle.snapshot(), "p1");
+    env.fake.take_calls();
+
+    std::fs::remove_file(env.cfg.state.file(&pid("p1"))).unwrap();
+    gone(&handle, "p1").await;
+    passes(&handle, 2).await;
+    assert_eq!(env.fake.take_calls(), vec![Call::Remove(container)]);
+    assert!(env
+        .fake
+        .containers()
+        .iter()
+        .all(|c| c.name != "postgrest-p1"));
+}
+
+/// Past [`LOOKUPS_MAX`] containers named by events, one list is cheaper than a lookup each.
+#[tokio::test]
+async fn many_named_containers_are_listed_instead_of_asked_for_one_by_one() {
+    let env = Env::new();
+    let n = super::LOOKUPS_MAX + 1;
+    for i in 0..n {
+        env.write(&format!("p{i}"), |_| {});
+    }
+    let (handle, _stop, _task) = env.start();
+    for i in 0..n {
+        converged(&env, &handle, &format!("p{i}")).await;
+    }
+    passes(&handle, 1).await;
+    env.fake.take_calls();
+
+    // Stopped behind the loop's back, all at once (the test's thread does not yield in
+    // between): each says so in an event, and all are there for the next pass.
+    for i in 0..n {
+        env.fake
+            .set_state(&format!("postgrest-p{i}"), State::Exited);
+    }
+    let calls = calls_until(&env.fake, |c| matches!(c, Call::Start(_))).await;
     assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+    let mut before_acting = calls.iter().take_while(|c| !matches!(c, Call::Start(_)));
+    assert!(
+        !before_acting.any(|c| matches!(c, Call::Inspect(_))),
+        "{calls:?}"
+    );
 }
 
 /// The watcher names the files that changed, and a pass looks at those alone: a file nobody
@@ -809,10 +915,12 @@ async fn a_create_is_confirmed_by_asking_for_that_container_alone() {
         ]
     );
 
-    // Anything from Docker's side still brings a full list before the loop acts.
+    // A change from Docker's side is asked for by the id its event names, before the loop
+    // acts.
+    let p0 = container_id(&handle.snapshot(), "p0");
     env.fake.remove_by_hand("postgrest-p0");
     let calls = calls_until(&env.fake, |c| matches!(c, Call::Create(_))).await;
-    assert_eq!(calls.first(), Some(&Call::List), "{calls:?}");
+    assert_eq!(calls.first(), Some(&Call::Inspect(p0)), "{calls:?}");
 }
 
 /// Each project's snapshot shows its own container as soon as its own action ends: it never

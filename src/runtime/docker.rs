@@ -25,8 +25,9 @@ use super::{
     RuntimeError, State,
 };
 use crate::render::{
-    ContainerSpec, CONFIG_MOUNT, LABEL_LEASE_HOLDER, LABEL_MANAGED_BY, MANAGED_BY,
+    ContainerSpec, CONFIG_MOUNT, LABEL_LEASE_HOLDER, LABEL_MANAGED_BY, LABEL_PROJECT, MANAGED_BY,
 };
+use crate::spec::ProjectId;
 
 const SECOND_NS: i64 = 1_000_000_000;
 
@@ -133,19 +134,37 @@ fn state(summary: Option<&ContainerSummaryStateEnum>) -> State {
 
 /// API 1.41 has no health field in the list: the status text says `(healthy)`,
 /// `(unhealthy)` or `(health: starting)`.
-/// A health change carries its new status in the action (`health_status: healthy`); every
-/// other event, or one without an actor, only says "look again".
+/// A health change carries its new status in the action (`health_status: healthy`); any other
+/// event names the container to look at again; one without an actor says "look at
+/// everything".
 fn event_of(message: EventMessage) -> Event {
+    let Some(actor) = message.actor else {
+        return Event::Changed;
+    };
+    let Some(id) = actor.id else {
+        return Event::Changed;
+    };
     let health = match message.action.as_deref() {
         Some("health_status: healthy") => Health::Healthy,
         Some("health_status: unhealthy") => Health::Unhealthy,
         Some("health_status: starting") => Health::Starting,
-        _ => return Event::Changed,
+        Some("create" | "start") => {
+            // The container's labels come as the actor's attributes.
+            let created_for = actor
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(LABEL_PROJECT))
+                .and_then(|p| ProjectId::parse(p).ok());
+            return Event::Container { id, created_for };
+        }
+        _ => {
+            return Event::Container {
+                id,
+                created_for: None,
+            }
+        }
     };
-    match message.actor.and_then(|actor| actor.id) {
-        Some(id) => Event::Health { id, health },
-        None => Event::Changed,
-    }
+    Event::Health { id, health }
 }
 
 fn health(status: Option<&str>) -> Health {
@@ -435,15 +454,29 @@ impl Runtime for DockerRuntime {
     }
 
     fn events(&self, labels: &BTreeMap<String, String>) -> EventStream {
-        // `kill` is left out on purpose: every reload signal is one, and it is not a death.
+        // Every change of a container's state, name or health: the loop looks at the
+        // container named instead of listing them all (and lists them all only now and
+        // then, as a safety net). `kill` is left out on purpose: every reload signal is one,
+        // and it changes nothing.
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
             ("label", label_filters(labels)),
             (
                 "event",
-                ["die", "destroy", "oom", "stop", "health_status"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "create",
+                    "start",
+                    "stop",
+                    "die",
+                    "oom",
+                    "destroy",
+                    "pause",
+                    "unpause",
+                    "rename",
+                    "health_status",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
@@ -491,8 +524,17 @@ mod tests {
             event_of(message("health_status: healthy", None)),
             Event::Changed
         );
-        assert_eq!(event_of(message("die", Some("abc"))), Event::Changed);
-        assert_eq!(event_of(message("destroy", Some("abc"))), Event::Changed);
+        let named = |created_for: Option<&str>| Event::Container {
+            id: "abc".into(),
+            created_for: created_for.map(|p| ProjectId::parse(p).unwrap()),
+        };
+        assert_eq!(event_of(message("die", Some("abc"))), named(None));
+        assert_eq!(event_of(message("destroy", Some("abc"))), named(None));
+        let mut started = message("start", Some("abc"));
+        started.actor.as_mut().unwrap().attributes =
+            Some(HashMap::from([(LABEL_PROJECT.to_owned(), "p1".to_owned())]));
+        assert_eq!(event_of(started), named(Some("p1")));
+        assert_eq!(event_of(message("die", None)), Event::Changed);
     }
 
     #[test]

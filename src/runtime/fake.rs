@@ -130,21 +130,32 @@ impl FakeRuntime {
     /// Removes a container behind the manager's back, like `docker rm -f`, and says so on the
     /// event stream.
     pub fn remove_by_hand(&self, name: &str) {
-        self.inner
-            .lock()
-            .unwrap()
-            .containers
-            .retain(|_, c| c.name != name);
-        let _ = self.events.send(Event::Changed);
+        let mut gone = Vec::new();
+        self.inner.lock().unwrap().containers.retain(|id, c| {
+            let keep = c.name != name;
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
+        });
+        for id in gone {
+            let _ = self.events.send(Event::Container {
+                id,
+                created_for: None,
+            });
+        }
     }
 
     pub fn set_state(&self, name: &str, state: State) {
         for c in self.inner.lock().unwrap().containers.values_mut() {
             if c.name == name {
                 c.state = state;
+                let _ = self.events.send(Event::Container {
+                    id: c.id.clone(),
+                    created_for: None,
+                });
             }
         }
-        let _ = self.events.send(Event::Changed);
     }
 
     /// Changes a container's health, and says so on the event stream as Docker would.
