@@ -121,6 +121,12 @@ impl PoolSync {
         self.pending.retry_at()
     }
 
+    /// The pools were put in place and nothing failed since: only a change of the specs
+    /// needs another [`PoolSync::sync`] (which renders every project's entry).
+    pub fn in_place(&self) -> bool {
+        self.applied.is_some() && self.pending.reason().is_none()
+    }
+
     /// Why the pools are not in place, while they are not.
     pub fn pending(&self) -> Option<&str> {
         self.pending.reason()
