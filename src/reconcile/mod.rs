@@ -67,8 +67,10 @@ const HEALTH_QUEUE: usize = 256;
 /// CPU, and each list cost the daemon about 300 ms (BENCHMARKS.md, "Scale"). Swarm's events
 /// name no task, so on Swarm every resync lists.
 const RESCAN_EVERY: u32 = 10;
-/// More containers named than this since the last look, and one list is cheaper than a lookup
-/// each (a list of 1,000 costs the daemon about 300 ms, a lookup about 1 ms: BENCHMARKS.md).
+/// More containers named than this since the last look, and one list is taken instead of a
+/// lookup each: a list costs the daemon about 300 ms at 1,000 containers (BENCHMARKS.md), a
+/// lookup (the list filtered by id) looks at its one container, and the round trips add up.
+/// A guess, not a measured crossover.
 const LOOKUPS_MAX: usize = 64;
 /// How long a shutdown waits for in-flight actions.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
