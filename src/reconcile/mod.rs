@@ -481,7 +481,22 @@ impl<R: Runtime> Controller<R> {
             });
             changed
         };
-        self.confirm.extend(changed.ids.into_keys());
+        // A creation's or start's event for a container the listing shows running already: the
+        // action that started it looked it up since (its event came late; under a bulk start,
+        // for most containers). Anything else named (a death, a stop) is looked at.
+        let listing = &self.listing;
+        self.confirm.extend(
+            changed
+                .ids
+                .into_iter()
+                .filter(|(id, created_for)| {
+                    created_for.is_none()
+                        || !listing
+                            .iter()
+                            .any(|c| &c.id == id && c.state == State::Running)
+                })
+                .map(|(id, _)| id),
+        );
         if changed.all || self.confirm.len() > LOOKUPS_MAX {
             self.confirm.clear();
             match self.runtime.list(&self.labels).await {

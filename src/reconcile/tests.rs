@@ -798,6 +798,30 @@ async fn a_removal_is_seen_without_a_list() {
         .all(|c| c.name != "postgrest-p1"));
 }
 
+/// A start's event that comes after the action that started the container looked it up
+/// costs no lookup: the listing shows it running already. A start of a container the listing
+/// shows stopped is looked at.
+#[tokio::test]
+async fn a_late_start_event_of_a_running_container_costs_no_lookup() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    passes(&handle, 1).await;
+    let container = container_id(&handle.snapshot(), "p1");
+    env.fake.take_calls();
+
+    env.fake.announce_start("postgrest-p1");
+    passes(&handle, 2).await;
+    assert_eq!(env.fake.take_calls(), Vec::<Call>::new());
+
+    // Stopped and started again behind the loop's back: the stop's event is looked at, and
+    // so is a start the listing does not explain.
+    env.fake.set_state("postgrest-p1", State::Exited);
+    let calls = calls_until(&env.fake, |c| matches!(c, Call::Start(_))).await;
+    assert_eq!(calls.first(), Some(&Call::Inspect(container)), "{calls:?}");
+}
+
 /// Past [`LOOKUPS_MAX`] containers named by events, one list is cheaper than a lookup each.
 #[tokio::test]
 async fn many_named_containers_are_listed_instead_of_asked_for_one_by_one() {

@@ -146,6 +146,19 @@ impl FakeRuntime {
         }
     }
 
+    /// Says on the event stream that a container was started, as Docker does for every start
+    /// (the manager's own ones included), without changing it.
+    pub fn announce_start(&self, name: &str) {
+        for c in self.inner.lock().unwrap().containers.values() {
+            if c.name == name {
+                let _ = self.events.send(Event::Container {
+                    id: c.id.clone(),
+                    created_for: c.project(),
+                });
+            }
+        }
+    }
+
     pub fn set_state(&self, name: &str, state: State) {
         for c in self.inner.lock().unwrap().containers.values_mut() {
             if c.name == name {
