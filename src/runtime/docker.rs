@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, EventActor,
     EventMessage, HealthConfig, HostConfig, HostConfigLogConfig, NetworkCreateRequest,
     NetworkingConfig, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
@@ -132,41 +132,38 @@ fn state(summary: Option<&ContainerSummaryStateEnum>) -> State {
     }
 }
 
-/// API 1.41 has no health field in the list: the status text says `(healthy)`,
-/// `(unhealthy)` or `(health: starting)`.
 /// A health change carries its new status in the action (`health_status: healthy`); any other
-/// event names the container to look at again; one without an actor says "look at
-/// everything".
+/// event names the container to look at again (a creation or a start with its project, from
+/// the container's labels, which come as the actor's attributes); one without an actor says
+/// "look at everything".
 fn event_of(message: EventMessage) -> Event {
-    let Some(actor) = message.actor else {
-        return Event::Changed;
-    };
-    let Some(id) = actor.id else {
+    let Some(EventActor {
+        id: Some(id),
+        attributes,
+    }) = message.actor
+    else {
         return Event::Changed;
     };
     let health = match message.action.as_deref() {
         Some("health_status: healthy") => Health::Healthy,
         Some("health_status: unhealthy") => Health::Unhealthy,
         Some("health_status: starting") => Health::Starting,
-        Some("create" | "start") => {
-            // The container's labels come as the actor's attributes.
-            let created_for = actor
-                .attributes
-                .as_ref()
-                .and_then(|a| a.get(LABEL_PROJECT))
-                .and_then(|p| ProjectId::parse(p).ok());
+        action => {
+            let created_for = match action {
+                Some("create" | "start") => attributes
+                    .as_ref()
+                    .and_then(|a| a.get(LABEL_PROJECT))
+                    .and_then(|p| ProjectId::parse(p).ok()),
+                _ => None,
+            };
             return Event::Container { id, created_for };
-        }
-        _ => {
-            return Event::Container {
-                id,
-                created_for: None,
-            }
         }
     };
     Event::Health { id, health }
 }
 
+/// API 1.41 has no health field in the list: the status text says `(healthy)`,
+/// `(unhealthy)` or `(health: starting)`.
 fn health(status: Option<&str>) -> Health {
     match status {
         Some(s) if s.ends_with("(healthy)") => Health::Healthy,
@@ -497,7 +494,6 @@ mod tests {
 
     #[test]
     fn health_events_carry_the_new_status() {
-        use bollard::models::EventActor;
         let message = |action: &str, id: Option<&str>| EventMessage {
             action: Some(action.to_owned()),
             actor: Some(EventActor {
