@@ -43,6 +43,31 @@ impl DockerHints {
             self.ids.remove(id);
         }
     }
+
+    /// Takes what a pass is to look at: whether to list everything, and the containers to
+    /// ask for. A creation or a start named for a project whose action is `in_flight` stays
+    /// for a later pass: it is that action's own container (a replacement's new one is seen
+    /// through its switch and its end), or the action's end brings a pass that looks at it.
+    /// One of a container the listing shows `running` is dropped: the action that started it
+    /// looked it up since (its event came late; under a bulk start, for most containers).
+    /// Anything else named (a death, a stop) is looked at.
+    pub fn take(
+        &mut self,
+        in_flight: impl Fn(&ProjectId) -> bool,
+        running: impl Fn(&str) -> bool,
+    ) -> (bool, Vec<String>) {
+        let all = std::mem::take(&mut self.all);
+        let mut look = Vec::new();
+        self.ids.retain(|id, created_for| match created_for {
+            Some(project) if in_flight(project) => true,
+            Some(_) if running(id) => false,
+            _ => {
+                look.push(id.clone());
+                false
+            }
+        });
+        (all, look)
+    }
 }
 
 /// The hints, shared between the event task and the loop.

@@ -337,12 +337,11 @@ impl<R: Runtime> Controller<R> {
                 }
                 _ = resync.tick() => {
                     resyncs += 1;
-                    if resyncs.is_multiple_of(RESCAN_EVERY) {
+                    let rescan = resyncs.is_multiple_of(RESCAN_EVERY);
+                    if rescan {
                         self.hints().all = true;
                     }
-                    if resyncs.is_multiple_of(RESCAN_EVERY)
-                        || self.runtime.orchestrator() == Orchestrator::Swarm
-                    {
+                    if rescan || self.runtime.orchestrator() == Orchestrator::Swarm {
                         self.docker_changed.all();
                     }
                     self.table.forget_foreign();
@@ -462,42 +461,18 @@ impl<R: Runtime> Controller<R> {
             self.publish();
             return;
         }
-        // Taken before looking, so a change during the calls brings another look. A container
-        // created or started for a project whose action is in flight waits for that action:
-        // it is the action's own (a replacement's new container, seen through its switch and
-        // its end), or the action's end brings a pass that looks at it.
-        let changed = {
-            let mut hints = self.docker_changed.lock();
-            let mut changed = std::mem::take(&mut *hints);
-            let projects = &self.table.projects;
-            changed.ids.retain(|id, created_for| {
-                let held = created_for
-                    .as_ref()
-                    .is_some_and(|p| projects.get(p).is_some_and(|p| p.in_flight));
-                if held {
-                    hints.ids.insert(id.clone(), created_for.clone());
-                }
-                !held
-            });
-            changed
-        };
-        // A creation's or start's event for a container the listing shows running already: the
-        // action that started it looked it up since (its event came late; under a bulk start,
-        // for most containers). Anything else named (a death, a stop) is looked at.
-        let listing = &self.listing;
-        self.confirm.extend(
-            changed
-                .ids
-                .into_iter()
-                .filter(|(id, created_for)| {
-                    created_for.is_none()
-                        || !listing
-                            .iter()
-                            .any(|c| &c.id == id && c.state == State::Running)
-                })
-                .map(|(id, _)| id),
+        // Taken before looking, so a change during the calls brings another look.
+        let (projects, listing) = (&self.table.projects, &self.listing);
+        let (all, named) = self.docker_changed.lock().take(
+            |project| projects.get(project).is_some_and(|p| p.in_flight),
+            |id| {
+                listing
+                    .iter()
+                    .any(|c| c.id == id && c.state == State::Running)
+            },
         );
-        if changed.all || self.confirm.len() > LOOKUPS_MAX {
+        self.confirm.extend(named);
+        if all || self.confirm.len() > LOOKUPS_MAX {
             self.confirm.clear();
             match self.runtime.list(&self.labels).await {
                 Ok(listing) => {
