@@ -59,6 +59,23 @@ impl Drop for LiveWatch {
 
 impl LiveWatch {
     pub fn start(bench: &Bench, who: Who) -> LiveWatch {
+        LiveWatch::watch(bench, who, false)
+    }
+
+    /// As [`LiveWatch::start`], and each container's address is dropped from this host's
+    /// neighbour cache before it is probed. Docker hands a removed container's address, and
+    /// the MAC address it derives from it, to the next container; the cache still holds the
+    /// entry, so the host never asks, and the new container must ask for the host's address
+    /// itself. On a bridge of a thousand ports here, its ARP requests went unanswered for
+    /// about 25 s (BENCHMARKS.md, the scale status of 2026-12-06 23:00), for the manager's
+    /// container and the raw API's alike; with the entry gone, the host asks first and both
+    /// answer within milliseconds. The scale scenario's one new project uses it, so the
+    /// comparison measures the manager and not the kernel's neighbour cache.
+    pub fn start_uncached(bench: &Bench, who: Who) -> LiveWatch {
+        LiveWatch::watch(bench, who, true)
+    }
+
+    fn watch(bench: &Bench, who: Who, uncached: bool) -> LiveWatch {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -111,6 +128,9 @@ impl LiveWatch {
                             let Some(ip) = address(&docker, &container, &network).await else {
                                 return;
                             };
+                            if uncached {
+                                forget_neighbour(ip).await;
+                            }
                             if !wait_admin(ip, "/live", Duration::from_secs(120)).await {
                                 return;
                             }
@@ -234,6 +254,17 @@ async fn address(docker: &bollard::Docker, container: &str, network: &str) -> Op
         .as_deref()?
         .parse()
         .ok()
+}
+
+/// Drops `ip` from this network namespace's neighbour cache (`ip neigh flush to <ip>`); a
+/// failure leaves the cache as it was, which only costs time.
+async fn forget_neighbour(ip: IpAddr) {
+    let _ = tokio::process::Command::new("ip")
+        .args(["neigh", "flush", "to", &ip.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
 }
 
 /// Polls `GET <path>` on the admin port (`/live` or `/ready`) until it answers 200.

@@ -73,7 +73,9 @@ impl Manager {
             api_timeout_secs: None,
             docker_host: cfg.docker_host.clone(),
             // INFO only: the loop's DEBUG lines would cost the idle scenario a little CPU.
-            log_filter: "info".into(),
+            // PGMT_BENCH_MANAGER_LOG overrides it to see one path's steps (a tracing filter,
+            // e.g. `info,postgrest_manager::reconcile=debug`).
+            log_filter: std::env::var("PGMT_BENCH_MANAGER_LOG").unwrap_or_else(|_| "info".into()),
             args: if cfg.metrics {
                 vec!["--metrics-listen".into(), "127.0.0.1:0".into()]
             } else {

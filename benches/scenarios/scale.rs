@@ -11,9 +11,11 @@
 //!    manager with `--scale` files written at once. Clock: until the last one serves. The
 //!    memory one test-double container costs is read here (`docker stats`, the daemon's RSS,
 //!    the shims' PSS).
-//! 3. with `--scale` running: the API list and one project's view under load; one reload
-//!    (Docker calls, containers touched); one new project against one floor container,
-//!    alternating; adoption after a restart (time, Docker calls by kind, containers
+//! 3. with `--scale` running: the API list and one project's view under load, beside
+//!    `/healthz` as a control; one reload (Docker calls, containers touched) against the same
+//!    reload by hand on a floor container, alternating; one new project against one floor
+//!    container, alternating (both observed with the host's neighbour cache entry dropped:
+//!    [`LiveWatch::start_uncached`]); adoption after a restart (time, Docker calls by kind, containers
 //!    recreated, restarted or written to); idle with `--scale-files` files (the rest
 //!    disabled): CPU, RSS, Docker calls per resync.
 //!
@@ -451,6 +453,11 @@ pub async fn run(ctx: &mut Ctx) -> Result<(String, String), String> {
     let bench = &ctx.bench;
     let mut host = Host::start(bench, concurrency, healthcheck_secs).await?;
     let result = phases(bench, &mut host, n, files, idle, runs, &bursts).await;
+    // Printed before the mass removal, which has hung Docker 20.10 here twice: the numbers
+    // survive a daemon that never comes back.
+    if let Ok(body) = &result {
+        eprintln!("bench: scale: results, before removing everything:\n{body}");
+    }
     eprintln!("bench: scale: removing everything");
     host.down(bench).await;
     remove_all(bench, Who::Floor).await;
@@ -489,6 +496,7 @@ async fn phases(
         .wait_all(&ten.iter().cloned().collect(), TIMEOUT)
         .await?;
     let one_at_10 = load(host, &format!("/internal/postgrest/{}", ten[3]), 20_000).await?;
+    let control_at_10 = load(host, "/healthz", 20_000).await?;
     let list_at_10 = load(host, "/internal/postgrest", 5000).await?;
     let mut bursts = Vec::new();
     let labels: Vec<(usize, String)> = sizes
@@ -527,7 +535,10 @@ async fn phases(
     host.proxy.take();
     let floor_s = floor_bulk(bench, host, &floor_projects).await?;
     let floor_calls = host.proxy.take();
-    eprintln!("bench: scale: floor {floor_s:.1} s");
+    eprintln!(
+        "bench: scale: floor {floor_s:.1} s, {}",
+        floor_calls.describe()
+    );
     let at_n = Memory::now();
     let sample = bench
         .containers(Who::Floor)
@@ -563,7 +574,10 @@ async fn phases(
         .await?;
     let manager_s = (last - t0).as_secs_f64();
     let manager_calls = host.proxy.take();
-    eprintln!("bench: scale: manager {manager_s:.1} s");
+    eprintln!(
+        "bench: scale: manager {manager_s:.1} s, {}",
+        manager_calls.describe()
+    );
     let ips: BTreeMap<String, IpAddr> = found.into_iter().map(|(p, l)| (p, l.ip)).collect();
     // Each container's first healthcheck, 30 s after its start, wakes the loop once.
     tokio::time::sleep(Duration::from_secs(35)).await;
@@ -575,45 +589,75 @@ async fn phases(
         20_000,
     )
     .await?;
+    let control_at_n = load(host, "/healthz", 20_000).await?;
     let list_at_n = load(host, "/internal/postgrest", 1000).await?;
 
     // 3b. One reload among n.
+    // 3b. One reload among n, against the same reload done by hand on a floor container of
+    // its own (rewrite its rendered config, SIGUSR2 through the API), alternating, as the
+    // reload scenario does at 200: what the daemon's own calls cost at this size shows.
     let ids = bench.containers(Who::Manager).await;
+    let floor = Floor::new(Some(&host.proxy.docker_host())).await;
+    let reload_dir = bench.dir("scale/reload");
+    let reload_template = floor_template(bench, host, &reload_dir);
+    let floor_project = format!("{tag}_rf");
+    let mut floor_watch = LiveWatch::start_uncached(bench, Who::Floor);
+    let rendered = baseline::prepare(&reload_template, &reload_dir, &floor_project, 1);
+    let floor_container = floor.create_start(&rendered.container).await?;
+    let floor_ip = floor_watch.wait_one(&floor_project, TIMEOUT).await?.ip;
     let mut reload_ms = Vec::new();
+    let mut reload_floor_ms = Vec::new();
     let mut reload_calls = Vec::new();
     let mut touched = BTreeSet::new();
     let mut reloaded = BTreeSet::new();
     for run in 0..=runs {
+        let version = run as u32 + 2;
         let project = &projects[(run * 37 + 11) % n];
-        let new_secret = secret(project, run as u32 + 2);
-        host.proxy.take();
-        let t = Instant::now();
-        write_state(
-            &host.cfg.state_dir,
-            project,
-            &state_text(project, &new_secret, true),
-        );
-        if !live::wait_accepted(ips[project], &http::token(&new_secret), TIMEOUT).await {
-            return Err(format!("{project} never accepted its new secret"));
+        let (mut elapsed, mut floor_elapsed, mut calls) = (0.0, 0.0, Calls::default());
+        for manager_turn in [run % 2 == 0, run % 2 != 0] {
+            if manager_turn {
+                let new_secret = secret(project, version);
+                host.proxy.take();
+                let t = Instant::now();
+                write_state(
+                    &host.cfg.state_dir,
+                    project,
+                    &state_text(project, &new_secret, true),
+                );
+                if !live::wait_accepted(ips[project], &http::token(&new_secret), TIMEOUT).await {
+                    return Err(format!("{project} never accepted its new secret"));
+                }
+                elapsed = ms(t.elapsed());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                calls = host.proxy.take();
+            } else {
+                let floor_token = http::token(&secret(&floor_project, version));
+                let t = Instant::now();
+                baseline::prepare(&reload_template, &reload_dir, &floor_project, version);
+                floor.signal(&floor_container, "SIGUSR2").await?;
+                if !live::wait_accepted(floor_ip, &floor_token, TIMEOUT).await {
+                    return Err("the floor container never accepted its new secret".into());
+                }
+                floor_elapsed = ms(t.elapsed());
+                host.proxy.take();
+            }
         }
-        let elapsed = ms(t.elapsed());
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let calls = host.proxy.take();
         eprintln!(
-            "bench: scale: reload run {run}: {elapsed:.1} ms, {}",
+            "bench: scale: reload run {run}: {elapsed:.1} ms, {}; floor {floor_elapsed:.1} ms",
             calls.describe()
         );
         if run > 0 {
             reload_ms.push(elapsed);
+            reload_floor_ms.push(floor_elapsed);
             reload_calls.push(calls.total() as f64);
             touched.extend(written_containers(&calls));
             reloaded.extend(ids.get(project).cloned());
         }
     }
+    remove_all(bench, Who::Floor).await;
     let others_touched = touched.difference(&reloaded).count();
 
     // 3c. One new project while n run, against one floor container, alternating.
-    let floor = Floor::new(Some(&host.proxy.docker_host())).await;
     let floor_dir = bench.dir("scale/one");
     let template = floor_template(bench, host, &floor_dir);
     let (mut new_ms, mut one_floor_ms) = (Vec::new(), Vec::new());
@@ -621,7 +665,7 @@ async fn phases(
         for manager_turn in [run % 2 == 0, run % 2 != 0] {
             if manager_turn {
                 let project = format!("{tag}_n{run}");
-                let mut watch = LiveWatch::start(bench, Who::Manager);
+                let mut watch = LiveWatch::start_uncached(bench, Who::Manager);
                 let t = Instant::now();
                 host.write(&project, 1, true);
                 let live = watch.wait_one(&project, TIMEOUT).await?;
@@ -632,7 +676,7 @@ async fn phases(
                 containers_become(bench, Who::Manager, n).await?;
             } else {
                 let project = format!("{tag}_nf{run}");
-                let mut watch = LiveWatch::start(bench, Who::Floor);
+                let mut watch = LiveWatch::start_uncached(bench, Who::Floor);
                 let rendered = baseline::prepare(&template, &floor_dir, &project, 1);
                 let t = Instant::now();
                 floor.create_start(&rendered.container).await?;
@@ -739,13 +783,18 @@ async fn phases(
         one_at_n.0, one_at_n.1, one_at_n.2, one_at_n.3, one_at_10.0, one_at_10.1, one_at_10.2, one_at_10.3,
     ));
     out.push_str(&format!(
+        "| control: `GET /healthz` (no project looked at), 8 connections: req/s, p50, p99; the manager's CPU per request | at {n}: {:.0}/s, {:.2} ms, {:.2} ms; {:.0} µs | at 10: {:.0}/s, {:.2} ms, {:.2} ms; {:.0} µs |\n",
+        control_at_n.0, control_at_n.1, control_at_n.2, control_at_n.3, control_at_10.0, control_at_10.1, control_at_10.2, control_at_10.3,
+    ));
+    out.push_str(&format!(
         "| `GET /internal/postgrest`, 8 connections: req/s, p50, p99; the manager's CPU per request | at {n}: {:.0}/s, {:.2} ms, {:.2} ms; {:.0} µs | at 10: {:.0}/s, {:.2} ms, {:.2} ms; {:.0} µs |\n",
         list_at_n.0, list_at_n.1, list_at_n.2, list_at_n.3, list_at_10.0, list_at_10.1, list_at_10.2, list_at_10.3,
     ));
     out.push_str(&format!(
-        "| one reload among {n}: ms to the new secret in force; Docker calls; other containers written to | {}; {} calls; **{others_touched}** | the 200-project figure: BENCHMARKS.md's reload block |\n",
+        "| one reload among {n}: ms to the new secret in force; Docker calls; other containers written to | {}; {} calls; **{others_touched}** | the same reload by hand on a container of its own (config rewritten, SIGUSR2 through the API): {}; the 200-project figure: BENCHMARKS.md's reload block |\n",
         summary(&reload_ms),
         summary(&reload_calls),
+        summary(&reload_floor_ms),
     ));
     out.push_str(&format!(
         "| one new project while {n} run: file → serving, ms | {} | one raw-API create + start: {} (×{:.2}) |\n",
