@@ -277,10 +277,13 @@ pub(super) async fn apply<R: Runtime>(
             container,
             rendered,
         } => {
+            debug!(container = %container, "reload: writing the config");
             write_config(cfg, &project, &rendered).await?;
             // Where PostgREST's log ends before the signal: only what it writes after counts.
             let cursor = runtime.log_cursor(&container).await?;
+            debug!(container = %container, "config written; log cursor read");
             runtime.signal(&container, &cfg.reload_signal).await?;
+            debug!(container = %container, "reload signalled; waiting for PostgREST's word");
             confirm_reload(runtime, cfg, &container, cursor, &rendered).await?;
             loaded(cfg, &project, container, &rendered, true).await
         }

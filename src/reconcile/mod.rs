@@ -575,7 +575,7 @@ impl<R: Runtime> Controller<R> {
         if let Some(metrics) = &self.metrics {
             metrics.pass_finished(started.elapsed());
         }
-        debug!(pass = self.passes, "pass finished");
+        debug!(pass = self.passes, took = ?started.elapsed(), "pass finished");
         if !self.reconciled_once && actions.is_empty() {
             self.reconciled_once = true;
             info!(
