@@ -87,12 +87,15 @@ impl Swarm {
             .stdin(save.stdout.take().expect("docker save's stdout"))
             .output()
             .expect("docker load runs");
-        assert!(save.wait().unwrap().success(), "docker save {image}");
+        // The load's verdict first: a load that fails ends the pipe, and `docker save` then
+        // dies of it, which alone says nothing (CI once failed with "docker save" alone).
+        let saved = save.wait().unwrap();
         assert!(
             load.status.success(),
-            "docker load {image}: {}",
+            "docker load {image}: {} (docker save: {saved})",
             String::from_utf8_lossy(&load.stderr)
         );
+        assert!(saved.success(), "docker save {image}: {saved}");
     }
 
     /// A login role `<id>_authenticator` with `password` and a database `<id>`: what the
