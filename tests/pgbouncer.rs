@@ -81,12 +81,7 @@ impl Bouncer {
     /// The signals Docker delivered to the container (its `kill` events) from `since` (Unix
     /// seconds) until now: `1` for each SIGHUP, whether or not PgBouncer was ready for it.
     fn signals_since(&self, since: u64) -> Vec<String> {
-        let until = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 1)
-        .to_string();
+        let until = (unix_now() + 1).to_string();
         let filter = format!("container={}", self.name);
         let out = docker(&[
             "events",
@@ -114,6 +109,14 @@ impl Bouncer {
             + &String::from_utf8_lossy(&out.stderr);
         text.lines().filter(|l| l.contains("SIGHUP")).count()
     }
+}
+
+/// Seconds since the epoch, as `docker events --since/--until` take them.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The superuser password from the URI tests/db.sh exports.
@@ -333,10 +336,7 @@ fn a_pgbouncer_that_cannot_be_told_shows_in_the_status_until_it_can() {
             .then_some(())
     });
 
-    let before_start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let before_start = unix_now();
     let bouncer = start_bouncer(&env, &dir);
     wait_until("the status to show the pools in place", || {
         (pool(&manager) == "in place").then_some(())
