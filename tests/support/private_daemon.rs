@@ -10,9 +10,12 @@
 //! directory and deletes its namespace. Everything is named `pgm-dockerd-*`, which is what
 //! `.ci/run`'s leftover check looks for.
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{image, wait_until_for, COUNTER};
@@ -36,7 +39,7 @@ pub struct PrivateDaemon {
 
 impl PrivateDaemon {
     /// Starts a daemon and loads the test image into it (from the machine's daemon, with
-    /// `docker save | docker load`: there is no registry here).
+    /// `docker save` and `docker load`: there is no registry here).
     pub fn start() -> PrivateDaemon {
         sweep_dead_runs();
         let tag = format!(
@@ -66,24 +69,34 @@ impl PrivateDaemon {
         );
         daemon.spawn();
         daemon.wait_answers();
-        let mut save = Command::new("docker")
-            .args(["save", &image()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save runs");
-        let load = daemon
-            .command(&["load", "-q"])
-            .stdin(save.stdout.take().expect("docker save's stdout"))
-            .output()
-            .expect("docker load runs");
-        let saved = save.wait().expect("docker save ends");
-        assert!(saved.success(), "docker save {} failed", image());
-        assert!(
-            load.status.success(),
-            "loading the test image into the private daemon failed: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
+        daemon.load(&image());
         daemon
+    }
+
+    /// Copies `image` from the tests' daemon (`DOCKER_HOST`, else the machine's) into this one,
+    /// from this process's one save of it ([`archive`]).
+    pub fn load(&self, image: &str) {
+        let archive = archive(image);
+        let mut load = self
+            .command(&["load", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker load runs");
+        let mut stdin = load.stdin.take().expect("docker load's stdin");
+        // Written from a thread of its own while the output is read: a load that reports
+        // while reading would otherwise block on a full pipe.
+        let writer = std::thread::spawn(move || stdin.write_all(&archive));
+        let loaded = load.wait_with_output().expect("docker load ends");
+        let written = writer.join().expect("the archive's writer");
+        assert!(
+            loaded.status.success(),
+            "docker load {image} into {}: {}",
+            self.netns,
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+        written.expect("writing the archive to docker load");
     }
 
     /// `unix://<dir>/docker.sock`, for `DOCKER_HOST`.
@@ -275,6 +288,31 @@ impl Drop for PrivateDaemon {
 /// Cleans up after test processes that died without unwinding (SIGKILL, a crash), so their
 /// daemons, mounts and namespaces do not pile up: every `/tmp/pgm-dockerd-<pid>x<n>` whose
 /// test process `<pid>` is gone. Other names (a shell's `mktemp`) are left alone.
+/// `docker save image`, taken once per test process and one at a time: the daemon fails two
+/// saves at once of images that share a layer (moby/moby#31017, seen on overlay2), and ours
+/// share their Debian base. The swarm suite's tests, starting their daemons in parallel, each
+/// saved the same images, and CI failed of it twice with nothing but "docker save failed".
+fn archive(image: &str) -> Arc<Vec<u8>> {
+    static ARCHIVES: Mutex<BTreeMap<String, Arc<Vec<u8>>>> = Mutex::new(BTreeMap::new());
+    // Held across the save: that is what keeps two saves from overlapping.
+    let mut archives = ARCHIVES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(archive) = archives.get(image) {
+        return Arc::clone(archive);
+    }
+    let saved = Command::new("docker")
+        .args(["save", image])
+        .output()
+        .expect("docker save runs");
+    assert!(
+        saved.status.success(),
+        "docker save {image}: {}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let archive = Arc::new(saved.stdout);
+    archives.insert(image.to_owned(), Arc::clone(&archive));
+    archive
+}
+
 fn sweep_dead_runs() {
     let Ok(entries) = fs::read_dir("/tmp") else {
         return;

@@ -74,28 +74,9 @@ impl Swarm {
         swarm
     }
 
-    /// Copies `image` from the tests' daemon (`DOCKER_HOST`, else the machine's) into the private one.
+    /// Copies `image` from the tests' daemon into this node.
     pub fn load(&self, image: &str) {
-        let mut save = Command::new("docker")
-            .args(["save", image])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save runs");
-        let load = self
-            .daemon
-            .command(&["load", "-q"])
-            .stdin(save.stdout.take().expect("docker save's stdout"))
-            .output()
-            .expect("docker load runs");
-        // The load's verdict first: a load that fails ends the pipe, and `docker save` then
-        // dies of it, which alone says nothing (CI once failed with "docker save" alone).
-        let saved = save.wait().unwrap();
-        assert!(
-            load.status.success(),
-            "docker load {image}: {} (docker save: {saved})",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        assert!(saved.success(), "docker save {image}: {saved}");
+        self.daemon.load(image);
     }
 
     /// A login role `<id>_authenticator` with `password` and a database `<id>`: what the
@@ -288,7 +269,32 @@ pub struct Cluster {
     pub swarm: Swarm,
     /// Nodes 2 and 3.
     pub workers: Vec<PrivateDaemon>,
-    hub: String,
+    /// Dropped last, after the nodes' guards.
+    hub: Hub,
+}
+
+/// The hub's network namespace, deleted on drop: it exists before anything is wired into it,
+/// so a start that fails half-way (wiring, swarm init, an image load) still removes it.
+struct Hub(String);
+
+impl Hub {
+    fn add(name: String) -> Hub {
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "ip netns add {name}");
+        Hub(name)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// The nodes' addresses on the hub's bridge: `10.253.0.<n>`.
@@ -313,20 +319,14 @@ fn ip(netns: &str, args: &[&str]) {
 impl Cluster {
     pub fn start(network: &str) -> Cluster {
         let nodes: Vec<PrivateDaemon> = (0..3).map(|_| PrivateDaemon::start()).collect();
-        let hub = format!("{}hub", nodes[0].netns);
-        let status = Command::new("ip")
-            .args(["netns", "add", &hub])
-            .status()
-            .expect("ip runs");
-        assert!(status.success(), "ip netns add {hub}");
-        // The guard exists from here on: a failure below still removes the hub and the nodes.
+        let hub = Hub::add(format!("{}hub", nodes[0].netns));
         let mut nodes = nodes.into_iter();
         let first = nodes.next().unwrap();
         let workers: Vec<PrivateDaemon> = nodes.collect();
         let wire = |n: usize, daemon: &PrivateDaemon| {
             let (outer, inner) = (format!("pgmh{n}"), format!("pgmn{n}"));
             ip(
-                &hub,
+                &hub.0,
                 &[
                     "link",
                     "add",
@@ -340,7 +340,7 @@ impl Cluster {
                     &daemon.netns,
                 ],
             );
-            ip(&hub, &["link", "set", &outer, "master", "br0", "up"]);
+            ip(&hub.0, &["link", "set", &outer, "master", "br0", "up"]);
             ip(
                 &daemon.netns,
                 &[
@@ -353,8 +353,8 @@ impl Cluster {
             );
             ip(&daemon.netns, &["link", "set", &inner, "up"]);
         };
-        ip(&hub, &["link", "add", "br0", "type", "bridge"]);
-        ip(&hub, &["link", "set", "br0", "up"]);
+        ip(&hub.0, &["link", "add", "br0", "type", "bridge"]);
+        ip(&hub.0, &["link", "set", "br0", "up"]);
         wire(1, &first);
         for (i, worker) in workers.iter().enumerate() {
             wire(i + 2, worker);
@@ -403,10 +403,6 @@ impl Drop for Cluster {
                 let _ = worker.docker(&["swarm", "leave", "--force"]);
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub])
-            .stderr(Stdio::null())
-            .status();
-        // Then the swarm's guard (services, leave) and every daemon's guard.
+        // Then the swarm's guard (services, leave), every daemon's guard, and the hub's.
     }
 }
