@@ -288,10 +288,9 @@ impl Drop for PrivateDaemon {
 /// Cleans up after test processes that died without unwinding (SIGKILL, a crash), so their
 /// daemons, mounts and namespaces do not pile up: every `/tmp/pgm-dockerd-<pid>x<n>` whose
 /// test process `<pid>` is gone. Other names (a shell's `mktemp`) are left alone.
-/// `docker save image`, taken once per test process and one at a time: the daemon fails two
-/// saves at once of images that share a layer (moby/moby#31017, seen on overlay2), and ours
-/// share their Debian base. The swarm suite's tests, starting their daemons in parallel, each
-/// saved the same images, and CI failed of it twice with nothing but "docker save failed".
+/// `docker save image`, taken once per test process and one at a time: the daemon may fail
+/// two saves at once of images that share a layer (moby/moby#31017, seen on overlay2), as
+/// ours do, and the swarm suite's tests each saved the same images at once.
 fn archive(image: &str) -> Arc<Vec<u8>> {
     static ARCHIVES: Mutex<BTreeMap<String, Arc<Vec<u8>>>> = Mutex::new(BTreeMap::new());
     // Held across the save: that is what keeps two saves from overlapping.
@@ -341,10 +340,10 @@ fn sweep_dead_runs() {
         };
         // The pid file may be stale and its pid reused: only a process whose command line
         // names the directory is the leftover daemon.
-        let dir = entry.path().display().to_string();
+        let dir = entry.path();
         let named = |pid: u32| {
             fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
+                .is_ok_and(|c| names_dir(&String::from_utf8_lossy(&c), &dir))
         };
         if let Some(pid) = leftover.pid().filter(|&pid| named(pid)) {
             let _ = Command::new("kill")
@@ -375,10 +374,19 @@ fn running(pid: u32) -> bool {
     })
 }
 
-/// SIGKILLs the processes whose command line contains `dir` (by pid: never a name match,
-/// which could hit the machine's own daemon).
+/// Whether `cmdline` names a path under `dir`: `dir` followed by `/`, so the daemon of
+/// `/tmp/pgm-dockerd-<pid>x1` is never taken for that of `.../<pid>x12`. Matching the bare
+/// prefix did exactly that: dropping one test's daemon SIGKILLed another test's, started
+/// later with a longer number. CI failed so in the swarm suite ("the private dockerd exited
+/// (signal: 9)" in `Cluster::start`), and most likely twice before as "docker save failed":
+/// a load whose daemon dies closes the pipe the save writes to.
+fn names_dir(cmdline: &str, dir: &Path) -> bool {
+    cmdline.contains(&format!("{}/", dir.display()))
+}
+
+/// SIGKILLs the processes whose command line names a path under `dir` (by pid: never a name
+/// match, which could hit the machine's own daemon).
 fn kill_processes_naming(dir: &Path) {
-    let needle = dir.display().to_string();
     let Ok(entries) = fs::read_dir("/proc") else {
         return;
     };
@@ -394,7 +402,7 @@ fn kill_processes_naming(dir: &Path) {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && pid != std::process::id() {
+        if names_dir(&cmdline, dir) && pid != std::process::id() {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
