@@ -132,6 +132,25 @@ impl ConfigDir {
         Ok(projects)
     }
 
+    /// Those of `projects` that have a rendered config directory: a `stat` each.
+    pub fn projects_among(
+        &self,
+        projects: BTreeSet<ProjectId>,
+    ) -> std::io::Result<BTreeSet<ProjectId>> {
+        let mut found = BTreeSet::new();
+        for id in projects {
+            match std::fs::symlink_metadata(self.path.join(id.as_str())) {
+                Ok(metadata) if metadata.is_dir() => {
+                    found.insert(id);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes the temp files a killed write left here (they hold secrets): in each project
     /// directory and in the records, when older than a minute. Through handles, like every
     /// other operation here.

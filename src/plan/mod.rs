@@ -186,6 +186,12 @@ pub trait Wanted {
     fn want(&self) -> Option<&Want>;
 }
 
+impl<W: Wanted> Wanted for &W {
+    fn want(&self) -> Option<&Want> {
+        (**self).want()
+    }
+}
+
 impl Wanted for Want {
     fn want(&self) -> Option<&Want> {
         Some(self)

@@ -2,6 +2,7 @@
 //! was planned, and when it ends well or badly the project's event ring gets one event (and
 //! the log one INFO line). Synchronous, no I/O, like the rest of the table.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -10,7 +11,7 @@ use tracing::info;
 use super::apply::Job;
 use super::snapshot::{Event, EventKind, EVENTS_KEPT};
 use super::table::{Project, Table};
-use crate::plan::{self, Observed, Plan, Verb};
+use crate::plan::{self, Observed, Plan, Preview, Verb};
 use crate::render::Rendered;
 use crate::spec::ProjectId;
 
@@ -142,5 +143,47 @@ impl Table {
         self.preview = Arc::new(preview);
         self.wants_changed = false;
         self.explained = idle.then(|| observed.clone());
+    }
+
+    /// [`Table::explain`] for the projects in `scope` alone, whose `plan` and `observed`
+    /// these are: their lines of the preview are replaced, the others' stand. The next full
+    /// pass explains everything again.
+    pub fn explain_some(&mut self, scope: &BTreeSet<ProjectId>, plan: &Plan, observed: &Observed) {
+        let wanted: BTreeMap<ProjectId, &Project> = scope
+            .iter()
+            .filter_map(|id| Some((id.clone(), self.projects.get(id)?)))
+            .collect();
+        let changes = |id: &ProjectId| {
+            let project = self.projects.get(id)?;
+            let applied = project.applied.as_ref()?;
+            let rendered = project.good.as_ref()?.rendered.as_ref()?;
+            Some(plan::changed_keys(
+                &applied.config.text,
+                &rendered.config.text,
+                &rendered.keys,
+            ))
+        };
+        let lines = plan::preview(&wanted, observed, plan, changes);
+        for id in scope {
+            if let Some(project) = self.projects.get_mut(id) {
+                project.planned = None;
+            }
+        }
+        for line in lines.iter().filter(|l| l.verb.is_work()) {
+            if let Some(project) = self.projects.get_mut(&line.project) {
+                project.planned = Some((line.verb, line.reason.clone()));
+            }
+        }
+        let mut preview: Vec<Preview> = self
+            .preview
+            .iter()
+            .filter(|line| !scope.contains(&line.project))
+            .cloned()
+            .chain(lines)
+            .collect();
+        preview.sort_by(|a, b| a.project.cmp(&b.project));
+        self.preview = Arc::new(preview);
+        self.wants_changed = true;
+        self.explained = None;
     }
 }

@@ -20,7 +20,7 @@ use crate::plan::{self, Desired, Observed, Preview, Verb, Want, Wanted};
 use crate::render::{self, Rendered, Template};
 use crate::runtime::{ContainerInfo, RuntimeError, State};
 use crate::spec::ProjectId;
-use crate::state_dir::Loaded;
+use crate::state_dir::{FileState, Loaded};
 
 #[derive(Debug, Default)]
 pub(super) struct Project {
@@ -125,9 +125,8 @@ impl Table {
         table
     }
 
-    /// Takes in a fresh read of the state directory: valid specs replace the last good ones
-    /// (rendered once, when new or changed), invalid files keep theirs, removed files drop
-    /// them. Logs a file error when it appears or changes, not on every pass.
+    /// Takes in a fresh read of the whole state directory: [`Table::absorb_file`] for every
+    /// project with a file or a record.
     pub fn absorb(&mut self, loaded: Loaded, template: &Template) {
         self.wants_changed = true;
         let Loaded {
@@ -136,95 +135,160 @@ impl Table {
             misnamed,
             unchanged: _,
         } = loaded;
-        for (id, project) in &mut self.projects {
-            let error = invalid.get(id).map(ToString::to_string);
-            match (&project.file_error, &error) {
-                (before, Some(now)) if before.as_ref() != Some(now) => {
-                    let kept = if project.good.is_some() {
-                        "the last good spec stays in force"
-                    } else {
-                        "no container until it is fixed"
-                    };
-                    error!(project = %id, error = %now, "invalid state file; {kept}");
-                    project.event(id, EventKind::InvalidFile, format!("{now}; {kept}"));
-                }
-                (Some(_), None) if specs.contains_key(id) => {
-                    info!(project = %id, "state file valid again");
-                }
-                _ => {}
+        let gone: Vec<ProjectId> = self
+            .projects
+            .keys()
+            .filter(|id| !specs.contains_key(*id) && !invalid.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.absorb_file(id, None, template);
+        }
+        for (id, error) in invalid {
+            self.absorb_file(id, Some(Err(error)), template);
+        }
+        for (id, spec) in specs {
+            self.absorb_file(id, Some(Ok(spec)), template);
+        }
+        self.set_misnamed(&misnamed);
+    }
+
+    /// Takes in what one project's state file holds now: a valid spec replaces the last good
+    /// one (rendered once, when new or changed), an invalid file keeps it, a removed file
+    /// drops it. Logs a file error when it appears or changes, not on every pass. Says
+    /// whether the project's PgBouncer pool entry may have changed.
+    pub fn absorb_file(&mut self, id: ProjectId, file: FileState, template: &Template) -> bool {
+        self.wants_changed = true;
+        if file.is_none() && !self.projects.contains_key(&id) {
+            return false;
+        }
+        let project = self.projects.entry(id.clone()).or_default();
+        let pool = |p: &Project| {
+            p.good.as_ref().map(|g| {
+                let spec = &g.view.spec;
+                (spec.db_name.clone(), spec.pool_size, spec.reserve_pool)
+            })
+        };
+        let pool_before = pool(project);
+        let error = match &file {
+            Some(Err(error)) => Some(error.to_string()),
+            _ => None,
+        };
+        match (&project.file_error, &error) {
+            (before, Some(now)) if before.as_ref() != Some(now) => {
+                let kept = if project.good.is_some() {
+                    "the last good spec stays in force"
+                } else {
+                    "no container until it is fixed"
+                };
+                error!(project = %id, error = %now, "invalid state file; {kept}");
+                project.event(&id, EventKind::InvalidFile, format!("{now}; {kept}"));
             }
-            project.file_error = error;
-            if !specs.contains_key(id) && project.file_error.is_none() {
+            (Some(_), None) if matches!(file, Some(Ok(_))) => {
+                info!(project = %id, "state file valid again");
+            }
+            _ => {}
+        }
+        project.file_error = error;
+        match file {
+            None => {
                 project.good = None;
                 project.want = None;
             }
-        }
-        for (id, error) in invalid {
-            let project = self.projects.entry(id.clone()).or_default();
-            if project.file_error.is_none() {
-                let message = error.to_string();
-                error!(project = %id, error = %message, "invalid state file; no container until it is fixed");
-                project.event(
-                    &id,
-                    EventKind::InvalidFile,
-                    format!("{message}; no container until it is fixed"),
-                );
-                project.file_error = Some(message);
+            Some(Err(_)) => {
+                if project.good.is_none() {
+                    project.want = Some(Want::Frozen);
+                }
             }
-            if project.good.is_none() {
-                project.want = Some(Want::Frozen);
+            Some(Ok(spec)) => {
+                let current = project
+                    .good
+                    .as_ref()
+                    .is_some_and(|g| Arc::ptr_eq(&g.view.spec, &spec) || *g.view.spec == *spec);
+                if !current {
+                    let rendered = spec
+                        .enabled
+                        .then(|| Arc::new(render::render(&spec, template)));
+                    // The planners look at the hash and digest of an enabled spec only.
+                    let (spec_hash, config_digest) = rendered
+                        .as_ref()
+                        .map(|r| (r.spec_hash.clone(), r.config.digest.clone()))
+                        .unwrap_or_default();
+                    let planned = Desired {
+                        enabled: spec.enabled,
+                        spec_hash,
+                        config_digest,
+                        schema_token: spec.schema_reload_token,
+                    };
+                    project.want = Some(Want::Spec(planned.clone()));
+                    project.good = Some(Good {
+                        rendered,
+                        view: Arc::new(DesiredView { spec, planned }),
+                    });
+                }
             }
         }
-        for (id, spec) in specs {
-            let project = self.projects.entry(id).or_default();
-            let current = project
-                .good
-                .as_ref()
-                .is_some_and(|g| Arc::ptr_eq(&g.view.spec, &spec) || *g.view.spec == *spec);
-            if current {
-                continue;
-            }
-            let rendered = spec
-                .enabled
-                .then(|| Arc::new(render::render(&spec, template)));
-            // The planners look at the hash and digest of an enabled spec only.
-            let (spec_hash, config_digest) = rendered
-                .as_ref()
-                .map(|r| (r.spec_hash.clone(), r.config.digest.clone()))
-                .unwrap_or_default();
-            let planned = Desired {
-                enabled: spec.enabled,
-                spec_hash,
-                config_digest,
-                schema_token: spec.schema_reload_token,
-            };
-            project.want = Some(Want::Spec(planned.clone()));
-            project.good = Some(Good {
-                rendered,
-                view: Arc::new(DesiredView { spec, planned }),
-            });
+        let pool_changed = pool(project) != pool_before;
+        if project.is_empty() {
+            self.projects.remove(&id);
         }
+        pool_changed
+    }
+
+    /// `*.toml` files whose name is not a valid project id, as the last load found them.
+    pub fn set_misnamed(&mut self, misnamed: &[std::path::PathBuf]) {
         let misnamed: Vec<String> = misnamed.iter().map(|p| p.display().to_string()).collect();
         if misnamed != self.misnamed && !misnamed.is_empty() {
             warn!(files = ?misnamed, "ignoring state files whose name is not a valid project id");
         }
         self.misnamed = misnamed;
-        self.projects.retain(|_, p| !p.is_empty());
     }
 
     /// Forgets backoff, errors and conflicts of projects that are neither wanted nor running,
     /// so a deleted project does not linger in the status.
-    pub fn forget_unknown(&mut self, containers: &[plan::Container]) {
+    /// Only projects in `scope`, when given (`containers` are theirs).
+    pub fn forget_unknown(
+        &mut self,
+        containers: &[plan::Container],
+        scope: Option<&BTreeSet<ProjectId>>,
+    ) {
         let running: BTreeSet<&ProjectId> = containers.iter().map(|c| &c.project).collect();
-        for (id, project) in &mut self.projects {
+        let forget = |id: &ProjectId, project: &mut Project| {
             if project.want.is_none() && !running.contains(id) {
                 project.retry = None;
                 project.error = None;
                 project.last_reload = None;
                 project.foreign = None;
             }
+            !project.is_empty()
+        };
+        match scope {
+            None => self.projects.retain(forget),
+            Some(scope) => {
+                for id in scope {
+                    if let Some(project) = self.projects.get_mut(id) {
+                        if !forget(id, project) {
+                            self.projects.remove(id);
+                        }
+                    }
+                }
+            }
         }
-        self.projects.retain(|_, p| !p.is_empty());
+    }
+
+    /// Every project's record, or those of `scope` alone.
+    fn records<'a>(
+        &'a self,
+        scope: Option<&'a BTreeSet<ProjectId>>,
+    ) -> Box<dyn Iterator<Item = (&'a ProjectId, &'a Project)> + 'a> {
+        match scope {
+            None => Box::new(self.projects.iter()),
+            Some(scope) => Box::new(
+                scope
+                    .iter()
+                    .filter_map(|id| self.projects.get_key_value(id)),
+            ),
+        }
     }
 
     /// After a listing: a switched route follows the container again once the replacement
@@ -259,23 +323,26 @@ impl Table {
         }
     }
 
-    pub fn schema_seen(&self) -> BTreeMap<ProjectId, (String, u64)> {
-        self.projects
-            .iter()
+    pub fn schema_seen(
+        &self,
+        scope: Option<&BTreeSet<ProjectId>>,
+    ) -> BTreeMap<ProjectId, (String, u64)> {
+        self.records(scope)
             .filter_map(|(id, p)| Some((id.clone(), p.schema.clone()?)))
             .collect()
     }
 
-    pub fn loaded(&self) -> BTreeMap<ProjectId, (String, String)> {
-        self.projects
-            .iter()
+    pub fn loaded(
+        &self,
+        scope: Option<&BTreeSet<ProjectId>>,
+    ) -> BTreeMap<ProjectId, (String, String)> {
+        self.records(scope)
             .filter_map(|(id, p)| Some((id.clone(), p.loaded.clone()?)))
             .collect()
     }
 
-    pub fn foreign(&self) -> BTreeMap<ProjectId, String> {
-        self.projects
-            .iter()
+    pub fn foreign(&self, scope: Option<&BTreeSet<ProjectId>>) -> BTreeMap<ProjectId, String> {
+        self.records(scope)
             .filter(|(_, p)| p.want.is_some())
             .filter_map(|(id, p)| Some((id.clone(), p.foreign.clone()?)))
             .collect()

@@ -1258,3 +1258,117 @@ async fn a_schema_reload_is_one_sigusr1_to_the_same_container_and_survives_a_res
     passes(&handle, 2).await;
     assert_eq!(changes(&env.fake), []);
 }
+
+/// A pass woken by one file plans for that project alone: a config directory left without a
+/// project (made by hand, which no event reports) is not looked at then. The full pass that
+/// the reload's end brings (and, failing that, the resync) removes it.
+#[tokio::test]
+async fn a_file_change_alone_is_planned_for_its_project_alone() {
+    let env = Env::new();
+    env.write("p1", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    passes(&handle, 1).await;
+    let stray = env.cfg.configs.project_dir(&pid("p9"));
+    std::fs::create_dir(&stray).unwrap();
+
+    let gate = env.fake.hold_only(&["postgrest-p1"]);
+    env.write("p1", |f| f.jwt_secret = Secret::new(SECRET_B));
+    let before = handle.snapshot().passes;
+    handle.project_written(&pid("p1"));
+    in_flight(&env.fake, 1).await;
+    let scoped = handle
+        .wait_for(WAIT, |s| s.passes > before)
+        .await
+        .expect("the pass that dispatched the reload is published");
+    assert!(
+        stray.exists(),
+        "a scoped pass removed another project's directory"
+    );
+    let lines: Vec<&ProjectId> = scoped.plan.iter().map(|l| &l.project).collect();
+    assert_eq!(lines, [&pid("p1")], "{:?}", scoped.plan);
+
+    gate.add_permits(1_000);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stray.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no full pass after the reload ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Not a check but a measurement, run by hand: what the loop itself adds to one reload, from
+/// the file's write to the reload confirmed, against the fleet's size, with Docker's time
+/// taken out (the in-memory runtime answers at once). Numbers in BENCHMARKS.md.
+/// `cargo test --release --lib -- --ignored --nocapture a_reloads_cost_against_the_fleet`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn a_reloads_cost_against_the_fleet() {
+    for (files, running) in [(10, 10), (1_000, 200), (10_000, 1_000)] {
+        let mut env = Env::new();
+        env.cfg.concurrency = 16;
+        for i in 0..files {
+            env.write(&format!("p{i}"), |f| f.enabled = Some(i < running));
+        }
+        let (handle, _stop, _task) = env.start();
+        handle.wake();
+        handle
+            .wait_for(Duration::from_secs(600), |s| {
+                s.projects.values().filter(|p| p.converged()).count() == files
+            })
+            .await
+            .expect("the fleet converges");
+        passes(&handle, 2).await;
+        let (mut signalled, mut confirmed) = (Vec::new(), Vec::new());
+        for round in 0..41 {
+            let id = format!("p{}", round % running);
+            env.write(&id, |f| f.jwt_secret = Secret::new(format!("{round:0>40}")));
+            let spec = env.cfg.state.read(&pid(&id)).unwrap().unwrap();
+            let digest = Some(render::render(&spec, &env.cfg.template).config.digest);
+            env.fake.take_calls();
+            let started = std::time::Instant::now();
+            // As the API does: a pass at once, for this file alone.
+            handle.project_written(&pid(&id));
+            while !env
+                .fake
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::Signal(..)))
+            {
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+            signalled.push(started.elapsed());
+            let done = handle
+                .wait_for(WAIT, |s| {
+                    let p = &s.projects[&pid(&id)];
+                    p.converged() && p.loaded_digest == digest
+                })
+                .await
+                .expect("the reload is confirmed");
+            confirmed.push(started.elapsed());
+            // The passes the action's end brings (a full one, and one for the container's
+            // event) are over before the next round: a loop still busy would be measured.
+            let mut seen = done.passes;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match handle.snapshot().passes {
+                    now if now == seen => break,
+                    now => seen = now,
+                }
+            }
+        }
+        for (what, took) in [("signalled", &mut signalled), ("confirmed", &mut confirmed)] {
+            took.remove(0);
+            took.sort_unstable();
+            eprintln!(
+                "{files} files, {running} running: {what} {:?} median ({:?}–{:?}, n={})",
+                took[took.len() / 2],
+                took[0],
+                took[took.len() - 1],
+                took.len()
+            );
+        }
+    }
+}

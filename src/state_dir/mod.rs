@@ -34,6 +34,23 @@ pub struct Loaded {
     pub unchanged: bool,
 }
 
+/// What a project's state file holds: a spec, the reason it is invalid, or `None`: no file.
+pub type FileState = Option<Result<Arc<Spec>, SpecError>>;
+
+/// What a [`StateDir::load_named`] found: the named project files that changed, each with
+/// what it holds now, and the misnamed files when one of them came or went.
+#[derive(Debug, Default)]
+pub struct Named {
+    pub changed: Vec<(ProjectId, FileState)>,
+    pub misnamed: Option<Vec<PathBuf>>,
+}
+
+impl Named {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.misnamed.is_none()
+    }
+}
+
 /// What a directory entry is to the loader.
 #[derive(Debug, PartialEq, Eq)]
 enum Entry {
@@ -132,12 +149,14 @@ impl StateDir {
 
     /// Like [`StateDir::load_changed`], but looks at the files named in `names` alone (a
     /// watcher's word on what changed): a `stat` per name, not per file in the directory, and
-    /// no listing. A name that is gone, or never was a project file, is dropped.
+    /// no listing. Says what became of each named project file that changed, and nothing of
+    /// the others: the caller's cost is that of the change, not of the directory. A name
+    /// that never was a project file is dropped.
     pub fn load_named<'a>(
         &self,
         cache: &mut LoadCache,
         names: impl IntoIterator<Item = &'a str>,
-    ) -> std::io::Result<Option<Loaded>> {
+    ) -> std::io::Result<Named> {
         self.load_named_at(cache, names, std::time::SystemTime::now())
     }
 
@@ -146,11 +165,19 @@ impl StateDir {
         cache: &mut LoadCache,
         names: impl IntoIterator<Item = &'a str>,
         now: std::time::SystemTime,
-    ) -> std::io::Result<Option<Loaded>> {
-        let mut changed = false;
+    ) -> std::io::Result<Named> {
+        let mut named = Named::default();
+        let mut misnamed = false;
         let mut dir = None;
         for name in names {
-            if !cache.entries.contains_key(name) && classify(name) == Entry::Ignored {
+            let was = match cache.entries.get(name) {
+                Some(cached) => match &cached.kind {
+                    CachedKind::Project(id, _) => Entry::Project(id.clone()),
+                    CachedKind::Misnamed => Entry::Misnamed,
+                },
+                None => classify(name),
+            };
+            if was == Entry::Ignored {
                 continue;
             }
             let stamp = match std::fs::symlink_metadata(self.path.join(name)) {
@@ -158,9 +185,24 @@ impl StateDir {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
-            changed |= self.visit(cache, name, stamp, now, &mut dir)?;
+            if !self.visit(cache, name, stamp, now, &mut dir)? {
+                continue;
+            }
+            match (was, cache.entries.get(name).map(|c| &c.kind)) {
+                (_, Some(CachedKind::Project(id, Ok(spec)))) => {
+                    named.changed.push((id.clone(), Some(Ok(spec.clone()))));
+                }
+                (_, Some(CachedKind::Project(id, Err(error)))) => {
+                    named.changed.push((id.clone(), Some(Err(error.clone()))));
+                }
+                (Entry::Project(id), None) => named.changed.push((id, None)),
+                _ => misnamed = true,
+            }
         }
-        Ok(changed.then(|| self.loaded_from(cache, false)))
+        if misnamed {
+            named.misnamed = Some(self.loaded_from(cache, false).misnamed);
+        }
+        Ok(named)
     }
 
     /// Brings `cache` up to date with the directory; `true` when anything was read, added or
@@ -687,22 +729,30 @@ mod tests {
         state.write(&id("unnamed"), &file).unwrap();
         std::fs::remove_file(state.file(&id("c"))).unwrap();
         let named = ["b.toml", "c.toml", ".b.toml.123.tmp", "notes.txt"];
-        let loaded = state
-            .load_named_at(&mut cache, named, later)
-            .unwrap()
-            .expect("b changed and c went");
+        let loaded = state.load_named_at(&mut cache, named, later).unwrap();
         assert_eq!(cache.reads(), 4, "b alone was read");
-        assert_eq!(loaded.specs[&id("b")].reload_token, 1);
-        assert!(!loaded.specs.contains_key(&id("c")));
-        assert!(
-            !loaded.specs.contains_key(&id("unnamed")),
-            "nobody named it"
-        );
+        let [(b, Some(Ok(spec))), (c, None)] = &loaded.changed[..] else {
+            panic!("b changed and c went: {loaded:?}");
+        };
+        assert_eq!((b, c), (&id("b"), &id("c")));
+        assert_eq!(spec.reload_token, 1);
+        assert!(loaded.misnamed.is_none());
         assert!(state
             .load_named_at(&mut cache, ["a.toml", "b.toml"], later)
             .unwrap()
-            .is_none());
+            .is_empty());
         assert_eq!(cache.reads(), 4, "settled and unchanged: not read again");
+
+        // A misnamed file named: the list of them, whole.
+        std::fs::write(dir.path().join("Bad Name.toml"), "").unwrap();
+        let loaded = state
+            .load_named_at(&mut cache, ["Bad Name.toml"], later)
+            .unwrap();
+        assert!(loaded.changed.is_empty());
+        assert_eq!(
+            loaded.misnamed,
+            Some(vec![dir.path().join("Bad Name.toml")])
+        );
 
         let full = state.load_changed_at(&mut cache, later).unwrap().unwrap();
         assert!(
