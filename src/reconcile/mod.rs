@@ -463,8 +463,10 @@ impl<R: Runtime> Controller<R> {
         let mut scope = Some(BTreeSet::new());
         let template = &self.cfg.template;
         match loaded {
-            // The usual pass: no file changed, so every want is as it was.
-            Ok(Load::Whole(None)) => {}
+            // The whole directory read again, and no file changed: every want is as it was,
+            // and what asked for the whole read (start-up, a plain wake, the rescan, a
+            // watcher that lost track) has every project looked at.
+            Ok(Load::Whole(None)) => scope = None,
             Ok(Load::Whole(Some(loaded))) => {
                 quiet = false;
                 pools_changed = true;
