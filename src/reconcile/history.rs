@@ -105,6 +105,19 @@ impl Project {
 }
 
 impl Table {
+    /// The keys between the rendering the project's container loaded (in this manager's
+    /// life) and the one it should have: what a reload or a recreation is for.
+    fn changes(&self, id: &ProjectId) -> Option<Vec<plan::KeyChange>> {
+        let project = self.projects.get(id)?;
+        let applied = project.applied.as_ref()?;
+        let rendered = project.good.as_ref()?.rendered.as_ref()?;
+        Some(plan::changed_keys(
+            &applied.config.text,
+            &rendered.config.text,
+            &rendered.keys,
+        ))
+    }
+
     /// No want changed since the last pass, whose plan was empty, and `observed` is the
     /// world it planned against: the plan is empty again and its words stand.
     pub fn unchanged_since_idle(&self, observed: &Observed) -> bool {
@@ -121,17 +134,7 @@ impl Table {
         if idle && self.unchanged_since_idle(observed) {
             return;
         }
-        let changes = |id: &ProjectId| {
-            let project = self.projects.get(id)?;
-            let applied = project.applied.as_ref()?;
-            let rendered = project.good.as_ref()?.rendered.as_ref()?;
-            Some(plan::changed_keys(
-                &applied.config.text,
-                &rendered.config.text,
-                &rendered.keys,
-            ))
-        };
-        let preview = plan::preview(&self.projects, observed, plan, changes);
+        let preview = plan::preview(&self.projects, observed, plan, |id| self.changes(id));
         for project in self.projects.values_mut() {
             project.planned = None;
         }
@@ -153,17 +156,7 @@ impl Table {
             .iter()
             .filter_map(|id| Some((id.clone(), self.projects.get(id)?)))
             .collect();
-        let changes = |id: &ProjectId| {
-            let project = self.projects.get(id)?;
-            let applied = project.applied.as_ref()?;
-            let rendered = project.good.as_ref()?.rendered.as_ref()?;
-            Some(plan::changed_keys(
-                &applied.config.text,
-                &rendered.config.text,
-                &rendered.keys,
-            ))
-        };
-        let lines = plan::preview(&wanted, observed, plan, changes);
+        let lines = plan::preview(&wanted, observed, plan, |id| self.changes(id));
         for id in scope {
             if let Some(project) = self.projects.get_mut(id) {
                 project.planned = None;
