@@ -2,7 +2,7 @@
 //! was planned, and when it ends well or badly the project's event ring gets one event (and
 //! the log one INFO line). Synchronous, no I/O, like the rest of the table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -152,11 +152,7 @@ impl Table {
     /// these are: their lines of the preview are replaced, the others' stand. The next full
     /// pass explains everything again.
     pub fn explain_some(&mut self, scope: &BTreeSet<ProjectId>, plan: &Plan, observed: &Observed) {
-        let wanted: BTreeMap<ProjectId, &Project> = scope
-            .iter()
-            .filter_map(|id| Some((id.clone(), self.projects.get(id)?)))
-            .collect();
-        let lines = plan::preview(&wanted, observed, plan, |id| self.changes(id));
+        let lines = plan::preview(&self.among(scope), observed, plan, |id| self.changes(id));
         for id in scope {
             if let Some(project) = self.projects.get_mut(id) {
                 project.planned = None;

@@ -581,11 +581,7 @@ impl<R: Runtime> Controller<R> {
         let plan = match &scope {
             // A pass for some files alone: the plan and its words for their projects.
             Some(scope) => {
-                let wanted: BTreeMap<ProjectId, &table::Project> = scope
-                    .iter()
-                    .filter_map(|id| Some((id.clone(), self.table.projects.get(id)?)))
-                    .collect();
-                let plan = plan::plan(&wanted, &observed);
+                let plan = plan::plan(&self.table.among(scope), &observed);
                 self.table.explain_some(scope, &plan, &observed);
                 plan
             }
@@ -768,11 +764,11 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    /// Starts pending jobs up to the concurrency cap, one per project.
-    /// Starts queued jobs up to the concurrency cap, and lets them run before the loop goes
-    /// on: a task spawned from the loop waits in its worker's next-task slot until the loop
-    /// yields, and what follows a dispatch (publishing every project's status) took 8 ms at
-    /// 10,000 projects, all of it added to a reload (BENCHMARKS.md, "Scale").
+    /// Starts pending jobs up to the concurrency cap, one per project, and lets them run
+    /// before the loop goes on: a task spawned from the loop waits in its worker's next-task
+    /// slot until the loop yields, and what follows a dispatch (publishing every project's
+    /// status) took 8 ms at 10,000 projects, all of it added to a reload (BENCHMARKS.md, the
+    /// status of 2026-12-07 01:56).
     async fn dispatch(&mut self, actions: &mut JoinSet<Done>) {
         if self.docker.is_some() {
             return;

@@ -276,6 +276,14 @@ impl Table {
         }
     }
 
+    /// The records of the projects in `scope` that have one, by id: what `plan` and
+    /// `preview` take for a pass scoped to them.
+    pub fn among<'a>(&'a self, scope: &'a BTreeSet<ProjectId>) -> BTreeMap<ProjectId, &'a Project> {
+        self.records(Some(scope))
+            .map(|(id, project)| (id.clone(), project))
+            .collect()
+    }
+
     /// Every project's record, or those of `scope` alone.
     fn records<'a>(
         &'a self,
