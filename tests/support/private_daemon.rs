@@ -285,9 +285,6 @@ impl Drop for PrivateDaemon {
     }
 }
 
-/// Cleans up after test processes that died without unwinding (SIGKILL, a crash), so their
-/// daemons, mounts and namespaces do not pile up: every `/tmp/pgm-dockerd-<pid>x<n>` whose
-/// test process `<pid>` is gone. Other names (a shell's `mktemp`) are left alone.
 /// `docker save image`, taken once per test process and one at a time: the daemon may fail
 /// two saves at once of images that share a layer (moby/moby#31017, seen on overlay2), as
 /// ours do, and the swarm suite's tests each saved the same images at once.
@@ -312,6 +309,9 @@ fn archive(image: &str) -> Arc<Vec<u8>> {
     archive
 }
 
+/// Cleans up after test processes that died without unwinding (SIGKILL, a crash), so their
+/// daemons, mounts and namespaces do not pile up: every `/tmp/pgm-dockerd-<pid>x<n>` whose
+/// test process `<pid>` is gone. Other names (a shell's `mktemp`) are left alone.
 fn sweep_dead_runs() {
     let Ok(entries) = fs::read_dir("/tmp") else {
         return;
