@@ -140,9 +140,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, RuntimeError>> + 
 pub type LineStream = Pin<Box<dyn Stream<Item = Result<String, RuntimeError>> + Send>>;
 
 /// A position in a container's log, from [`Runtime::log_cursor`]: what [`Runtime::log_after`]
-/// yields was written after it. Only the runtime that made it can read it (Docker: the
-/// timestamp of the last line, in nanoseconds since the epoch, so no clock but the daemon's
-/// is involved; the fake: a line count).
+/// yields was written after it. Only the runtime that made it can read it (Docker: a time in
+/// nanoseconds since the epoch on the daemon's clock, which is ours when the daemon shares
+/// it, else the stamp of the last line; the fake: a line count).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogCursor(pub u128);
 

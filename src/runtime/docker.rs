@@ -4,6 +4,7 @@
 //! version before anything else; without that every call fails.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bollard::errors::Error as BollardError;
@@ -39,6 +40,9 @@ const SECOND_NS: i64 = 1_000_000_000;
 pub struct DockerRuntime {
     host: Option<String>,
     client: Mutex<Option<Docker>>,
+    /// Whether the daemon stamps its logs with our clock, as found by the last [`Runtime::ping`]:
+    /// then a log cursor is our clock's now instead of a call (`docker_logs`).
+    shares_clock: AtomicBool,
 }
 
 impl DockerRuntime {
@@ -49,7 +53,13 @@ impl DockerRuntime {
         DockerRuntime {
             host: host.map(str::to_owned),
             client: Mutex::new(None),
+            shares_clock: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the last [`Runtime::ping`] found the daemon stamping its logs with our clock.
+    pub fn shares_clock(&self) -> bool {
+        self.shares_clock.load(Ordering::Relaxed)
     }
 
     /// The client, for the Swarm runtime, which talks to the same daemon.
@@ -69,6 +79,17 @@ impl DockerRuntime {
         .map_err(map_error)?;
         *client = Some(docker.clone());
         Ok(docker)
+    }
+
+    /// Whether the daemon is reached on a Unix socket, as bollard decides: our host, else
+    /// `DOCKER_HOST`, else the local socket. One on another machine may keep a clock close to
+    /// ours, but not ours.
+    fn on_unix_socket(&self) -> bool {
+        let host = self
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok());
+        host.is_none_or(|host| host.starts_with("unix://"))
     }
 
     /// All containers, running or not, that match Docker's list `filters`.
@@ -274,12 +295,16 @@ impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         // Negotiation asks the daemon for its version and lowers ours to match (clones share
         // the version), so this both checks reachability and survives a daemon downgrade.
-        self.docker()?
+        let docker = self
+            .docker()?
             .clone()
             .negotiate_version()
             .await
-            .map_err(map_error)
-            .map(drop)
+            .map_err(map_error)?;
+        // Checked again after every outage: the daemon that comes back may be another one.
+        let shares_clock = self.on_unix_socket() && docker_logs::shares_clock(&docker).await;
+        self.shares_clock.store(shares_clock, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), RuntimeError> {
@@ -440,6 +465,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn log_cursor(&self, id: &str) -> Result<LogCursor, RuntimeError> {
+        if self.shares_clock() {
+            return Ok(LogCursor(docker_logs::now()));
+        }
         docker_logs::cursor(&self.docker()?, id).await
     }
 

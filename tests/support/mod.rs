@@ -53,7 +53,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a wait re-checks its condition.
 pub const POLL: Duration = Duration::from_millis(50);
 
-const LABEL_INSTANCE: &str = "launchdb.instance";
+pub const LABEL_INSTANCE: &str = "launchdb.instance";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
