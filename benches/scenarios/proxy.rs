@@ -203,13 +203,26 @@ fn record(calls: &Mutex<Calls>, request_line: &str) {
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return;
     };
-    let path = target.split('?').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let path = strip_version(path);
-    let kind = format!("{method} {}", normalize(path));
+    let kind = format!("{method} {}{}", normalize(path), variant(path, query));
     let mut calls = calls.lock().unwrap();
     *calls.by_kind.entry(kind).or_default() += 1;
     if method != "GET" && method != "HEAD" {
         calls.writes.push(format!("{method} {path}"));
+    }
+}
+
+/// Calls of one path that cost the daemon differently: a list filtered by id (a lookup, one
+/// container) against a full list; a log followed against one read.
+fn variant(path: &str, query: &str) -> &'static str {
+    let query = query.replace("%22", "\"").replace("%3A", ":");
+    if path.ends_with("/containers/json") && query.contains("\"id\":") {
+        " (by id)"
+    } else if path.ends_with("/logs") && query.contains("follow=true") {
+        " (follow)"
+    } else {
+        ""
     }
 }
 
