@@ -196,6 +196,19 @@ pub fn written_containers(calls: &Calls) -> BTreeSet<String> {
         .collect()
 }
 
+/// One request with the project's current secret, before a reload is timed. A project in use
+/// has its connections warm, and so must both sides of the comparison: cold, the manager's
+/// project (each run reloads another one, untouched since it started) paid its first database
+/// login through PgBouncer, 10–25 ms after PostgREST had already logged `Config reloaded`,
+/// while the floor's container, polled the run before, did not.
+pub async fn warm(ip: std::net::IpAddr, current_secret: &str) -> Result<(), String> {
+    if live::wait_accepted(ip, &http::token(current_secret), TIMEOUT).await {
+        Ok(())
+    } else {
+        Err(format!("{ip} does not serve its current secret"))
+    }
+}
+
 pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
     let runs = ctx.opts.runs;
     let provenance = ctx.provenance();
@@ -239,6 +252,7 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
                 let token = http::token(&new_secret);
                 let ip = fleet.ips[&project];
                 let text = state_text(&project, &new_secret, true);
+                warm(ip, &secret(&project, 1)).await?;
                 fleet.proxy.take();
                 let t0 = Instant::now();
                 write_state(&fleet.cfg.state_dir, &project, &text);
@@ -252,6 +266,7 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
             } else {
                 let floor_secret = secret(&floor_project, version);
                 let floor_token = http::token(&floor_secret);
+                warm(floor_ip, &secret(&floor_project, version - 1)).await?;
                 fleet.proxy.take();
                 let t1 = Instant::now();
                 baseline::prepare(&template, &floor_dir, &floor_project, version);

@@ -32,7 +32,7 @@ use futures_util::{stream, StreamExt};
 
 use crate::baseline::{self, Floor};
 use crate::env::{command_output, poll_until, Bench, Who};
-use crate::fleet::{changed, inventory, written_containers};
+use crate::fleet::{changed, inventory, warm, written_containers};
 use crate::http::{self, Conn};
 use crate::live::{self, LiveWatch};
 use crate::manager::{
@@ -621,6 +621,7 @@ async fn phases(
         for manager_turn in [run % 2 == 0, run % 2 != 0] {
             if manager_turn {
                 let new_secret = secret(project, version);
+                warm(ips[project], &secret(project, 1)).await?;
                 host.proxy.take();
                 let t = Instant::now();
                 write_state(
@@ -636,6 +637,7 @@ async fn phases(
                 calls = host.proxy.take();
             } else {
                 let floor_token = http::token(&secret(&floor_project, version));
+                warm(floor_ip, &secret(&floor_project, version - 1)).await?;
                 let t = Instant::now();
                 baseline::prepare(&reload_template, &reload_dir, &floor_project, version);
                 floor.signal(&floor_container, "SIGUSR2").await?;
