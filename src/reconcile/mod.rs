@@ -60,9 +60,10 @@ const DEBOUNCE: Duration = Duration::from_millis(5);
 /// full queue falls back to a pass, which lists every container's health anyway.
 const HEALTH_QUEUE: usize = 256;
 /// Every this many resyncs (with the default resync, every 5 minutes), the state directory is
-/// read in full (a listing and a `stat` per file) and Docker's containers are listed in
-/// full: the safety nets under the file watcher and Docker's events, which name the files
-/// and containers that change. In between, a pass looks at those named alone. At 10,000
+/// read in full (a listing and a `stat` per file), Docker's containers are listed in full and
+/// every project is planned again: the safety nets under the file watcher and Docker's
+/// events, which name the files and containers that change. In between, a pass looks at
+/// those named alone, and a tick plans every project again only to retry a conflict. At 10,000
 /// files and 1,000 containers, both full looks every resync were most of an idle manager's
 /// CPU, and each list cost the daemon about 300 ms (BENCHMARKS.md, "Scale"). Swarm's events
 /// name no task, so on Swarm every resync lists.
@@ -186,8 +187,8 @@ pub struct Controller<R: Runtime> {
     docker: Option<Retry>,
     reconciled_once: bool,
     /// Something other than a state file changed since the last full pass (an action ended,
-    /// a probe, a route, the resync, a retry's time): the next pass looks at every project.
-    /// Until then a pass woken by files alone plans for their projects alone.
+    /// a probe, a route, a conflict to check again, a retry's time): the next pass looks at
+    /// every project. Until then a pass woken by files alone plans for their projects alone.
     full_due: bool,
     listing: Vec<ContainerInfo>,
     /// Lists and lookups taken so far: which listing a finished action's lookup may patch.
@@ -358,8 +359,14 @@ impl<R: Runtime> Controller<R> {
                     if rescan || self.runtime.orchestrator() == Orchestrator::Swarm {
                         self.docker_changed.all();
                     }
-                    self.table.forget_foreign();
-                    self.full_due = true;
+                    // Between rescans a tick brings nothing new to plan with, but conflicts:
+                    // whoever held a project's name may be gone, and only a full pass tries
+                    // again. With none, its pass looks at what the hints name (usually
+                    // nothing): at 10,000 files a full pass planning the same again cost
+                    // about 20 ms a tick, half an idle manager's CPU (BENCHMARKS.md, "Scale").
+                    if self.table.forget_foreign() {
+                        self.full_due = true;
+                    }
                     pass_at = Some(Instant::now());
                 }
                 () = sleep_until(wake_at), if wake_at.is_some() => {

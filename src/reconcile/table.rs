@@ -317,11 +317,14 @@ impl Table {
         }
     }
 
-    /// Conflicts are re-checked now and then: whoever holds the name may be gone.
-    pub fn forget_foreign(&mut self) {
+    /// Conflicts are re-checked now and then: whoever holds the name may be gone. Whether
+    /// there was one to forget.
+    pub fn forget_foreign(&mut self) -> bool {
+        let mut forgot = false;
         for project in self.projects.values_mut() {
-            project.foreign = None;
+            forgot |= project.foreign.take().is_some();
         }
+        forgot
     }
 
     /// Seeds the records of schema reloads (kept on disk across restarts of the manager).

@@ -1299,6 +1299,85 @@ async fn a_file_change_alone_is_planned_for_its_project_alone() {
     }
 }
 
+/// Waits until a rescan (every tenth resync: its full list) has come and its pass is over:
+/// nine ticks come before the next one.
+async fn rescanned(env: &Env, handle: &Handle) {
+    env.fake.take_calls();
+    tokio::time::timeout(WAIT, async {
+        while !env.fake.take_calls().contains(&Call::List) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("a rescan within a few resyncs");
+    let listing = handle.snapshot().passes;
+    handle
+        .wait_for(WAIT, |s| s.passes > listing)
+        .await
+        .expect("the rescan's pass ends");
+}
+
+/// A resync tick between rescans plans every project again only to retry a conflict. With
+/// none, its pass looks at nothing: a config directory made by hand stays until the rescan,
+/// the full pass of every tenth tick (fails when every tick plans everything). A conflict is
+/// still tried again: a name freed behind the manager's back is taken.
+#[tokio::test]
+async fn a_tick_between_rescans_plans_again_only_for_a_conflict() {
+    let mut env = Env::new();
+    env.cfg.resync = Duration::from_millis(100);
+    env.write("p1", |_| {});
+    env.fake.insert(ContainerInfo {
+        id: "foreign1".into(),
+        name: "postgrest-p2".into(),
+        labels: BTreeMap::new(),
+        state: State::Running,
+        health: Health::None,
+        ip: None,
+        exit_code: None,
+        tasks: None,
+    });
+    env.write("p2", |_| {});
+    let (handle, _stop, _task) = env.start();
+    converged(&env, &handle, "p1").await;
+    handle
+        .wait_for(WAIT, |s| s.projects[&pid("p2")].conflict.is_some())
+        .await
+        .expect("the conflict is reported");
+
+    // A conflict is still tried again (the tick forgets it, and its backoff decides when):
+    // the name freed, unannounced (Docker's events name only our containers), p2 gets it.
+    env.fake.remove_by_hand("postgrest-p2");
+    handle
+        .wait_for(WAIT, |s| s.projects[&pid("p2")].converged())
+        .await
+        .expect("p2 gets its container once the name is free");
+
+    rescanned(&env, &handle).await;
+    let stray = env.cfg.configs.project_dir(&pid("p9"));
+    std::fs::create_dir(&stray).unwrap();
+    let after = handle.snapshot().passes;
+    handle
+        .wait_for(WAIT, |s| s.passes >= after + 3)
+        .await
+        .expect("three ticks pass");
+    assert!(
+        stray.exists(),
+        "a tick between rescans planned every project"
+    );
+    assert!(
+        !env.fake.take_calls().contains(&Call::List),
+        "a rescan came within three ticks of the last"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stray.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rescan did not plan every project"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Not a check but a measurement, run by hand: what the loop itself adds to one reload, from
 /// the file's write to the reload confirmed, against the fleet's size, with Docker's time
 /// taken out (the in-memory runtime answers at once). Numbers in BENCHMARKS.md.

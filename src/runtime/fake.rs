@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, Semaphore};
 use super::{
     ContainerInfo, Event, EventStream, Health, LineStream, LogCursor, Runtime, RuntimeError, State,
 };
-use crate::render::ContainerSpec;
+use crate::render::{ContainerSpec, LABEL_MANAGED_BY};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -128,12 +128,13 @@ impl FakeRuntime {
     }
 
     /// Removes a container behind the manager's back, like `docker rm -f`, and says so on the
-    /// event stream.
+    /// event stream when it is ours: Docker's stream is filtered by our labels, and someone
+    /// else's container goes unannounced.
     pub fn remove_by_hand(&self, name: &str) {
         let mut gone = Vec::new();
         self.inner.lock().unwrap().containers.retain(|id, c| {
             let keep = c.name != name;
-            if !keep {
+            if !keep && c.labels.contains_key(LABEL_MANAGED_BY) {
                 gone.push(id.clone());
             }
             keep

@@ -133,6 +133,12 @@ pub fn finished_pass(line: &str) -> Option<u64> {
     field(line, "pass")?.parse().ok()
 }
 
+/// Whether a `pass finished` line is a full pass's (`scoped=None`: every project planned),
+/// not one of a pass that looked at named projects alone.
+pub fn full_pass(line: &str) -> bool {
+    finished_pass(line).is_some() && field(line, "scoped") == Some("None")
+}
+
 /// The value of ` key=value` in a tracing fmt line (values here never hold spaces).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;

@@ -265,21 +265,31 @@ impl Manager {
             .unwrap_or(0)
     }
 
-    /// Waits until `n` more passes have finished than had when it was called. With a resync
-    /// of a second or two and `n` of at least 2, the passes waited for include at least one
-    /// resync pass (the full list of Docker), not only the passes an event caused: what a
-    /// test asserts afterwards held across a whole reconcile, not just for a while.
+    /// Waits until `n` more passes have finished than had when it was called, one of them a
+    /// full pass (every project planned again: an action's end, or the rescan of every tenth
+    /// resync, which also reads every file and lists Docker), not only the passes an event or
+    /// a file caused: what a test asserts afterwards held across a whole reconcile, not just
+    /// for a while. With a resync of a second, a rescan comes within ten.
     pub fn wait_passes(&self, n: u64) {
-        assert!(n >= 2, "wait for at least two passes, so one is a resync");
+        assert!(n >= 2, "wait for at least two passes, so one is a full one");
         assert!(
             self.resync_secs <= 5,
             "wait_passes needs a manager started with a short resync (resync_secs), not {} s",
             self.resync_secs
         );
         let start = self.passes();
-        wait_until(&format!("{n} more passes after pass {start}"), || {
-            (self.passes() >= start + n).then_some(())
-        });
+        wait_until(
+            &format!("{n} more passes after pass {start}, one full"),
+            || {
+                let log = self.log();
+                let after = || {
+                    log.lines()
+                        .filter(|l| launch::finished_pass(l).is_some_and(|pass| pass > start))
+                };
+                let (passes, full) = (after().count() as u64, after().any(launch::full_pass));
+                (passes >= n && full).then_some(())
+            },
+        );
     }
 
     /// SIGKILL, then reap; returns once its output is fully captured.
