@@ -44,7 +44,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    async fn up(bench: &Bench, size: usize, concurrency: usize) -> Result<Fleet, String> {
+    async fn up(
+        bench: &Bench,
+        size: usize,
+        concurrency: usize,
+        healthcheck_secs: Option<u64>,
+    ) -> Result<Fleet, String> {
         eprintln!("bench: starting a fleet of {size} projects (PGM_CONCURRENCY={concurrency})");
         let state = bench.dir("fleet/state");
         let proxy =
@@ -59,7 +64,10 @@ impl Fleet {
             api_key: Some(key.clone()),
             log_file: bench.root.join("fleet/manager.log"),
             metrics: false,
-            env: Vec::new(),
+            env: healthcheck_secs
+                .map(|secs| ("PGM_HEALTHCHECK_SECS".to_owned(), secs.to_string()))
+                .into_iter()
+                .collect(),
         };
         let projects: Vec<String> = (0..size)
             .map(|i| format!("{}_f{i:04}", bench.tag))
@@ -142,7 +150,8 @@ impl Fleet {
 async fn fleet(ctx: &mut Ctx) -> Result<&mut Fleet, String> {
     if ctx.fleet.is_none() {
         let concurrency = ctx.best_concurrency.unwrap_or(4);
-        ctx.fleet = Some(Fleet::up(&ctx.bench, ctx.opts.fleet, concurrency).await?);
+        let (size, healthcheck_secs) = (ctx.opts.fleet, ctx.opts.fleet_healthcheck_secs);
+        ctx.fleet = Some(Fleet::up(&ctx.bench, size, concurrency, healthcheck_secs).await?);
     }
     Ok(ctx.fleet.as_mut().expect("just set"))
 }

@@ -62,6 +62,8 @@ pub struct Opts {
     pub xargs_p: usize,
     /// Running projects behind the reload, adoption, API and idle scenarios.
     pub fleet: usize,
+    /// The fleet manager's `PGM_HEALTHCHECK_SECS`; the product default when `None`.
+    pub fleet_healthcheck_secs: Option<u64>,
     /// Project files in the idle scenario (the fleet plus disabled ones).
     pub idle_files: usize,
     pub idle: Duration,
@@ -111,6 +113,8 @@ Options:
                       (tests/db.sh's database holds about 120 with --runs 10:
                       PostgreSQL max_connections 300, 1-2 per project, and
                       PgBouncer keeps a removed project's for 600 s)
+  --fleet-healthcheck-secs S  the fleet's Docker health check interval
+                      (0: none; as at scale)                   [the product's]
   --idle-files N      project files in the idle scenario                  [1000]
   --idle-secs S       idle window                                          [300]
   --idle-resync-secs S  manager resync period while idle                  [30]
@@ -143,6 +147,14 @@ fn list(value: &str, flag: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
+/// A health check interval: seconds, 0 for none.
+fn seconds(value: &str, flag: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag}: expected seconds (0: none), got {value:?}"))
+}
+
 fn number(value: &str, flag: &str) -> Result<usize, String> {
     list(value, flag).and_then(|v| match v[..] {
         [n] => Ok(n),
@@ -167,6 +179,7 @@ impl Opts {
             sweep: vec![1, 2, 4, 8, 16],
             xargs_p: 8,
             fleet: 200,
+            fleet_healthcheck_secs: None,
             idle_files: 1000,
             idle: Duration::from_secs(300),
             idle_resync_secs: 30,
@@ -201,6 +214,9 @@ impl Opts {
                 "--sweep" => opts.sweep = list(&value(arg)?, arg)?,
                 "--xargs-p" => opts.xargs_p = number(&value(arg)?, arg)?,
                 "--fleet" => opts.fleet = number(&value(arg)?, arg)?,
+                "--fleet-healthcheck-secs" => {
+                    opts.fleet_healthcheck_secs = Some(seconds(&value(arg)?, arg)?);
+                }
                 "--idle-files" => opts.idle_files = number(&value(arg)?, arg)?,
                 "--idle-secs" => opts.idle = Duration::from_secs(number(&value(arg)?, arg)? as u64),
                 "--idle-resync-secs" => opts.idle_resync_secs = number(&value(arg)?, arg)? as u64,
@@ -210,11 +226,7 @@ impl Opts {
                 "--scale-files" => opts.scale_files = number(&value(arg)?, arg)?,
                 "--scale-bursts" => opts.scale_bursts = list(&value(arg)?, arg)?,
                 "--scale-healthcheck-secs" => {
-                    let value = value(arg)?;
-                    opts.scale_healthcheck_secs = value
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("{arg}: expected seconds (0: none), got {value:?}"))?;
+                    opts.scale_healthcheck_secs = seconds(&value(arg)?, arg)?;
                 }
                 "--scale-concurrency" => {
                     opts.scale_concurrency = Some(number(&value(arg)?, arg)?);
