@@ -152,6 +152,11 @@ impl Table {
     /// these are: their lines of the preview are replaced, the others' stand. The next full
     /// pass explains everything again.
     pub fn explain_some(&mut self, scope: &BTreeSet<ProjectId>, plan: &Plan, observed: &Observed) {
+        // A pass that looked at nothing (a resync tick's, usually) changes no words, and
+        // leaves the last idle plan standing for the next full pass to compare with.
+        if scope.is_empty() {
+            return;
+        }
         let lines = plan::preview(&self.among(scope), observed, plan, |id| self.changes(id));
         for id in scope {
             if let Some(project) = self.projects.get_mut(id) {

@@ -1355,14 +1355,19 @@ async fn a_tick_between_rescans_plans_again_only_for_a_conflict() {
     rescanned(&env, &handle).await;
     let stray = env.cfg.configs.project_dir(&pid("p9"));
     std::fs::create_dir(&stray).unwrap();
-    let after = handle.snapshot().passes;
-    handle
-        .wait_for(WAIT, |s| s.passes >= after + 3)
+    let idle = handle.snapshot();
+    let ticked = handle
+        .wait_for(WAIT, |s| s.passes >= idle.passes + 3)
         .await
         .expect("three ticks pass");
     assert!(
         stray.exists(),
         "a tick between rescans planned every project"
+    );
+    // Nor did it rewrite the plan's words (a copy of every project's line each tick).
+    assert!(
+        Arc::ptr_eq(&idle.plan, &ticked.plan),
+        "a tick's pass rebuilt the preview"
     );
     assert!(
         !env.fake.take_calls().contains(&Call::List),
