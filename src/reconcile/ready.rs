@@ -5,11 +5,11 @@
 //!
 //! A container that is not ready is probed often: a young one (its first 5 s) from 10 ms,
 //! doubling to every 50 ms, so Caddy routes it within moments of its first `/ready`; an older
-//! one every 500 ms. One that is ready is probed now and then: every 30 s, and no more than 5
-//! serving containers a second fleet-wide (1,000 are probed every 200 s); the first one found
+//! one every 500 ms. One that is ready is probed now and then: every 30 s, and no more than 3
+//! serving containers a second fleet-wide (1,000 are probed every 335 s); the first one found
 //! not serving has all the others probed at once. Probes of serving containers fall due on
 //! ticks 5 s apart, so a serving fleet wakes the watcher at most once in 5 s, and a wake-up
-//! costs the probes that are due (at most 25), not a look at every container.
+//! costs the probes that are due (at most 15), not a look at every container.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -30,14 +30,17 @@ const NOT_READY_EVERY: Duration = Duration::from_millis(500);
 /// A serving container is probed this often, while the fleet is small enough for
 /// [`READY_PROBES_PER_SEC`]. A database outage shows in the status within this long.
 const READY_EVERY: Duration = Duration::from_secs(30);
-/// Serving containers are probed at most this many a second, fleet-wide, spread evenly: a
-/// probe costs about 90 µs of CPU (a TCP connection to the container and its answer), so at
-/// 1,000 serving containers every 30 s they were most of an idle manager's CPU, and all at
-/// once they were a burst of 1,000 `/ready` checks on the databases (BENCHMARKS.md, "Scale").
-/// Up to 150 containers keep [`READY_EVERY`]; 1,000 are probed every 200 s, and the first
-/// one found not serving has every other serving one probed within seconds
-/// ([`Probes::sweep`]), since what takes one down (its database, PgBouncer) usually takes many.
-const READY_PROBES_PER_SEC: u32 = 5;
+/// Serving containers are probed at most this many a second, fleet-wide, spread evenly. A
+/// probe is a TCP connection to the container, and the kernel handles the container's side of
+/// it in the manager's time too: about 150 µs of CPU each, three quarters of an idle
+/// manager's CPU at 1,000 serving containers with 5 a second (0.077 % of a core of 0.103 %;
+/// `perf`, BENCHMARKS.md, "Scale"); probed every 30 s and all at once, 1,000 were most of it
+/// and a burst of 1,000 `/ready` checks on the databases. Up to 90 containers keep [`READY_EVERY`]; 1,000
+/// are probed every 335 s, and the first one found not serving has every other serving one
+/// probed within seconds ([`Probes::sweep`]), since what takes one down (its database,
+/// PgBouncer) usually takes many. A fault of one project alone, while its container runs,
+/// shows within that period; a container that dies shows at once (Docker's events).
+const READY_PROBES_PER_SEC: u32 = 3;
 /// How fast a sweep probes every serving container: 1,000 within 20 s.
 const SWEEP_PROBES_PER_SEC: usize = 50;
 /// Ready probes fall due on ticks this far apart, [`READY_PER_TICK`] at most on each: one
@@ -423,7 +426,7 @@ mod tests {
         let first = probes.next().expect("all rescheduled");
         assert!(first >= t0 + READY_EVERY && first <= t0 + READY_EVERY + READY_BATCH);
         let per_tick = drain(&mut probes, t0 + Duration::from_secs(3600));
-        assert_eq!(per_tick, [25; 2], "25 a tick, one wake-up each");
+        assert_eq!(per_tick, [15, 15, 15, 5], "15 a tick, one wake-up each");
     }
 
     #[test]
@@ -438,10 +441,10 @@ mod tests {
             let known = probes.reschedule(&t.id, true, t0).unwrap();
             known.readiness = Readiness::Ready;
         }
-        // 1,000 at 5 a second, 25 every 5 s: spread over 200 s from 30 s on, never a burst.
+        // 1,000 at 3 a second, 15 every 5 s: spread over 335 s from 30 s on, never a burst.
         let last = probes.schedule.last().unwrap().0;
         assert_eq!(probes.next(), Some(t0 + READY_EVERY));
-        assert_eq!(last, t0 + READY_EVERY + Duration::from_secs(195));
+        assert_eq!(last, t0 + READY_EVERY + Duration::from_secs(330));
         assert!(probes.slots.values().all(|n| *n <= READY_PER_TICK));
 
         // One stops serving before any is due again: the other 999 are probed within 20 s,
