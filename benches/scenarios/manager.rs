@@ -277,7 +277,7 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(total as f64 / clock_ticks() as f64)
 }
 
-fn clock_ticks() -> u64 {
+pub fn clock_ticks() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         crate::env::command_output("getconf", &["CLK_TCK"])

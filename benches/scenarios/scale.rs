@@ -36,7 +36,7 @@ use crate::fleet::{changed, inventory, warm, written_containers};
 use crate::http::{self, Conn};
 use crate::live::{self, LiveWatch};
 use crate::manager::{
-    cpu_time, secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE,
+    clock_ticks, cpu_time, secret, state_text, write_state, Manager, ManagerConfig, FIRST_RECONCILE,
 };
 use crate::proxy::{Calls, Proxy};
 use crate::stats::{quantile, thousands, Summary};
@@ -160,6 +160,85 @@ async fn containers_become(bench: &Bench, who: Who, n: usize) -> Result<(), Stri
     .await;
     done.then_some(())
         .ok_or_else(|| format!("the {who:?} containers never became {n}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where a bulk's CPU went
+
+/// CPU time so far, in seconds: the whole machine's busy and idle time (`/proc/stat`), the
+/// bench's own process (its watch's probes), the daemon, its containerd, and the manager.
+#[derive(Clone, Copy, Default)]
+struct CpuSplit {
+    busy: f64,
+    idle: f64,
+    bench: f64,
+    dockerd: f64,
+    containerd: f64,
+    manager: f64,
+}
+
+impl CpuSplit {
+    fn now(manager: Option<u32>) -> CpuSplit {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let hz = clock_ticks() as f64;
+        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0) / hz;
+        // user nice system idle iowait irq softirq steal
+        let (idle, busy) = (
+            tick(3) + tick(4),
+            tick(0) + tick(1) + tick(2) + tick(5) + tick(6) + tick(7),
+        );
+        let secs = |pid: Option<u32>| pid.map_or(0.0, |p| cpu_time(p).as_secs_f64());
+        let dockerd = dockerd();
+        // The daemon's own containerd: its child, or the machine's one.
+        let containerd = dockerd
+            .map(|d| command_output("pgrep", &["-P", &d.to_string(), "containerd"]))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| command_output("pidof", &["containerd"]))
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok());
+        CpuSplit {
+            busy,
+            idle,
+            bench: secs(Some(std::process::id())),
+            dockerd: secs(dockerd),
+            containerd: secs(containerd),
+            manager: secs(manager),
+        }
+    }
+
+    /// What was spent since `before`, in words.
+    fn since(&self, before: &CpuSplit) -> String {
+        let busy = self.busy - before.busy;
+        let all = busy + self.idle - before.idle;
+        let parts = [
+            ("dockerd", self.dockerd - before.dockerd),
+            ("containerd", self.containerd - before.containerd),
+            ("manager", self.manager - before.manager),
+            ("bench", self.bench - before.bench),
+        ];
+        let named: f64 = parts.iter().map(|(_, v)| v).sum();
+        let mut words = format!(
+            "CPU busy {busy:.0} of {all:.0} core-s ({:.0} %)",
+            busy / all.max(1e-9) * 100.0
+        );
+        for (name, v) in parts.iter().filter(|(_, v)| *v > 0.0) {
+            words.push_str(&format!(", {name} {v:.1}"));
+        }
+        words.push_str(&format!(
+            ", the rest (containers, shims, runc, kernel) {:.1}",
+            busy - named
+        ));
+        words
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,6 +469,7 @@ async fn floor_bulk(bench: &Bench, host: &Host, projects: &[String]) -> Result<f
     let floor = Floor::new(Some(&proxy.docker_host())).await;
     // Uncached, as the manager's bulk: its containers take the addresses the bursts' left.
     let mut watch = LiveWatch::start_uncached(bench, Who::Floor);
+    let cpu0 = CpuSplit::now(None);
     let t0 = Instant::now();
     let created: Vec<Result<String, String>> = stream::iter(&specs)
         .map(|spec| floor.create_start(spec))
@@ -402,6 +482,7 @@ async fn floor_bulk(bench: &Bench, host: &Host, projects: &[String]) -> Result<f
     let wanted: BTreeSet<String> = projects.iter().cloned().collect();
     let timeout = Duration::from_secs(120 + projects.len() as u64);
     let (last, _) = watch.wait_all(&wanted, timeout).await?;
+    eprintln!("bench: scale: floor {}", CpuSplit::now(None).since(&cpu0));
     Ok((last - t0).as_secs_f64())
 }
 
@@ -566,6 +647,8 @@ async fn phases(
     // Uncached, as the floor's: the floor's thousand addresses are all reused here.
     let mut watch = LiveWatch::start_uncached(bench, Who::Manager);
     host.proxy.take();
+    let manager_pid = host.manager.as_ref().map(|m| m.pid());
+    let cpu0 = CpuSplit::now(manager_pid);
     let t0 = Instant::now();
     for p in &projects {
         host.write(p, 1, true);
@@ -581,6 +664,10 @@ async fn phases(
     eprintln!(
         "bench: scale: manager {manager_s:.1} s, {}",
         manager_calls.describe()
+    );
+    eprintln!(
+        "bench: scale: manager {}",
+        CpuSplit::now(manager_pid).since(&cpu0)
     );
     let ips: BTreeMap<String, IpAddr> = found.into_iter().map(|(p, l)| (p, l.ip)).collect();
     // Each container's first healthcheck, 30 s after its start, wakes the loop once.
