@@ -167,7 +167,6 @@ async fn containers_become(bench: &Bench, who: Who, n: usize) -> Result<(), Stri
 
 /// CPU time so far, in seconds: the whole machine's busy and idle time (`/proc/stat`), the
 /// bench's own process (its watch's probes), the daemon, its containerd, and the manager.
-#[derive(Clone, Copy, Default)]
 struct CpuSplit {
     busy: f64,
     idle: f64,

@@ -31,13 +31,12 @@ const NOT_READY_EVERY: Duration = Duration::from_millis(500);
 /// [`READY_PROBES_PER_SEC`]. A database outage shows in the status within this long.
 const READY_EVERY: Duration = Duration::from_secs(30);
 /// Serving containers are probed at most this many a second, fleet-wide, spread evenly. A
-/// probe is a TCP connection to the container, and the kernel handles the container's side of
-/// it in the manager's time too: about 150 µs of CPU each, three quarters of an idle
-/// manager's CPU at 1,000 serving containers with 5 a second (0.077 % of a core of 0.103 %;
-/// `perf`, BENCHMARKS.md, "Scale"); probed every 30 s and all at once, 1,000 were most of it
-/// and a burst of 1,000 `/ready` checks on the databases. Up to 90 containers keep [`READY_EVERY`]; 1,000
-/// are probed every 335 s, and the first one found not serving has every other serving one
-/// probed within seconds ([`Probes::sweep`]), since what takes one down (its database,
+/// probe is a TCP connection to the container, and the kernel handles the container's side
+/// of it in the manager's time too: about 150 µs of CPU each. At 5 a second they were three
+/// quarters of an idle manager's CPU at 1,000 serving containers (0.077 % of a core of
+/// 0.103 %; `perf`, BENCHMARKS.md, "Scale"). Up to 90 containers keep [`READY_EVERY`];
+/// 1,000 are probed every 335 s, and the first one found not serving has every other serving
+/// one probed within seconds ([`Probes::sweep`]), since what takes one down (its database,
 /// PgBouncer) usually takes many. A fault of one project alone, while its container runs,
 /// shows within that period; a container that dies shows at once (Docker's events).
 const READY_PROBES_PER_SEC: u32 = 3;
