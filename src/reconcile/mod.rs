@@ -14,6 +14,7 @@
 mod apply;
 mod events;
 mod history;
+mod publish;
 mod ready;
 mod replace;
 mod retry;
@@ -49,6 +50,7 @@ use crate::spec::ProjectId;
 use crate::state_dir::{LoadCache, Loaded, Named, StateDir};
 use apply::{apply, ActionError, Job, Outcome};
 use events::SharedDockerHints;
+use publish::{Statuses, Touched};
 use retry::Retry;
 use snapshot::{FileHints, SharedHints};
 use table::Table;
@@ -186,10 +188,14 @@ pub struct Controller<R: Runtime> {
     /// Whether Docker answered the last call, and when to try again if not.
     docker: Option<Retry>,
     reconciled_once: bool,
-    /// Something other than a state file changed since the last full pass (an action ended,
-    /// a probe, a route, a conflict to check again, a retry's time): the next pass looks at
-    /// every project. Until then a pass woken by files alone plans for their projects alone.
-    full_due: bool,
+    /// What changed since the last pass other than state files: the projects an action's
+    /// end, a probe, a route or a lookup touched, or all of them (a conflict to check again,
+    /// a retry's time, the first reconcile's last action). The next pass plans for these and
+    /// the files' projects alone, unless it lists.
+    due: Touched,
+    /// The projects whose status may have changed since the last publication.
+    touched: Touched,
+    statuses: Statuses,
     listing: Vec<ContainerInfo>,
     /// Lists and lookups taken so far: which listing a finished action's lookup may patch.
     looks: u64,
@@ -236,7 +242,9 @@ impl<R: Runtime> Controller<R> {
             pending: VecDeque::new(),
             docker: Some(Retry::docker()),
             reconciled_once: false,
-            full_due: true,
+            due: Touched::default(),
+            touched: Touched::everything(),
+            statuses: Statuses::default(),
             listing: Vec::new(),
             looks: 0,
             passes: 0,
@@ -312,14 +320,11 @@ impl<R: Runtime> Controller<R> {
                     }
                     self.publish();
                 }
-                Some((id, readiness)) = self.ready_rx.recv() => {
-                    self.readiness.insert(id, readiness);
-                    while let Ok((id, readiness)) = self.ready_rx.try_recv() {
-                        self.readiness.insert(id, readiness);
+                Some(change) = self.ready_rx.recv() => {
+                    self.set_readiness(change);
+                    while let Ok(change) = self.ready_rx.try_recv() {
+                        self.set_readiness(change);
                     }
-                    // Which of two containers to keep, and whether a stale one may be
-                    // replaced beside itself, depends on it: plan again (no listing).
-                    self.full_due = true;
                     pass_at.get_or_insert_with(|| Instant::now() + DEBOUNCE);
                     self.publish();
                 }
@@ -342,8 +347,9 @@ impl<R: Runtime> Controller<R> {
                             None
                         }
                     };
+                    self.due.project(&project);
+                    self.touched.project(&project);
                     self.table.projects.entry(project).or_default().switch_to = upstream;
-                    self.full_due = true;
                     self.publish();
                 }
                 () = sleep_until(pass_at), if pass_at.is_some() => {
@@ -365,21 +371,28 @@ impl<R: Runtime> Controller<R> {
                     // nothing): at 10,000 files a full pass planning the same again cost
                     // about 20 ms a tick, half an idle manager's CPU (BENCHMARKS.md, "Scale").
                     if self.table.forget_foreign() {
-                        self.full_due = true;
+                        self.due.all();
                     }
                     pass_at = Some(Instant::now());
                 }
                 () = sleep_until(wake_at), if wake_at.is_some() => {
-                    self.full_due = true;
+                    self.due.all();
                     pass_at = Some(Instant::now());
                 }
                 Some(done) = actions.join_next(), if !actions.is_empty() => {
                     match done {
+                        // The pass it brings plans for its project; nothing else changed.
                         Ok(done) => self.finish(done),
-                        Err(e) => error!(error = %e, "an action panicked"),
+                        Err(e) => {
+                            error!(error = %e, "an action panicked");
+                            self.due.all();
+                        }
                     }
-                    self.full_due = true;
                     self.dispatch(&mut actions).await;
+                    // The first full reconcile is a full pass that dispatches nothing.
+                    if !self.reconciled_once && actions.is_empty() && self.pending.is_empty() {
+                        self.due.all();
+                    }
                     // Level-triggered: once nothing is left to dispatch, look again to
                     // confirm. Not only once every action is done: a removal may take its
                     // whole stop grace, and the others must not wait for it to be seen. A
@@ -416,7 +429,26 @@ impl<R: Runtime> Controller<R> {
     fn set_health(&mut self, (id, health): (String, Health)) {
         if let Some(container) = self.listing.iter_mut().find(|c| c.id == id) {
             container.health = health;
+            if let Some(project) = container.project() {
+                self.touched.project(&project);
+            }
         }
+    }
+
+    /// Takes in what a probe found. Which of two containers to keep, and whether a stale one
+    /// may be replaced beside itself, depends on it: its project is planned again (from the
+    /// listing as it is). A container not listed is shown and planned for once it is.
+    fn set_readiness(&mut self, (id, readiness): (String, Readiness)) {
+        if let Some(project) = self.project_of(&id) {
+            self.due.project(&project);
+            self.touched.project(&project);
+        }
+        self.readiness.insert(id, readiness);
+    }
+
+    /// The project of a listed container.
+    fn project_of(&self, container: &str) -> Option<ProjectId> {
+        self.listing.iter().find(|c| c.id == container)?.project()
     }
 
     /// The earliest moment a held-back project or Docker itself may be tried again.
@@ -460,9 +492,9 @@ impl<R: Runtime> Controller<R> {
         .await
         .expect("loading never panics");
         self.load_cache = cache;
-        // Nothing a project's status shows has changed in this pass (so far): the projects
-        // published before are published again, not built anew. Everything that changes
-        // them between passes publishes at once.
+        // Nothing a project's status shows has changed in this pass (so far): what the pass
+        // looked at is not built again for the snapshot. Everything that changes a status
+        // between passes marks its project touched.
         let mut quiet = true;
         // A pool entry may have changed: PgBouncer's include is rendered again.
         let mut pools_changed = false;
@@ -479,10 +511,12 @@ impl<R: Runtime> Controller<R> {
                 pools_changed = true;
                 scope = None;
                 self.table.absorb(loaded, template);
+                self.touched.all();
             }
             Ok(Load::Named(named)) => {
                 quiet &= named.is_empty();
                 for (id, file) in named.changed {
+                    self.touched.project(&id);
                     if let Some(scope) = &mut scope {
                         scope.insert(id.clone());
                     }
@@ -515,14 +549,15 @@ impl<R: Runtime> Controller<R> {
             },
         );
         self.confirm.extend(named);
-        if all || !self.confirm.is_empty() || self.full_due {
-            scope = None;
-        }
-        if all || self.confirm.len() > LOOKUPS_MAX {
+        let lists = all || self.confirm.len() > LOOKUPS_MAX;
+        if lists {
             self.confirm.clear();
             match self.runtime.list(&self.labels).await {
                 Ok(listing) => {
-                    quiet &= listing == self.listing;
+                    if listing != self.listing {
+                        quiet = false;
+                        self.touched.all();
+                    }
                     self.listing = listing;
                     self.looks += 1;
                     self.listed();
@@ -539,6 +574,12 @@ impl<R: Runtime> Controller<R> {
                 self.publish();
                 return;
             }
+        }
+        // A list shows every project anew; lookups, probes, routes and actions' ends touched
+        // their projects (`due`), which are looked at beside the files'.
+        match (&mut scope, self.due.ids()) {
+            (Some(scope), Some(due)) if !lists => scope.extend(due.iter().cloned()),
+            _ => scope = None,
         }
         let configs = self.cfg.configs.clone();
         let wanted = scope.clone();
@@ -575,7 +616,9 @@ impl<R: Runtime> Controller<R> {
                     .collect()
             }
         };
-        self.table.forget_unknown(&containers, scope.as_ref());
+        for id in self.table.forget_unknown(&containers, scope.as_ref()) {
+            self.touched.project(&id);
+        }
         let observed = Observed {
             containers,
             foreign: self.table.foreign(scope.as_ref()),
@@ -655,8 +698,12 @@ impl<R: Runtime> Controller<R> {
             metrics.pass_finished(started.elapsed());
         }
         debug!(pass = self.passes, scoped = ?scope.as_ref().map(BTreeSet::len), took = ?started.elapsed(), "pass finished");
-        if scope.is_none() {
-            self.full_due = false;
+        self.due = Touched::default();
+        if !quiet {
+            match &scope {
+                None => self.touched.all(),
+                Some(scope) => scope.iter().for_each(|id| self.touched.project(id)),
+            }
         }
         if !self.reconciled_once && scope.is_none() && actions.is_empty() {
             self.reconciled_once = true;
@@ -666,7 +713,7 @@ impl<R: Runtime> Controller<R> {
                 "first full reconcile done"
             );
         }
-        self.publish_after(quiet);
+        self.publish();
     }
 
     /// Patches the last listing with the containers Docker's events named and those actions
@@ -675,19 +722,31 @@ impl<R: Runtime> Controller<R> {
     /// found by the resync's list), so these lookups see what a full list would, at the cost
     /// of the containers that changed instead of the whole fleet. A recreated container
     /// replaces its predecessor, which carried the same name; one not found is gone. An
-    /// error falls back to a full list.
+    /// error falls back to a full list. The projects of the containers looked up are the next
+    /// pass's to plan for.
     async fn confirmed(&mut self) -> bool {
         let mut ids = std::mem::take(&mut self.confirm);
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
+            let was = self.project_of(&id);
             match self.runtime.inspect(&id).await {
                 Ok(info) => {
+                    for project in was.iter().chain(info.project().as_ref()) {
+                        self.due.project(project);
+                        self.touched.project(project);
+                    }
                     self.listing
                         .retain(|c| c.id != info.id && c.name != info.name);
                     self.listing.push(info);
                 }
-                Err(RuntimeError::NotFound) => self.listing.retain(|c| c.id != id),
+                Err(RuntimeError::NotFound) => {
+                    if let Some(project) = was {
+                        self.due.project(&project);
+                        self.touched.project(&project);
+                    }
+                    self.listing.retain(|c| c.id != id);
+                }
                 Err(e) => {
                     self.docker_failed(&e);
                     return false;
@@ -714,7 +773,9 @@ impl<R: Runtime> Controller<R> {
                     .then_some(c.health == Health::Healthy),
             })
             .collect();
-        self.table.switched(&self.listing);
+        for project in self.table.switched(&self.listing) {
+            self.touched.project(&project);
+        }
         let listed: HashSet<&str> = self.listing.iter().map(|c| c.id.as_str()).collect();
         self.readiness.retain(|id, _| listed.contains(id.as_str()));
         self.ready_targets.send_if_modified(|current| {
@@ -829,7 +890,10 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
+    /// Takes in an action's end: its project is the next pass's to plan for.
     fn finish(&mut self, (project, result, seen): Done) {
+        self.due.project(&project);
+        self.touched.project(&project);
         match &result {
             // A container created (or recreated) and started, or a stopped one started: the
             // action looked it up as it ended. Nothing else changed in Docker since the last
@@ -871,28 +935,30 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    fn publish(&self) {
-        self.publish_after(false);
-    }
-
-    /// Publishes; after a `quiet` pass, with the projects published before.
-    fn publish_after(&self, quiet: bool) {
-        let before = quiet.then(|| self.status.borrow().projects.clone());
-        let mut snapshot = table::snapshot(
-            &self.table,
-            &self.listing,
-            &self.readiness,
-            self.reconciled_once,
-            self.docker.is_none(),
-            self.passes,
-            before.as_ref(),
-        );
-        snapshot.pools = self.pools.as_ref().map(|p| p.pending().map(str::to_owned));
-        snapshot.unprobed = self.listing.iter().any(|c| {
-            c.state == State::Running
-                && c.project().is_some()
-                && matches!(self.readiness.get(&c.id), None | Some(Readiness::Unknown))
-        });
+    /// Publishes a snapshot, with the statuses of the projects touched since the last one
+    /// built again and the others as they were.
+    fn publish(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        let projects = self
+            .statuses
+            .publish(touched, &self.table, &self.listing, &self.readiness);
+        #[cfg(debug_assertions)]
+        publish::check(&projects, &self.table, &self.listing, &self.readiness);
+        let snapshot = Snapshot {
+            reconciled_once: self.reconciled_once,
+            docker_reachable: self.docker.is_none(),
+            projects,
+            misnamed: self.table.misnamed.clone(),
+            passes: self.passes,
+            plan: self.table.preview.clone(),
+            pools: self.pools.as_ref().map(|p| p.pending().map(str::to_owned)),
+            // A hash lookup per container, the label's parse only for those not probed.
+            unprobed: self.listing.iter().any(|c| {
+                c.state == State::Running
+                    && matches!(self.readiness.get(&c.id), None | Some(Readiness::Unknown))
+                    && c.project().is_some()
+            }),
+        };
         self.status.send_replace(Arc::new(snapshot));
     }
 }

@@ -13,11 +13,9 @@ use tracing::{error, info, warn};
 use super::apply::{ActionError, Outcome};
 use super::history::Running;
 use super::retry::Retry;
-use super::snapshot::{
-    ContainerView, DesiredView, EventKind, Events, ProjectStatus, Readiness, Snapshot,
-};
+use super::snapshot::{ContainerView, DesiredView, EventKind, Events, ProjectStatus, Readiness};
 use crate::plan::{self, Desired, Observed, Preview, Verb, Want, Wanted};
-use crate::render::{self, Rendered, Template};
+use crate::render::{self, Rendered, Template, LABEL_PROJECT};
 use crate::runtime::{ContainerInfo, RuntimeError, State};
 use crate::spec::ProjectId;
 use crate::state_dir::{FileState, Loaded};
@@ -246,24 +244,32 @@ impl Table {
 
     /// Forgets backoff, errors and conflicts of projects that are neither wanted nor running,
     /// so a deleted project does not linger in the status.
-    /// Only projects in `scope`, when given (`containers` are theirs).
+    /// Only projects in `scope`, when given (`containers` are theirs). The projects whose
+    /// status this changes.
     pub fn forget_unknown(
         &mut self,
         containers: &[plan::Container],
         scope: Option<&BTreeSet<ProjectId>>,
-    ) {
+    ) -> Vec<ProjectId> {
         let running: BTreeSet<&ProjectId> = containers.iter().map(|c| &c.project).collect();
-        let forget = |id: &ProjectId, project: &mut Project| {
+        let mut forgot = Vec::new();
+        let mut forget = |id: &ProjectId, project: &mut Project| {
+            let mut changed = false;
             if project.want.is_none() && !running.contains(id) {
+                changed = project.error.is_some() || project.last_reload.is_some();
                 project.retry = None;
                 project.error = None;
                 project.last_reload = None;
                 project.foreign = None;
             }
-            !project.is_empty()
+            let keep = !project.is_empty();
+            if changed || !keep {
+                forgot.push(id.clone());
+            }
+            keep
         };
         match scope {
-            None => self.projects.retain(forget),
+            None => self.projects.retain(|id, project| forget(id, project)),
             Some(scope) => {
                 for id in scope {
                     if let Some(project) = self.projects.get_mut(id) {
@@ -274,6 +280,7 @@ impl Table {
                 }
             }
         }
+        forgot
     }
 
     /// The records of the projects in `scope` that have one, by id: what `plan` and
@@ -300,8 +307,10 @@ impl Table {
     }
 
     /// After a listing: a switched route follows the container again once the replacement
-    /// holds the project's name, or once the container it was switched to is gone.
-    pub fn switched(&mut self, listing: &[ContainerInfo]) {
+    /// holds the project's name, or once the container it was switched to is gone. The
+    /// projects whose route follows their container again.
+    pub fn switched(&mut self, listing: &[ContainerInfo]) -> Vec<ProjectId> {
+        let mut back = Vec::new();
         for (id, project) in &mut self.projects {
             let Some(host) = &project.switch_to else {
                 continue;
@@ -313,8 +322,10 @@ impl Table {
             };
             if done {
                 project.switch_to = None;
+                back.push(id.clone());
             }
         }
+        back
     }
 
     /// Conflicts are re-checked now and then: whoever holds the name may be gone. Whether
@@ -479,164 +490,174 @@ impl Table {
         listing: &[ContainerInfo],
         readiness: &HashMap<String, Readiness>,
     ) -> BTreeMap<ProjectId, ProjectStatus> {
-        // Collected in the table's order: built in one go, not searched per project. Into a
-        // vector of the right size first: `BTreeMap::from_iter` collects into one anyway, and
-        // grown by doubling it was the biggest allocation of a pass at 10,000 projects.
-        let mut sorted: Vec<(ProjectId, ProjectStatus)> = Vec::with_capacity(self.projects.len());
-        sorted.extend(
-            self.projects
-                .iter()
-                .filter(|(_, project)| project.want.is_some() || project.error.is_some())
-                .map(|(id, project)| {
-                    (
-                        id.clone(),
-                        ProjectStatus {
-                            desired: project.good.as_ref().map(|g| g.view.clone()),
-                            file_error: project.file_error.clone(),
-                            container: None,
-                            last_error: project.error.as_ref().map(|e| e.message.clone()),
-                            out_of_space: project.error.as_ref().and_then(|e| e.out_of_space),
-                            conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
-                            last_reload: project.last_reload,
-                            loaded_digest: None,
-                            schema_token_seen: None,
-                            events: project.events.clone(),
-                            upstream: project.switch_to.clone(),
-                        },
-                    )
-                }),
-        );
-        let mut projects = BTreeMap::from_iter(sorted);
-        // The project's container: the one its route was switched to while a replacement
-        // runs (the old one stops serving while it drains, and must not turn the route into
-        // a 503), else `postgrest-<id>`, else a replacement whose old container is gone (an
-        // interrupted replacement, before its rename).
-        let mut shown: BTreeMap<ProjectId, &ContainerInfo> = BTreeMap::new();
+        // Each project's containers, in the listing's order: which one is shown may depend on
+        // it.
+        let mut theirs: BTreeMap<ProjectId, Vec<&ContainerInfo>> = BTreeMap::new();
         for container in listing {
-            let Some(id) = container.project() else {
-                continue;
-            };
-            let switched = self
-                .projects
-                .get(&id)
-                .and_then(|p| p.switch_to.as_deref())
-                .is_some_and(|host| host == container.upstream());
-            let rank = |c: &ContainerInfo| {
-                if switched && c.id == container.id {
-                    0
-                } else if c.name == id.container_name() {
-                    1
-                } else if c.name == crate::plan::next_container_name(&id) {
-                    2
-                } else {
-                    3
-                }
-            };
-            let better = match shown.get(&id) {
-                Some(current) => {
-                    let current_switched = self
-                        .projects
-                        .get(&id)
-                        .and_then(|p| p.switch_to.as_deref())
-                        .is_some_and(|host| host == current.upstream());
-                    let current_rank = if current_switched { 0 } else { rank(current) };
-                    rank(container) < current_rank
-                }
-                None => rank(container) < 3,
-            };
-            if better {
-                shown.insert(id, container);
+            if let Some(id) = container.project() {
+                theirs.entry(id).or_default().push(container);
             }
         }
-        // A replacement that matches the desired state and serves takes over the route from a
-        // stale `postgrest-<id>`, before its switch: a manager restarted after the switch must
-        // not send the public back to an old container that Docker is still stopping. One not
-        // probed yet takes over from an old one that no longer runs (a manager killed after
-        // the old one got SIGTERM): that one cannot serve, and its route would be a 503.
-        for next in listing {
-            let Some(id) = next.project() else {
-                continue;
-            };
-            let wanted = match self.projects.get(&id).and_then(|p| p.want.as_ref()) {
-                Some(Want::Spec(d)) => d.spec_hash.as_str(),
-                _ => continue,
-            };
-            let takes_over = next.name == crate::plan::next_container_name(&id)
-                && next.spec_hash() == Some(wanted)
-                && shown
-                    .get(&id)
-                    .is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted))
-                && match readiness.get(&next.id) {
-                    Some(Readiness::Ready) => true,
-                    None | Some(Readiness::Unknown) => {
-                        next.state == State::Running
-                            && shown.get(&id).is_some_and(|c| c.state != State::Running)
-                    }
-                    Some(Readiness::NotReady { .. }) => false,
-                };
-            if takes_over {
-                shown.insert(id, next);
+        // In the table's order, then the containers without a record: two sorted runs, which
+        // `BTreeMap::from_iter` merges instead of searching the map per project.
+        let mut statuses: Vec<(ProjectId, ProjectStatus)> = Vec::with_capacity(self.projects.len());
+        for (id, project) in &self.projects {
+            let containers = theirs.remove(id).unwrap_or_default();
+            if let Some(status) = status(id, Some(project), &containers, readiness) {
+                statuses.push((id.clone(), status));
             }
         }
-        for (id, container) in shown {
-            let status = projects.entry(id.clone()).or_default();
-            if status.upstream.is_none() {
-                status.upstream = Some(container.upstream().to_owned());
+        for (id, containers) in theirs {
+            if let Some(status) = status(&id, None, &containers, readiness) {
+                statuses.push((id, status));
             }
-            status.container = Some(Box::new(ContainerView {
-                id: container.id.clone(),
-                name: container.name.clone(),
-                state: container.state,
-                health: container.health,
-                ip: container.ip,
-                spec_hash: container.spec_hash().map(str::to_owned),
-                ready: readiness.get(&container.id).cloned().unwrap_or_default(),
-                exit_code: container.exit_code,
-                tasks: container.tasks.clone(),
-            }));
-            let Some(project) = self.projects.get(&id) else {
-                continue;
-            };
-            status.last_reload = project.last_reload;
-            status.events = project.events.clone();
-            if let Some((loaded_by, digest)) = &project.loaded {
-                if loaded_by == &container.id {
-                    status.loaded_digest = Some(digest.clone());
-                }
-            }
-            if let Some((seen_by, token)) = &project.schema {
-                if seen_by == &container.id {
-                    status.schema_token_seen = Some(*token);
+        }
+        BTreeMap::from_iter(statuses)
+    }
+
+    /// Brings the statuses of `ids` in `statuses` up to date, and no other: the listing is
+    /// searched for their containers by a label compare, the table by id.
+    pub fn patch(
+        &self,
+        statuses: &mut BTreeMap<ProjectId, ProjectStatus>,
+        ids: &BTreeSet<ProjectId>,
+        listing: &[ContainerInfo],
+        readiness: &HashMap<String, Readiness>,
+    ) {
+        let wanted: BTreeSet<&str> = ids.iter().map(ProjectId::as_str).collect();
+        let mut theirs: BTreeMap<&str, Vec<&ContainerInfo>> = BTreeMap::new();
+        for container in listing {
+            if let Some(id) = container.labels.get(LABEL_PROJECT) {
+                if let Some(id) = wanted.get(id.as_str()) {
+                    theirs.entry(id).or_default().push(container);
                 }
             }
         }
-        projects
+        for id in ids {
+            let containers = theirs.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+            match status(id, self.projects.get(id), containers, readiness) {
+                Some(status) => {
+                    statuses.insert(id.clone(), status);
+                }
+                None => {
+                    statuses.remove(id);
+                }
+            }
+        }
     }
 }
 
-/// Builds the whole snapshot; its projects are `unchanged`'s when given (the caller knows
-/// nothing they show changed since).
-pub(super) fn snapshot(
-    table: &Table,
-    listing: &[ContainerInfo],
+/// One project's published status, from its record and its containers (in the listing's
+/// order); `None` when it has neither a record worth showing nor a container.
+fn status(
+    id: &ProjectId,
+    project: Option<&Project>,
+    containers: &[&ContainerInfo],
     readiness: &HashMap<String, Readiness>,
-    reconciled_once: bool,
-    docker_reachable: bool,
-    passes: u64,
-    unchanged: Option<&Arc<BTreeMap<ProjectId, ProjectStatus>>>,
-) -> Snapshot {
-    Snapshot {
-        reconciled_once,
-        docker_reachable,
-        projects: match unchanged {
-            Some(projects) => projects.clone(),
-            None => Arc::new(table.snapshot(listing, readiness)),
-        },
-        misnamed: table.misnamed.clone(),
-        passes,
-        plan: table.preview.clone(),
-        // The loop's, not the table's: `Controller::publish` fills it in.
-        pools: None,
-        unprobed: false,
+) -> Option<ProjectStatus> {
+    let shown = shown(id, project, containers, readiness);
+    let record = project.filter(|p| p.want.is_some() || p.error.is_some());
+    if shown.is_none() && record.is_none() {
+        return None;
     }
+    let mut status = record.map_or_else(ProjectStatus::default, |project| ProjectStatus {
+        desired: project.good.as_ref().map(|g| g.view.clone()),
+        file_error: project.file_error.clone(),
+        container: None,
+        last_error: project.error.as_ref().map(|e| e.message.clone()),
+        out_of_space: project.error.as_ref().and_then(|e| e.out_of_space),
+        conflict: project.error.as_ref().and_then(|e| e.conflict.clone()),
+        last_reload: project.last_reload,
+        loaded_digest: None,
+        schema_token_seen: None,
+        events: project.events.clone(),
+        upstream: project.switch_to.clone(),
+    });
+    let Some(container) = shown else {
+        return Some(status);
+    };
+    if status.upstream.is_none() {
+        status.upstream = Some(container.upstream().to_owned());
+    }
+    status.container = Some(Box::new(ContainerView {
+        id: container.id.clone(),
+        name: container.name.clone(),
+        state: container.state,
+        health: container.health,
+        ip: container.ip,
+        spec_hash: container.spec_hash().map(str::to_owned),
+        ready: readiness.get(&container.id).cloned().unwrap_or_default(),
+        exit_code: container.exit_code,
+        tasks: container.tasks.clone(),
+    }));
+    if let Some(project) = project {
+        status.last_reload = project.last_reload;
+        status.events = project.events.clone();
+        if let Some((loaded_by, digest)) = &project.loaded {
+            if loaded_by == &container.id {
+                status.loaded_digest = Some(digest.clone());
+            }
+        }
+        if let Some((seen_by, token)) = &project.schema {
+            if seen_by == &container.id {
+                status.schema_token_seen = Some(*token);
+            }
+        }
+    }
+    Some(status)
+}
+
+/// The project's container, of `containers` (its own, in the listing's order): the one its
+/// route was switched to while a replacement runs (the old one stops serving while it drains,
+/// and must not turn the route into a 503), else `postgrest-<id>`, else a replacement whose
+/// old container is gone (an interrupted replacement, before its rename).
+fn shown<'a>(
+    id: &ProjectId,
+    project: Option<&Project>,
+    containers: &[&'a ContainerInfo],
+    readiness: &HashMap<String, Readiness>,
+) -> Option<&'a ContainerInfo> {
+    let switch_to = project.and_then(|p| p.switch_to.as_deref());
+    let rank = |c: &ContainerInfo| {
+        if switch_to.is_some_and(|host| host == c.upstream()) {
+            0
+        } else if c.name == id.container_name() {
+            1
+        } else if c.name == crate::plan::next_container_name(id) {
+            2
+        } else {
+            3
+        }
+    };
+    let mut shown: Option<&ContainerInfo> = None;
+    for &container in containers {
+        if rank(container) < shown.map_or(3, rank) {
+            shown = Some(container);
+        }
+    }
+    // A replacement that matches the desired state and serves takes over the route from a
+    // stale `postgrest-<id>`, before its switch: a manager restarted after the switch must not
+    // send the public back to an old container that Docker is still stopping. One not probed
+    // yet takes over from an old one that no longer runs (a manager killed after the old one
+    // got SIGTERM): that one cannot serve, and its route would be a 503.
+    let Some(Want::Spec(desired)) = project.and_then(|p| p.want.as_ref()) else {
+        return shown;
+    };
+    let wanted = desired.spec_hash.as_str();
+    for &next in containers {
+        let takes_over = next.name == crate::plan::next_container_name(id)
+            && next.spec_hash() == Some(wanted)
+            && shown.is_some_and(|c| c.id != next.id && c.spec_hash() != Some(wanted))
+            && match readiness.get(&next.id) {
+                Some(Readiness::Ready) => true,
+                None | Some(Readiness::Unknown) => {
+                    next.state == State::Running && shown.is_some_and(|c| c.state != State::Running)
+                }
+                Some(Readiness::NotReady { .. }) => false,
+            };
+        if takes_over {
+            shown = Some(next);
+        }
+    }
+    shown
 }

@@ -1259,9 +1259,12 @@ async fn a_schema_reload_is_one_sigusr1_to_the_same_container_and_survives_a_res
     assert_eq!(changes(&env.fake), []);
 }
 
-/// A pass woken by one file plans for that project alone: a config directory left without a
-/// project (made by hand, which no event reports) is not looked at then. The full pass that
-/// the reload's end brings (and, failing that, the resync) removes it.
+/// A pass woken by one file plans for that project alone, and so does the pass its action's
+/// end brings: a config directory left without a project (made by hand, which no event
+/// reports) is looked at by neither. A plain wake's full pass (as the rescan's) removes it.
+/// Fails when an action's
+/// end plans every project again (what it did before: O(projects) per action, O(n²) over a
+/// bulk start; BENCHMARKS.md, "Scale").
 #[tokio::test]
 async fn a_file_change_alone_is_planned_for_its_project_alone() {
     let env = Env::new();
@@ -1289,11 +1292,30 @@ async fn a_file_change_alone_is_planned_for_its_project_alone() {
     assert_eq!(lines, [&pid("p1")], "{:?}", scoped.plan);
 
     gate.add_permits(1_000);
+    let ended = handle
+        .wait_for(WAIT, |s| {
+            s.projects[&pid("p1")]
+                .events
+                .iter()
+                .any(|e| e.kind == EventKind::Reloaded)
+        })
+        .await
+        .expect("the reload's end is published")
+        .passes;
+    handle
+        .wait_for(WAIT, |s| s.passes > ended)
+        .await
+        .expect("a pass after the reload's end");
+    assert!(
+        stray.exists(),
+        "the pass after the reload's end looked at every project"
+    );
+    handle.wake();
     let deadline = tokio::time::Instant::now() + WAIT;
     while stray.exists() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no full pass after the reload ended"
+            "no full pass after a plain wake"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
