@@ -1478,3 +1478,72 @@ async fn a_reloads_cost_against_the_fleet() {
         }
     }
 }
+
+/// Not a check but a measurement, run by hand: the loop's own CPU for a bulk start, a
+/// thousand files written one after another (each announced as the watcher does) into a
+/// manager that already holds `files - 1,000` disabled ones, until every one of them runs
+/// with its config loaded. The in-memory runtime answers at once, so what is measured is the
+/// loop (and the runtime's bookkeeping), not Docker. Numbers in BENCHMARKS.md.
+/// `cargo test --release --lib -- --ignored --nocapture a_bulk_starts_cost_against_the_fleet`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn a_bulk_starts_cost_against_the_fleet() {
+    /// User and system time of this process so far, from `/proc/self/stat` (in clock ticks).
+    fn cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // utime and stime are the 14th and 15th fields; the 3rd is the first after the name.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+    const BULK: usize = 1_000;
+    for files in [BULK, 10_000] {
+        for round in 0..3 {
+            let mut env = Env::new();
+            env.cfg.concurrency = 16;
+            for i in BULK..files {
+                env.write(&format!("d{i}"), |f| f.enabled = Some(false));
+            }
+            let (handle, _stop, _task) = env.start();
+            handle.wake();
+            handle
+                .wait_for(Duration::from_secs(600), |s| {
+                    s.ready() && s.projects.len() == files - BULK
+                })
+                .await
+                .expect("the disabled ones are taken in");
+            passes(&handle, 2).await;
+            let (cpu, started) = (cpu_ticks(), std::time::Instant::now());
+            for i in 0..BULK {
+                env.write(&format!("p{i}"), |_| {});
+                handle.file_changed(&format!("p{i}.toml"));
+            }
+            // Polled, not waited on per snapshot: a check of every status per publication
+            // would be this test's own O(n²).
+            loop {
+                let snapshot = handle.snapshot();
+                let running = (0..BULK)
+                    .filter(|i| {
+                        snapshot
+                            .projects
+                            .get(&pid(&format!("p{i}")))
+                            .is_some_and(ProjectStatus::converged)
+                    })
+                    .count();
+                if running == BULK {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = started.elapsed();
+            let cpu = cpu_ticks() - cpu;
+            let hz = 100.0;
+            eprintln!(
+                "bulk of {BULK} into {files} files, round {round}: {:.2} s, CPU {:.2} s ({:.1} ms a project)",
+                took.as_secs_f64(),
+                cpu as f64 / hz,
+                cpu as f64 / hz * 1000.0 / BULK as f64
+            );
+        }
+    }
+}
