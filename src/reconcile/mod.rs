@@ -9,7 +9,8 @@
 //!
 //! Rooms: `table` (what the loop remembers per project), `history` (its events and the plan
 //! in words), `apply` (one action against Docker and the config directory), `events` (Docker's
-//! event stream), `snapshot` (what it publishes), `retry` (backoff).
+//! event stream), `snapshot` (what it publishes), `publish` (which projects changed, and the
+//! published statuses patched by them), `retry` (backoff).
 
 mod apply;
 mod events;
