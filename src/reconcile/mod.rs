@@ -348,8 +348,7 @@ impl<R: Runtime> Controller<R> {
                             None
                         }
                     };
-                    self.due.project(&project);
-                    self.touched.project(&project);
+                    self.changed(&project);
                     self.table.projects.entry(project).or_default().switch_to = upstream;
                     self.publish();
                 }
@@ -441,10 +440,16 @@ impl<R: Runtime> Controller<R> {
     /// listing as it is). A container not listed is shown and planned for once it is.
     fn set_readiness(&mut self, (id, readiness): (String, Readiness)) {
         if let Some(project) = self.project_of(&id) {
-            self.due.project(&project);
-            self.touched.project(&project);
+            self.changed(&project);
         }
         self.readiness.insert(id, readiness);
+    }
+
+    /// Something about `project` changed: the next pass plans for it, the next publication
+    /// builds its status again.
+    fn changed(&mut self, project: &ProjectId) {
+        self.due.project(project);
+        self.touched.project(project);
     }
 
     /// The project of a listed container.
@@ -734,8 +739,7 @@ impl<R: Runtime> Controller<R> {
             match self.runtime.inspect(&id).await {
                 Ok(info) => {
                     for project in was.iter().chain(info.project().as_ref()) {
-                        self.due.project(project);
-                        self.touched.project(project);
+                        self.changed(project);
                     }
                     self.listing
                         .retain(|c| c.id != info.id && c.name != info.name);
@@ -743,8 +747,7 @@ impl<R: Runtime> Controller<R> {
                 }
                 Err(RuntimeError::NotFound) => {
                     if let Some(project) = was {
-                        self.due.project(&project);
-                        self.touched.project(&project);
+                        self.changed(&project);
                     }
                     self.listing.retain(|c| c.id != id);
                 }
@@ -893,8 +896,7 @@ impl<R: Runtime> Controller<R> {
 
     /// Takes in an action's end: its project is the next pass's to plan for.
     fn finish(&mut self, (project, result, seen): Done) {
-        self.due.project(&project);
-        self.touched.project(&project);
+        self.changed(&project);
         match &result {
             // A container created (or recreated) and started, or a stopped one started: the
             // action looked it up as it ended. Nothing else changed in Docker since the last

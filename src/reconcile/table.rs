@@ -257,14 +257,11 @@ impl Table {
     ) -> Vec<ProjectId> {
         let running: BTreeSet<&ProjectId> = containers.iter().map(|c| &c.project).collect();
         let mut forgot = Vec::new();
-        let mut retried = Vec::new();
         let mut forget = |id: &ProjectId, project: &mut Project| {
             let mut changed = false;
             if project.want.is_none() && !running.contains(id) {
                 changed = project.error.is_some() || project.last_reload.is_some();
-                if project.retry.take().is_some() {
-                    retried.push(id.clone());
-                }
+                project.retry = None;
                 project.error = None;
                 project.last_reload = None;
                 project.foreign = None;
@@ -287,9 +284,9 @@ impl Table {
                 }
             }
         }
-        for id in retried {
-            self.retrying.remove(&id);
-        }
+        let projects = &self.projects;
+        self.retrying
+            .retain(|id| projects.get(id).is_some_and(|p| p.retry.is_some()));
         forgot
     }
 
