@@ -56,8 +56,10 @@ use retry::Retry;
 use snapshot::{FileHints, SharedHints};
 use table::Table;
 
-/// File and API triggers are coalesced over this window: one atomic write is several events,
-/// all within microseconds. It is paid by every change, so it stays short.
+/// Triggers that come in bursts are coalesced over this window: a file created or written to
+/// but not yet closed or renamed into place, a plain wake, readiness changes, actions' ends.
+/// A file change known to be complete (the API's write, a rename into place, a removal, a
+/// writer's close) is looked at without it, so a reload does not wait for it.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Health changes queued for the loop. They arrive in bursts when many containers start; a
 /// full queue falls back to a pass, which lists every container's health anyway.
@@ -153,7 +155,7 @@ pub struct Controller<R: Runtime> {
     labels: BTreeMap<String, String>,
     wake_rx: mpsc::Receiver<()>,
     wake_tx: mpsc::Sender<()>,
-    /// [`Handle::project_written`]: a pass at once, no debounce.
+    /// [`Handle::file_written`]: a pass at once, no debounce.
     wake_now: Arc<tokio::sync::Notify>,
     /// Which state files the next pass looks at.
     files: SharedHints,

@@ -233,13 +233,18 @@ impl Handle {
         let _ = self.wake.try_send(());
     }
 
-    /// Asks for a pass at once that looks at `id`'s file, skipping the debounce that
-    /// coalesces the several events of one file write: for a caller whose change is complete
-    /// (the API, after its atomic write or removal), whose client waits on the pass.
-    /// Never blocks.
-    pub fn project_written(&self, id: &ProjectId) {
-        self.hints().names.insert(format!("{id}.toml"));
+    /// Asks for a pass at once that looks at the entry `name`, skipping the debounce that
+    /// coalesces the several events of a write still under way: for a change known to be
+    /// complete (a file renamed into place, removed, or closed by its writer). Never blocks.
+    pub fn file_written(&self, name: &str) {
+        self.hints().names.insert(name.to_owned());
         self.now.notify_one();
+    }
+
+    /// [`Handle::file_written`] for `id`'s file: the API, after its atomic write or removal,
+    /// whose client waits on the pass.
+    pub fn project_written(&self, id: &ProjectId) {
+        self.file_written(&format!("{id}.toml"));
     }
 
     /// Waits until a new snapshot is published; `false` once the loop is gone.

@@ -74,6 +74,12 @@ fn classify(file_name: &str) -> Entry {
     }
 }
 
+/// Whether the loader passes over the entry `file_name` whatever it holds (a temp file, a
+/// backup, anything but `*.toml`): a change to it is no news.
+pub fn ignored(file_name: &str) -> bool {
+    classify(file_name) == Entry::Ignored
+}
+
 /// The desired-state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {

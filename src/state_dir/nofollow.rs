@@ -190,6 +190,8 @@ pub fn write_atomic_at(
             std::os::unix::fs::fchown(&file, Some(uid), Some(uid))?;
         }
         file.sync_all()?;
+        // Closed before the rename: a close after it would tell the watcher of a second write.
+        drop(file);
         rustix::fs::renameat(dir, &tmp, dir, name)?;
         dir.sync_all()
     })();
