@@ -253,6 +253,8 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
         // Alternate which goes first, so neither always runs on a daemon the other just woke.
         let manager_first = run % 2 == 0;
         let (mut elapsed, mut calls) = (Duration::ZERO, Calls::default());
+        // When the manager's file was written, to lay beside the manager's log.
+        let mut written_at = std::time::SystemTime::UNIX_EPOCH;
         let (mut floor_elapsed, mut floor_run_calls) = (Duration::ZERO, Calls::default());
         for manager_turn in [manager_first, !manager_first] {
             if manager_turn {
@@ -264,6 +266,7 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
                 warm(ip, &secret(&project, 1)).await?;
                 fleet.proxy.take();
                 let t0 = Instant::now();
+                written_at = std::time::SystemTime::now();
                 write_state(&fleet.cfg.state_dir, &project, &text);
                 if !live::wait_accepted(ip, &token, TIMEOUT).await {
                     return Err(format!("{project} never accepted its new secret"));
@@ -289,8 +292,12 @@ pub async fn reload(ctx: &mut Ctx) -> Result<(String, String), String> {
         }
 
         eprintln!(
-            "bench: reload run {run} ({} first): manager {:.1} ms ({} Docker calls: {}), floor {:.1} ms ({} calls)",
+            "bench: reload run {run} ({} first; {project} written at unix {:.3}): manager {:.1} ms ({} Docker calls: {}), floor {:.1} ms ({} calls)",
             if manager_first { "manager" } else { "floor" },
+            written_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
             elapsed.as_secs_f64() * 1000.0,
             calls.total(),
             calls.describe(),
