@@ -45,7 +45,7 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if !event.need_rescan() => {
-                let Some(complete) = completes(&event.kind) else {
+                let Some(change) = change(&event.kind) else {
                     return;
                 };
                 if event.paths.is_empty() {
@@ -54,8 +54,10 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
                 for path in &event.paths {
                     match entry_name(&watched, path) {
                         Some(name) if state_dir::ignored(name) => {}
-                        Some(name) if complete => tell(News::Written(name.to_owned())),
-                        Some(name) => tell(News::Changing(name.to_owned())),
+                        Some(name) => tell(match change {
+                            Change::Complete => News::Written(name.to_owned()),
+                            Change::UnderWay => News::Changing(name.to_owned()),
+                        }),
                         None => tell(News::Unplaced),
                     }
                 }
@@ -66,19 +68,24 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
     Ok(StateWatch { _watcher: watcher })
 }
 
-/// Whether an event ends a change to its entries (`Some(true)`: renamed into place or away,
-/// removed, closed by a writer), may be followed by more of the same change (`Some(false)`:
-/// created, written to, its metadata changed), or is no news (`None`: reads, our own loads
-/// among them).
-fn completes(kind: &EventKind) -> Option<bool> {
+/// What an event says of the change to its entries.
+enum Change {
+    /// Renamed into place or away, removed, closed by a writer: nothing more is coming.
+    Complete,
+    /// Created, written to, its metadata changed: more of the same change may follow.
+    UnderWay,
+}
+
+/// `None`: the event is no news (reads, our own loads among them).
+fn change(kind: &EventKind) -> Option<Change> {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Complete),
         EventKind::Access(_) => None,
         // inotify reports a rename's two ends each on its own (`From`, `To`) before the
         // `Both` that pairs them.
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
-        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(true),
-        _ => Some(false),
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Change::Complete),
+        _ => Some(Change::UnderWay),
     }
 }
 
