@@ -1,10 +1,10 @@
 //! The file watcher: a hint that the state directory changed. Only this module imports notify.
 //!
 //! The callback only pokes the loop with the names of the entries that changed; the loop looks
-//! at those files and no others. A change known to be complete (renamed into place, removed,
-//! closed by its writer) is looked at at once; one that may still be under way (created,
-//! modified) after the loop's short debounce, which the close or rename that ends it cuts
-//! short. Entries the loader passes over (temp files, backups) are no news. An error, an
+//! at those files and no others. A change known to be complete (renamed into place, closed
+//! by its writer) is looked at at once; one that may still be under way (created, modified,
+//! removed or renamed away) after the loop's short debounce, which the close or rename that
+//! ends it cuts short. Entries the loader passes over (temp files, backups) are no news. An error, an
 //! inotify queue overflow or an event it cannot place asks for the whole directory to be
 //! read again instead, as the periodic rescan does.
 
@@ -70,9 +70,12 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
 
 /// What an event says of the change to its entries.
 enum Change {
-    /// Renamed into place or away, removed, closed by a writer: nothing more is coming.
+    /// Renamed into place, closed by a writer: the entry holds what its writer meant.
     Complete,
-    /// Created, written to, its metadata changed: more of the same change may follow.
+    /// Created, written to, its metadata changed; or gone, removed or renamed away, which
+    /// an editor does to the old file just before it writes the new one (vim's backup, `rm`
+    /// then a new file): more of the same change may follow. A file gone for good removes
+    /// its project only after the debounce, so one replaced at once never does.
     UnderWay,
 }
 
@@ -84,7 +87,7 @@ fn change(kind: &EventKind) -> Option<Change> {
         // inotify reports a rename's two ends each on its own (`From`, `To`) before the
         // `Both` that pairs them.
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
-        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(Change::Complete),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Change::Complete),
         _ => Some(Change::UnderWay),
     }
 }
@@ -141,18 +144,32 @@ mod tests {
             "{told:?}"
         );
 
-        // Reads (the loader's own) and entries the loader passes over are no news; removals
-        // and renames away are complete.
+        // Reads (the loader's own) and entries the loader passes over are no news; a rename
+        // is complete where it lands and under way where it left, as a removal is: an editor
+        // moves the old file away (vim's backup) or removes it just before it writes the new.
         std::fs::read(dir.path().join("q.toml")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "n").unwrap();
         std::fs::write(dir.path().join(".q.toml.swp"), "n").unwrap();
         std::fs::rename(dir.path().join("q.toml"), dir.path().join("r.toml")).unwrap();
         assert_eq!(
             told_until(&news, &written("r.toml")),
-            [written("q.toml"), written("r.toml")]
+            [changing("q.toml"), written("r.toml")]
         );
-        std::fs::remove_file(dir.path().join("r.toml")).unwrap();
-        assert_eq!(told_until(&news, &written("r.toml")), [written("r.toml")]);
+        std::fs::rename(dir.path().join("r.toml"), dir.path().join("r.toml~")).unwrap();
+        std::fs::remove_file(dir.path().join("p.toml")).unwrap();
+        std::fs::write(dir.path().join("p.toml"), "x = 3\n").unwrap();
+        let told = told_until(&news, &written("p.toml"));
+        assert_eq!(
+            told[..2],
+            [changing("r.toml"), changing("p.toml")],
+            "{told:?}"
+        );
+        assert!(
+            told[2..told.len() - 1]
+                .iter()
+                .all(|n| *n == changing("p.toml")),
+            "{told:?}"
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ use table::Table;
 
 /// Triggers that come in bursts are coalesced over this window: a file created or written to
 /// but not yet closed or renamed into place, a plain wake, readiness changes, actions' ends.
-/// A file change known to be complete (the API's write, a rename into place, a removal, a
+/// A file change known to be complete (the API's write or removal, a rename into place, a
 /// writer's close) is looked at without it, so a reload does not wait for it.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Health changes queued for the loop. They arrive in bursts when many containers start; a

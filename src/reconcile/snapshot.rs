@@ -235,7 +235,7 @@ impl Handle {
 
     /// Asks for a pass at once that looks at the entry `name`, skipping the debounce that
     /// coalesces the several events of a write still under way: for a change known to be
-    /// complete (a file renamed into place, removed, or closed by its writer). Never blocks.
+    /// complete (a file renamed into place or closed by its writer). Never blocks.
     pub fn file_written(&self, name: &str) {
         self.hints().names.insert(name.to_owned());
         self.now.notify_one();
