@@ -4,9 +4,9 @@
 //! at those files and no others. A change known to be complete (renamed into place, closed
 //! by its writer) is looked at at once; one that may still be under way (created, modified,
 //! removed or renamed away) after the loop's short debounce, which the close or rename that
-//! ends it cuts short. Entries the loader passes over (temp files, backups) are no news. An error, an
-//! inotify queue overflow or an event it cannot place asks for the whole directory to be
-//! read again instead, as the periodic rescan does.
+//! ends it cuts short. Entries the loader passes over (temp files, backups) are no news. An
+//! error, an inotify queue overflow or an event it cannot place asks for the whole directory
+//! to be read again instead, as the periodic rescan does.
 
 use std::path::Path;
 
@@ -45,7 +45,7 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) if !event.need_rescan() => {
-                let Some(change) = change(&event.kind) else {
+                let Some(news) = news_of(&event.kind) else {
                     return;
                 };
                 if event.paths.is_empty() {
@@ -54,10 +54,7 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
                 for path in &event.paths {
                     match entry_name(&watched, path) {
                         Some(name) if state_dir::ignored(name) => {}
-                        Some(name) => tell(match change {
-                            Change::Complete => News::Written(name.to_owned()),
-                            Change::UnderWay => News::Changing(name.to_owned()),
-                        }),
+                        Some(name) => tell(news(name.to_owned())),
                         None => tell(News::Unplaced),
                     }
                 }
@@ -68,27 +65,22 @@ fn watch_with(dir: &Path, tell: impl Fn(News) + Send + 'static) -> notify::Resul
     Ok(StateWatch { _watcher: watcher })
 }
 
-/// What an event says of the change to its entries.
-enum Change {
-    /// Renamed into place, closed by a writer: the entry holds what its writer meant.
-    Complete,
-    /// Created, written to, its metadata changed; or gone, removed or renamed away, which
-    /// an editor does to the old file just before it writes the new one (vim's backup, `rm`
-    /// then a new file): more of the same change may follow. A file gone for good removes
-    /// its project only after the debounce, so one replaced at once never does.
-    UnderWay,
-}
-
-/// `None`: the event is no news (reads, our own loads among them).
-fn change(kind: &EventKind) -> Option<Change> {
+/// What an event tells of each entry it names; `None`: no news (reads, our own loads among
+/// them).
+fn news_of(kind: &EventKind) -> Option<fn(String) -> News> {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Complete),
+        // Closed by its writer, renamed into place: the entry holds what its writer meant.
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(News::Written),
         EventKind::Access(_) => None,
         // inotify reports a rename's two ends each on its own (`From`, `To`) before the
         // `Both` that pairs them.
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => None,
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Change::Complete),
-        _ => Some(Change::UnderWay),
+        // Created, written to, its metadata changed; or removed or renamed away, which an
+        // editor does to the old file just before it writes the new one (vim's backup, `rm`
+        // then a new file): more of the same change may follow. A file gone for good removes
+        // its project only after the debounce, so one replaced at once never does.
+        _ => Some(News::Changing),
     }
 }
 
