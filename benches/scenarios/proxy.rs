@@ -3,11 +3,13 @@
 //! and path (ids replaced by `{id}`, the API version dropped) before it is forwarded.
 //!
 //! Only the request direction is parsed (head, then a `Content-Length` or chunked body);
-//! responses, including the endless events stream, are copied through untouched.
+//! responses, including the endless events stream, are copied through untouched, and only
+//! their first bytes are timed: how long the daemon took to answer each request.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,6 +31,9 @@ pub struct Calls {
     pub by_kind: BTreeMap<String, u64>,
     /// Every request that changes something (not GET), with the real path.
     pub writes: Vec<String>,
+    /// `METHOD /normalized/path` -> for each request, from its first byte forwarded to the
+    /// daemon's first byte back (a followed log or the events stream: to its headers).
+    pub answered_in: BTreeMap<String, Vec<Duration>>,
 }
 
 impl Calls {
@@ -38,6 +43,11 @@ impl Calls {
 
     pub fn count(&self, kind: &str) -> u64 {
         self.by_kind.get(kind).copied().unwrap_or(0)
+    }
+
+    /// How long the daemon took to answer the requests of `kind`, in order.
+    pub fn answered_in(&self, kind: &str) -> &[Duration] {
+        self.answered_in.get(kind).map_or(&[], Vec::as_slice)
     }
 
     /// `GET /containers/json ×2, POST /containers/{id}/kill ×1`.
@@ -101,11 +111,35 @@ async fn serve(client: UnixStream, calls: Arc<Mutex<Calls>>) {
     };
     let (client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    // The request forwarded last and when, until the daemon's first byte back (clients of
+    // the Docker API send one request at a time on a connection).
+    let asked: Arc<Mutex<Option<(String, Instant)>>> = Arc::default();
+    let answered = (asked.clone(), calls.clone());
     let responses = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        let (asked, calls) = answered;
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = upstream_read.read(&mut buffer).await {
+            if let Some((kind, at)) = asked.lock().unwrap().take() {
+                let mut calls = calls.lock().unwrap();
+                calls
+                    .answered_in
+                    .entry(kind)
+                    .or_default()
+                    .push(at.elapsed());
+            }
+            if client_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = client_write.shutdown().await;
     });
-    let _ = forward_requests(BufReader::new(client_read), &mut upstream_write, &calls).await;
+    let _ = forward_requests(
+        BufReader::new(client_read),
+        &mut upstream_write,
+        &calls,
+        &asked,
+    )
+    .await;
     let _ = upstream_write.shutdown().await;
     let _ = responses.await;
 }
@@ -114,6 +148,7 @@ async fn forward_requests<R, W>(
     mut reader: BufReader<R>,
     upstream: &mut W,
     calls: &Mutex<Calls>,
+    asked: &Mutex<Option<(String, Instant)>>,
 ) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -150,7 +185,9 @@ where
                 }
             }
         }
-        record(calls, &request_line);
+        if let Some(kind) = record(calls, &request_line) {
+            *asked.lock().unwrap() = Some((kind, Instant::now()));
+        }
         upstream.write_all(&head).await?;
         if upgrade {
             tokio::io::copy(&mut reader, upstream).await?;
@@ -198,19 +235,21 @@ where
     Ok(())
 }
 
-fn record(calls: &Mutex<Calls>, request_line: &str) {
+/// Counts the request; returns its kind.
+fn record(calls: &Mutex<Calls>, request_line: &str) -> Option<String> {
     let mut parts = request_line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return;
+        return None;
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let path = strip_version(path);
     let kind = format!("{method} {}{}", normalize(path), variant(path, query));
     let mut calls = calls.lock().unwrap();
-    *calls.by_kind.entry(kind).or_default() += 1;
+    *calls.by_kind.entry(kind.clone()).or_default() += 1;
     if method != "GET" && method != "HEAD" {
         calls.writes.push(format!("{method} {path}"));
     }
+    Some(kind)
 }
 
 /// Calls of one path that cost the daemon differently: a list filtered by id (a lookup, one
