@@ -36,6 +36,7 @@ import socket
 import statistics
 import subprocess
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 LABEL = "launchdb.bench=docker-kill"
@@ -88,6 +89,12 @@ def remove_one(path, cid):
     docker = Docker(path)
     docker.call("DELETE", f"/containers/{cid}?force=true")
     docker.close()
+
+
+def labelled(docker):
+    """Every container this script made, also those of a batch that failed half-way."""
+    filters = urllib.parse.quote(json.dumps({"label": [LABEL]}))
+    return [c["Id"] for c in docker.call("GET", f"/containers/json?all=1&filters={filters}")]
 
 
 def remove_network(docker):
@@ -155,11 +162,16 @@ def main():
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--image", default="launchdb/postgrest:v1-test")
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument(
+        "--exec-root",
+        help="the daemon's --exec-root (default: exec/ beside its socket, as in "
+        "private-docker-daemon.md)",
+    )
     args = parser.parse_args()
     path = socket_path()
     docker = Docker(path)
     info = docker.call("GET", "/info")
-    exec_root = os.path.dirname(path) + "/exec"
+    exec_root = args.exec_root or os.path.dirname(path) + "/exec"
     containerd = f"{exec_root}/containerd/containerd.sock"
     print(
         f"Docker {info['ServerVersion']}, {info['NCPU']} CPUs, storage {info['Driver']}, "
@@ -221,8 +233,8 @@ def main():
             print(row, flush=True)
             rows.append(row)
     finally:
-        list(pool.map(lambda c: remove_one(path, c), running))
-        remove_network(docker)
+        list(pool.map(lambda c: remove_one(path, c), labelled(Docker(path))))
+        remove_network(Docker(path))
     print("\n| running | api, fresh container | api, same container | ctr task kill (`ctr --version`) "
           "| runc kill (`runc --version`) | host mount table: lines, ms to read "
           "| idle: host CPU busy %, shims % of one CPU |\n|---|---|---|---|---|---|---|")
