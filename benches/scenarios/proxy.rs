@@ -114,24 +114,25 @@ async fn serve(client: UnixStream, calls: Arc<Mutex<Calls>>) {
     // The request forwarded last and when, until the daemon's first byte back (clients of
     // the Docker API send one request at a time on a connection).
     let asked: Arc<Mutex<Option<(String, Instant)>>> = Arc::default();
-    let answered = (asked.clone(), calls.clone());
-    let responses = tokio::spawn(async move {
-        let (asked, calls) = answered;
-        let mut buffer = vec![0u8; 64 * 1024];
-        while let Ok(n @ 1..) = upstream_read.read(&mut buffer).await {
-            if let Some((kind, at)) = asked.lock().unwrap().take() {
-                let mut calls = calls.lock().unwrap();
-                calls
-                    .answered_in
-                    .entry(kind)
-                    .or_default()
-                    .push(at.elapsed());
+    let responses = tokio::spawn({
+        let (asked, calls) = (asked.clone(), calls.clone());
+        async move {
+            let mut buffer = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = upstream_read.read(&mut buffer).await {
+                if let Some((kind, at)) = asked.lock().unwrap().take() {
+                    let mut calls = calls.lock().unwrap();
+                    calls
+                        .answered_in
+                        .entry(kind)
+                        .or_default()
+                        .push(at.elapsed());
+                }
+                if client_write.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
             }
-            if client_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
+            let _ = client_write.shutdown().await;
         }
-        let _ = client_write.shutdown().await;
     });
     let _ = forward_requests(
         BufReader::new(client_read),
